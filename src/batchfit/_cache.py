@@ -1,0 +1,25 @@
+"""JAX's persistent compilation cache in a user cache directory, so a second process skips compiling.
+
+Off with BATCHFIT_COMPILATION_CACHE=0; another directory with BATCHFIT_CACHE_DIR=/path.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+
+def enable_compilation_cache() -> str | None:
+    """Point JAX's compilation cache at the batchfit cache directory unless switched off or set already."""
+    if os.environ.get("BATCHFIT_COMPILATION_CACHE", "1").lower() in ("0", "false", "no", "off"):
+        return None
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:          # the user chose one: leave it
+        return jax.config.jax_compilation_cache_dir
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    path = str(os.environ.get("BATCHFIT_CACHE_DIR") or pathlib.Path(base) / "batchfit" / "jax")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

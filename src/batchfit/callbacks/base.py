@@ -1,0 +1,107 @@
+"""Callback, LambdaCallback and CallbackList: Keras hook names, exact batch indices.
+
+When several steps run in one compiled call, batch hooks fire once per call with `batch`
+the index of the last batch that call ran, never past the end of the epoch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Callback", "LambdaCallback", "CallbackList"]
+
+_BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end")
+
+
+class Callback:
+    """Base class: override the hooks you need. `self.model` is the model being trained.
+
+    A callback that overrides a train-batch hook limits `steps_per_execution="auto"` to 1,
+    so it sees every batch; override `max_steps_per_execution` to allow more.
+    """
+
+    def __init__(self):
+        self.model = None
+        self.params: dict = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params: dict):
+        self.params = params
+
+    def max_steps_per_execution(self, num_batches: int) -> int | None:
+        """The largest number of fused steps this callback tolerates (None: no limit)."""
+        overridden = any(getattr(type(self), h) is not getattr(Callback, h) for h in _BATCH_HOOKS)
+        return 1 if overridden else None
+
+    def on_train_begin(self, logs=None): pass
+    def on_train_end(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_train_batch_begin(self, batch, logs=None): pass
+    def on_train_batch_end(self, batch, logs=None): pass
+    def on_test_begin(self, logs=None): pass
+    def on_test_end(self, logs=None): pass
+    def on_test_batch_begin(self, batch, logs=None): pass
+    def on_test_batch_end(self, batch, logs=None): pass
+    def on_predict_begin(self, logs=None): pass
+    def on_predict_end(self, logs=None): pass
+    def on_predict_batch_begin(self, batch, logs=None): pass
+    def on_predict_batch_end(self, batch, logs=None): pass
+
+    def on_epoch_batch_losses(self, epoch: int, batch_losses: dict):
+        """batchfit addition: the raw loss of every batch of `epoch`, as NumPy arrays, before on_epoch_end."""
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions, as Keras: `LambdaCallback(on_epoch_end=lambda epoch, logs: ...)`."""
+
+    _HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+              "on_train_batch_begin", "on_train_batch_end")
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None,
+                 on_train_end=None, on_train_batch_begin=None, on_train_batch_end=None, **kwargs):
+        super().__init__()
+        given = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+                     on_train_begin=on_train_begin, on_train_end=on_train_end,
+                     on_train_batch_begin=on_train_batch_begin,
+                     on_train_batch_end=on_train_batch_end, **kwargs)
+        unknown = sorted(set(given) - set(self._HOOKS))
+        if unknown:
+            raise TypeError(f"LambdaCallback got unknown hooks {unknown}; known: {list(self._HOOKS)}.")
+        self._functions = {k: v for k, v in given.items() if v is not None}
+        for name, fn in self._functions.items():
+            setattr(self, name, fn)
+
+    def max_steps_per_execution(self, num_batches):
+        return 1 if any(h in self._functions for h in _BATCH_HOOKS) else None
+
+
+class CallbackList:
+    """Calls every callback's hook in order; knows whether anyone wants per-batch logs."""
+
+    def __init__(self, callbacks, model=None, params=None):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if model is not None:
+                cb.set_model(model)
+            if params is not None:
+                cb.set_params(params)
+
+    def max_steps_per_execution(self, num_batches: int) -> int | None:
+        limits = [cb.max_steps_per_execution(num_batches) for cb in self.callbacks]
+        limits = [k for k in limits if k is not None]
+        return min(limits) if limits else None
+
+    def wants(self, hook: str) -> bool:
+        """True when some callback overrides `hook` (so its logs are worth a host copy)."""
+        return any(getattr(type(cb), hook, None) is not getattr(Callback, hook)
+                   or hook in getattr(cb, "_functions", ()) for cb in self.callbacks)
+
+    def __getattr__(self, hook: str):
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+
+        def call(*args, **kwargs):
+            for cb in self.callbacks:
+                getattr(cb, hook)(*args, **kwargs)
+        return call

@@ -1,0 +1,152 @@
+"""In-memory arrays: check once at the boundary, put on the device, plan each epoch's chunks.
+
+Shuffling happens on the device: one permutation per epoch from (seed, epoch), and the
+compiled loop gathers each batch from the device-resident arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from batchfit.errors import describe
+
+__all__ = ["Chunk", "standardize", "num_samples", "sample_weights", "take", "plan_chunks", "epoch_order"]
+
+
+class Chunk(NamedTuple):
+    """One compiled call: batches [first, last], starting at sample `start` of the epoch order."""
+
+    first: int
+    last: int
+    start: int
+    num_steps: int   # full batches fused with lax.scan
+    tail: int        # size of the partial last batch run after them (0: none)
+
+
+def _as_array(value, name: str, allow_nonfinite: bool):
+    if isinstance(value, jax.Array):
+        array = value
+    else:
+        if hasattr(value, "to_numpy"):          # pandas DataFrame / Series
+            value = value.to_numpy()
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"`{name}` could not be read as a numeric array ({describe(value)}): {e}.") from e
+    kind = np.dtype(array.dtype).kind
+    if kind not in "biuf":
+        raise TypeError(
+            f"`{name}` must be numeric (bool, int or float); got {describe(array)}. "
+            f"Encode strings or objects as numbers first (e.g. with np.unique(..., return_inverse=True)).")
+    if kind == "f" and not allow_nonfinite:
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(np.asarray(array))))
+        if bad:
+            raise ValueError(
+                f"`{name}` ({describe(array)}) contains {bad} NaN or infinite values. Clean or impute them, "
+                f"or pass `allow_nonfinite=True` to compile() to train on them anyway.")
+    if kind in "bf" and array.dtype != np.float32:
+        array = array.astype(np.float32) if isinstance(array, np.ndarray) else array.astype(jnp.float32)
+    elif kind in "iu" and array.dtype.itemsize == 8:
+        array = array.astype(np.int32) if isinstance(array, np.ndarray) else array.astype(jnp.int32)
+    if array.ndim == 0:
+        raise ValueError(f"`{name}` must have a batch axis; got a scalar {describe(array)}.")
+    return array
+
+
+def standardize(tree, name: str, allow_nonfinite: bool = False):
+    """Arrays (or a dict of arrays) with float32 / int32 dtypes, checked for type and finiteness."""
+    if tree is None:
+        return None
+    if isinstance(tree, dict):
+        return {k: _as_array(v, f"{name}['{k}']", allow_nonfinite) for k, v in tree.items()}
+    return _as_array(tree, name, allow_nonfinite)
+
+
+def num_samples(*trees) -> int:
+    """The common number of samples of `trees`; a clear error when they disagree."""
+    sizes = {}
+    for i, tree in enumerate(trees):
+        for leaf in jax.tree.leaves(tree):
+            sizes.setdefault(leaf.shape[0], describe(leaf))
+    if len(sizes) > 1:
+        got = ", ".join(f"{n} ({d})" for n, d in sizes.items())
+        raise ValueError(f"`x`, `y` and `sample_weight` must have the same number of samples; got {got}. "
+                         f"Slice them to the same length.")
+    n = next(iter(sizes), 0)
+    if n == 0:
+        raise ValueError("The data is empty (0 samples). Pass at least one sample.")
+    return n
+
+
+def _class_indices(y) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim > 1 and y.shape[-1] > 1:
+        return np.argmax(y, axis=-1).reshape(-1)
+    return np.round(y.reshape(y.shape[0], -1)[:, 0]).astype(np.int64)
+
+
+def sample_weights(y, n: int, sample_weight=None, class_weight=None) -> np.ndarray:
+    """Per-sample weights [n] float32: `sample_weight` times the `class_weight` of each label."""
+    w = np.ones(n, np.float32)
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight, np.float32)
+        if sw.shape not in ((n,), (n, 1)):
+            raise ValueError(f"`sample_weight` must have shape [{n}] (one weight per sample); got "
+                             f"{describe(sw)}. Pass a 1-D array of length {n}.")
+        w = w * sw.reshape(n)
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"`class_weight` must be a dict {{class_index: weight}}; got {describe(class_weight)}.")
+        labels = _class_indices(y)
+        missing = sorted(set(np.unique(labels).tolist()) - set(int(k) for k in class_weight))
+        if missing:
+            raise ValueError(f"`class_weight` has no weight for classes {missing} found in `y`; "
+                             f"it has keys {sorted(class_weight)}. Add a weight for every class.")
+        table = {int(k): float(v) for k, v in class_weight.items()}
+        w = w * np.array([table[int(c)] for c in labels], np.float32)
+    return w
+
+
+def take(tree, index):
+    """`tree` restricted to the samples `index` (a slice or index array)."""
+    return jax.tree.map(lambda a: a[index], tree)
+
+
+def plan_chunks(n: int, batch_size: int, steps_per_execution: int) -> list[Chunk]:
+    """Split an epoch of n samples into compiled calls of at most `steps_per_execution` batches.
+
+    >>> plan_chunks(1000, 32, 16)[-1]
+    Chunk(first=16, last=31, start=512, num_steps=15, tail=8)
+    """
+    num_full, tail = divmod(n, batch_size)
+    num_batches = num_full + (tail > 0)
+    chunks = []
+    for first in range(0, num_batches, steps_per_execution):
+        last = min(first + steps_per_execution, num_batches) - 1
+        has_tail = tail > 0 and last == num_batches - 1
+        chunks.append(Chunk(first, last, first * batch_size, last - first + 1 - has_tail, tail if has_tail else 0))
+    return chunks
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+@jax.jit
+def _random_order(key, positions):
+    bits = jax.random.bits(key, positions.shape, jnp.uint32)
+    return jnp.argsort(bits).astype(jnp.int32)
+
+
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> jax.Array:
+    """The sample order of one epoch [n] int32: identity, or a permutation from (seed, epoch)."""
+    positions = jnp.arange(n, dtype=jnp.int32)
+    if not shuffle:
+        return positions
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+    return _random_order(key, positions)

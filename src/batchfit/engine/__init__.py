@@ -1,0 +1,1 @@
+"""The pure functional core: state, the one step, its compiled drivers, the host loop."""

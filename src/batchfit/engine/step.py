@@ -1,0 +1,76 @@
+"""The one pure train / eval / predict step that every entry point runs.
+
+`fit` scans it K times per compiled call, `train_on_batch` calls it once:
+the same function, so the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from batchfit.engine.state import Batch, ModelGraph, TrainState
+from batchfit.layers import regularization_penalty
+
+__all__ = ["Program", "train_step", "eval_step", "predict_step"]
+
+
+class Program(NamedTuple):
+    """What a compiled model computes: the graph, the loss, the metrics and the optimizer."""
+
+    graph: ModelGraph
+    loss: Any                 # batchfit.losses.Loss: call(y_true, y_pred) -> [B]
+    metrics: tuple            # batchfit.metrics.Metric: name, call(y_true, y_pred) -> [B]
+    optimizer: optax.GradientTransformation
+    weighted_mean: bool       # loss_reduction="weighted_mean": divide by sum(w), not B
+
+
+def _objective(program: Program, params, model_state, batch: Batch, training: bool):
+    """L_b = sum_i w_i l_i / n_b (or / sum_i w_i) + R(theta), at the weights given."""
+    module = program.graph.merge(params, model_state, training)
+    y_pred = module(batch.x)
+    per_sample = program.loss.call(batch.y, y_pred)
+    weighted = jnp.sum(batch.w * per_sample)
+    if program.weighted_mean:
+        total_weight = jnp.sum(batch.w)
+        data_loss = jnp.where(total_weight > 0, weighted / jnp.where(total_weight > 0, total_weight, 1.0), 0.0)
+    else:
+        data_loss = weighted / per_sample.shape[0]
+    loss = data_loss + regularization_penalty(module)
+    _, new_model_state = program.graph.split(module)
+    return loss, (y_pred, new_model_state)
+
+
+def _accumulate(program: Program, totals: dict, loss, batch: Batch, y_pred) -> dict:
+    """Add this batch to the (sum, count) accumulators: the loss weighted by n_b, metrics by w_i."""
+    n = jnp.asarray(batch.w.shape[0], jnp.float32)
+    out = {"loss": totals["loss"].add(n * loss, n)}
+    weight_sum = jnp.sum(batch.w)
+    for metric in program.metrics:
+        values = metric.call(batch.y, y_pred).astype(jnp.float32)
+        out[metric.name] = totals[metric.name].add(jnp.sum(batch.w * values), weight_sum)
+    return out
+
+
+def train_step(program: Program, state: TrainState, totals: dict, batch: Batch):
+    """One update: (state, totals, batch) -> (state, totals, L_b), L_b measured before the update."""
+    grad_fn = jax.value_and_grad(_objective, argnums=1, has_aux=True)
+    (loss, (y_pred, model_state)), grads = grad_fn(program, state.params, state.model_state, batch, True)
+    updates, opt_state = program.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(params, model_state, opt_state, state.step + 1)
+    return new_state, _accumulate(program, totals, loss, batch, y_pred), loss
+
+
+def eval_step(program: Program, state: TrainState, totals: dict, batch: Batch):
+    """The loss and metrics of one batch in inference mode; the state is unchanged."""
+    loss, (y_pred, _) = _objective(program, state.params, state.model_state, batch, False)
+    return _accumulate(program, totals, loss, batch, y_pred), loss
+
+
+def predict_step(graph: ModelGraph, state: TrainState, x):
+    """The model's output on one batch in inference mode."""
+    return graph.merge(state.params, state.model_state, False)(x)

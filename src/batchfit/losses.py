@@ -1,0 +1,399 @@
+"""Per-sample losses `(y_true, y_pred) -> [B]` with Keras 3 numerics, and their registry.
+
+Elementwise losses average all trailing axes (the same number Keras's mean over the last
+axis then "sum_over_batch_size" gives); `Loss.__call__` reduces as `sum(w * l) / B`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from batchfit.errors import describe
+from batchfit.registry import Registry
+
+__all__ = [
+    "EPSILON", "LOSSES", "Loss", "LossFunctionWrapper", "MeanSquaredError", "MeanAbsoluteError",
+    "BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "Huber",
+    "mean_squared_error", "mean_absolute_error", "binary_crossentropy",
+    "categorical_crossentropy", "sparse_categorical_crossentropy", "huber", "get",
+    "validate_targets"]
+
+EPSILON = 1e-7  # keras.backend.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON]
+
+LOSSES = Registry("loss")
+
+
+def _as_float(x):
+    """`x` as a JAX array of at least float32 (Keras computes losses in float32)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _align(y_true, y_pred):
+    """Keras `squeeze_or_expand_to_same_rank`: fix ranks that differ by a trailing 1."""
+    if y_true.ndim == y_pred.ndim + 1 and y_true.shape[-1] == 1:
+        if y_pred.ndim == 1:
+            return y_true, y_pred[:, None]
+        return jnp.squeeze(y_true, -1), y_pred
+    if y_pred.ndim == y_true.ndim + 1 and y_pred.shape[-1] == 1:
+        if y_true.ndim == 1:
+            return y_true[:, None], y_pred
+        return y_true, jnp.squeeze(y_pred, -1)
+    return y_true, y_pred
+
+
+def _prepare(y_true, y_pred, loss_name: str, hint: str = ""):
+    """Cast `y_true` to `y_pred`'s float dtype and align the ranks; check the shapes."""
+    y_pred = _as_float(y_pred)
+    y_true = jnp.asarray(y_true).astype(y_pred.dtype)
+    y_true, y_pred = _align(y_true, y_pred)
+    if y_true.shape != y_pred.shape or y_pred.ndim == 0:
+        raise ValueError(
+            f"{loss_name} needs `y_true` and `y_pred` of the same shape [B, ...] (a "
+            f"trailing axis of size 1 may be missing on one side); got y_true: "
+            f"{describe(y_true)}, y_pred: {describe(y_pred)}. Reshape the targets to "
+            f"match the model output.{hint}")
+    return y_true, y_pred
+
+
+def _per_sample(values):
+    """Average `values` [B, ...] over every axis but the first: [B]."""
+    if values.ndim <= 1:
+        return values
+    return jnp.mean(values, axis=tuple(range(1, values.ndim)))
+
+
+def _log_probabilities(y_pred, from_logits: bool):
+    """Keras's log-probabilities over the last axis: log_softmax, or normalise + clip."""
+    if from_logits:
+        return jax.nn.log_softmax(y_pred, axis=-1)
+    y_pred = y_pred / jnp.sum(y_pred, axis=-1, keepdims=True)
+    return jnp.log(jnp.clip(y_pred, EPSILON, 1.0 - EPSILON))
+
+
+def mean_squared_error(y_true, y_pred):
+    """Per-sample mean of `(y_true - y_pred)**2`; y_true, y_pred: [B, ...] -> [B].
+
+    >>> [float(v) for v in mean_squared_error(jnp.array([[1.0, 2.0]]), jnp.array([[2.0, 4.0]]))]
+    [2.5]
+    """
+    y_true, y_pred = _prepare(y_true, y_pred, "mean_squared_error")
+    return _per_sample(jnp.square(y_true - y_pred))
+
+
+def mean_absolute_error(y_true, y_pred):
+    """Per-sample mean of `|y_true - y_pred|`; y_true, y_pred: [B, ...] (or [B] vs [B, 1]) -> [B].
+
+    >>> [float(v) for v in mean_absolute_error(jnp.array([1.0, 0.0]), jnp.array([[2.0], [0.5]]))]
+    [1.0, 0.5]
+    """
+    y_true, y_pred = _prepare(y_true, y_pred, "mean_absolute_error")
+    return _per_sample(jnp.abs(y_true - y_pred))
+
+
+def binary_crossentropy(y_true, y_pred, from_logits: bool = False, label_smoothing: float = 0.0):
+    """Per-sample binary crossentropy, Keras numerics (probabilities clipped to [1e-7, 1-1e-7]).
+
+    Args:
+        y_true: [B, ...] targets in [0, 1] (or [B] against y_pred [B, 1]).
+        y_pred: [B, ...] probabilities, or logits when `from_logits=True`.
+        from_logits: use the stable log-sigmoid form instead of clipping.
+        label_smoothing: squeeze targets towards 0.5: `t * (1 - s) + 0.5 * s`.
+    Returns: [B], averaged over the trailing axes.
+
+    >>> round(float(binary_crossentropy(jnp.array([1.0]), jnp.array([0.8]))[0]), 5)  # -log(0.8)
+    0.22314
+    """
+    y_true, y_pred = _prepare(y_true, y_pred, "binary_crossentropy")
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:
+        values = (-y_true * jax.nn.log_sigmoid(y_pred)
+                  - (1.0 - y_true) * jax.nn.log_sigmoid(-y_pred))
+    else:
+        p = jnp.clip(y_pred, EPSILON, 1.0 - EPSILON)
+        values = -(y_true * jnp.log(p) + (1.0 - y_true) * jnp.log(1.0 - p))
+    return _per_sample(values)
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits: bool = False,
+                             label_smoothing: float = 0.0):
+    """Per-sample crossentropy of one-hot (or soft) targets over the last axis.
+
+    Args:
+        y_true: [B, ..., C] one-hot or probability targets.
+        y_pred: [B, ..., C] probabilities (renormalised, then clipped as Keras does),
+            or logits when `from_logits=True` (log_softmax).
+        label_smoothing: `t * (1 - s) + s / C`.
+    Returns: [B].
+
+    >>> y = jnp.array([[0.0, 1.0, 0.0]])
+    >>> round(float(categorical_crossentropy(y, jnp.array([[0.05, 0.95, 0.0]]))[0]), 4)
+    0.0513
+    """
+    y_true, y_pred = _prepare(
+        y_true, y_pred, "categorical_crossentropy",
+        " For integer class labels use sparse_categorical_crossentropy.")
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
+    log_p = _log_probabilities(y_pred, from_logits)
+    return _per_sample(-jnp.sum(y_true * log_p, axis=-1))
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits: bool = False):
+    """Per-sample crossentropy of integer class labels.
+
+    Args:
+        y_true: [B, ...] integer labels in [0, C) (or [B, ..., 1]); floats are cast.
+        y_pred: [B, ..., C] probabilities or logits (`from_logits=True`).
+    Returns: [B]. Labels outside [0, C) contribute 0: check data with `validate_targets`.
+
+    >>> p = jnp.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+    >>> [round(float(v), 4) for v in sparse_categorical_crossentropy(jnp.array([1, 2]), p)]
+    [0.0513, 2.3026]
+    """
+    y_pred = _as_float(y_pred)
+    labels = jnp.asarray(y_true)
+    if labels.ndim == y_pred.ndim and labels.ndim > 0 and labels.shape[-1] == 1:
+        labels = jnp.squeeze(labels, -1)
+    if y_pred.ndim < 2 or labels.shape != y_pred.shape[:-1]:
+        raise ValueError(
+            f"sparse_categorical_crossentropy needs integer labels [B] (or [B, 1]) and "
+            f"y_pred [B, C]; got y_true: {describe(labels)}, y_pred: {describe(y_pred)}. "
+            "For one-hot targets use categorical_crossentropy; for one output unit "
+            "use binary_crossentropy.")
+    one_hot = jax.nn.one_hot(labels.astype(jnp.int32), y_pred.shape[-1], dtype=y_pred.dtype)
+    log_p = _log_probabilities(y_pred, from_logits)
+    return _per_sample(-jnp.sum(one_hot * log_p, axis=-1))
+
+
+def huber(y_true, y_pred, delta: float = 1.0):
+    """Per-sample Huber loss: `0.5 e^2` if `|e| <= delta` else `delta |e| - 0.5 delta^2`.
+
+    Args: y_true, y_pred: [B, ...] -> [B]; delta: where the loss turns linear.
+
+    >>> [float(v) for v in huber(jnp.array([0.0, 0.0]), jnp.array([0.5, 3.0]))]  # 0.125, 3-0.5
+    [0.125, 2.5]
+    """
+    y_true, y_pred = _prepare(y_true, y_pred, "huber")
+    error = y_pred - y_true
+    abs_error = jnp.abs(error)
+    return _per_sample(jnp.where(abs_error <= delta, 0.5 * jnp.square(error),
+                                 delta * abs_error - 0.5 * delta ** 2))
+
+
+class Loss:
+    """Base class: subclasses implement `call(y_true, y_pred) -> [B]` and set `name`."""
+
+    name = "loss"
+
+    def call(self, y_true, y_pred):
+        """Per-sample losses [B] for y_true, y_pred of shape [B, ...]."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `call`.")
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """Scalar "sum_over_batch_size" loss: `sum(w * l) / B`, with w=1 when absent."""
+        values = self.call(y_true, y_pred)
+        if sample_weight is not None:
+            values = values * _sample_weight(sample_weight, values)
+        return jnp.sum(values) / values.shape[0]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _sample_weight(sample_weight, values):
+    """`sample_weight` (scalar, [B] or [B, 1]) as [B] in the dtype of `values`."""
+    weight = jnp.asarray(sample_weight, values.dtype)
+    if weight.ndim == 2 and weight.shape[-1] == 1:
+        weight = weight[:, 0]
+    if weight.ndim > 1 or (weight.ndim == 1 and weight.shape != values.shape):
+        raise ValueError(
+            f"`sample_weight` must be a scalar or have shape [B] = [{values.shape[0]}]; "
+            f"got {describe(weight)}. Pass one weight per sample.")
+    return weight
+
+
+class LossFunctionWrapper(Loss):
+    """A `Loss` around `fn(y_true, y_pred, **kwargs)` (inputs cast and rank-aligned as Keras
+    does); an output [B, ...] is averaged over trailing axes, a scalar broadcast to [B]."""
+
+    def __init__(self, fn: Callable, name: str | None = None, **kwargs):
+        self.fn, self.kwargs = fn, kwargs
+        self.name = name or _name_of(fn, "custom_loss")
+
+    def call(self, y_true, y_pred):
+        y_pred = _as_float(y_pred)
+        y_true, y_pred = _align(jnp.asarray(y_true).astype(y_pred.dtype), y_pred)
+        return _to_per_sample(self.fn(y_true, y_pred, **self.kwargs), y_pred, self.name)
+
+
+def _to_per_sample(values, y_pred, name: str):
+    """Turn a user function's output (scalar or [B, ...]) into [B]."""
+    values, batch = jnp.asarray(values), y_pred.shape[0]
+    if values.ndim == 0:
+        return jnp.broadcast_to(values, (batch,))
+    if values.shape[0] != batch:
+        raise ValueError(
+            f"{name} returned {describe(values)} for a batch of {batch}; it must return "
+            f"a scalar or per-sample values [{batch}, ...]. Reduce over the non-batch "
+            "axes only (e.g. jnp.mean(..., axis=-1)).")
+    return _per_sample(values)
+
+
+def _name_of(fn, default: str) -> str:
+    """A readable name for a callable: its __name__, or its wrapped function's."""
+    name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", None)
+    return name if name and name != "<lambda>" else default
+
+
+class MeanSquaredError(LossFunctionWrapper):
+    """Mean squared error, as `keras.losses.MeanSquaredError`."""
+
+    def __init__(self, name: str = "mean_squared_error"):
+        super().__init__(mean_squared_error, name=name)
+
+
+class MeanAbsoluteError(LossFunctionWrapper):
+    """Mean absolute error, as `keras.losses.MeanAbsoluteError`."""
+
+    def __init__(self, name: str = "mean_absolute_error"):
+        super().__init__(mean_absolute_error, name=name)
+
+
+class BinaryCrossentropy(LossFunctionWrapper):
+    """Binary crossentropy, as `keras.losses.BinaryCrossentropy`."""
+
+    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0,
+                 name: str = "binary_crossentropy"):
+        super().__init__(binary_crossentropy, name=name, from_logits=from_logits,
+                         label_smoothing=label_smoothing)
+        self.from_logits, self.label_smoothing = from_logits, label_smoothing
+
+
+class CategoricalCrossentropy(LossFunctionWrapper):
+    """Categorical crossentropy on one-hot targets, as `keras.losses.CategoricalCrossentropy`."""
+
+    def __init__(self, from_logits: bool = False, label_smoothing: float = 0.0,
+                 name: str = "categorical_crossentropy"):
+        super().__init__(categorical_crossentropy, name=name, from_logits=from_logits,
+                         label_smoothing=label_smoothing)
+        self.from_logits, self.label_smoothing = from_logits, label_smoothing
+
+
+class SparseCategoricalCrossentropy(LossFunctionWrapper):
+    """Crossentropy on integer labels, as `keras.losses.SparseCategoricalCrossentropy`."""
+
+    def __init__(self, from_logits: bool = False, name: str = "sparse_categorical_crossentropy"):
+        super().__init__(sparse_categorical_crossentropy, name=name, from_logits=from_logits)
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        # Labels stay integers: no float cast or rank alignment with y_pred.
+        return sparse_categorical_crossentropy(y_true, y_pred, **self.kwargs)
+
+
+class Huber(LossFunctionWrapper):
+    """Huber loss, as `keras.losses.Huber` (Keras names it "huber_loss")."""
+
+    def __init__(self, delta: float = 1.0, name: str = "huber_loss"):
+        super().__init__(huber, name=name, delta=delta)
+        self.delta = delta
+
+
+LOSSES.register("mse", "mean_squared_error")(MeanSquaredError)
+LOSSES.register("mae", "mean_absolute_error")(MeanAbsoluteError)
+LOSSES.register("binary_crossentropy", "bce")(BinaryCrossentropy)
+LOSSES.register("categorical_crossentropy")(CategoricalCrossentropy)
+LOSSES.register("sparse_categorical_crossentropy")(SparseCategoricalCrossentropy)
+LOSSES.register("huber", "huber_loss")(Huber)
+
+_FUNCTION_CLASSES = ((mean_squared_error, MeanSquaredError), (huber, Huber),
+                     (mean_absolute_error, MeanAbsoluteError),
+                     (binary_crossentropy, BinaryCrossentropy),
+                     (categorical_crossentropy, CategoricalCrossentropy),
+                     (sparse_categorical_crossentropy, SparseCategoricalCrossentropy))
+
+
+def get(identifier) -> Loss:
+    """Resolve a loss: a name, a `Loss` (returned as is), or a callable(y_true, y_pred).
+
+    >>> get("bce").name, get("MSE").name
+    ('binary_crossentropy', 'mean_squared_error')
+    """
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, str):
+        return LOSSES.get(identifier)()
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        return identifier()
+    for fn, cls in _FUNCTION_CLASSES:
+        if identifier is fn:
+            return cls()
+    if callable(identifier):
+        return LossFunctionWrapper(identifier)
+    raise TypeError(
+        f"`loss` must be a loss name (one of {', '.join(LOSSES.names())}), a "
+        f"batchfit.losses.Loss, or a callable(y_true, y_pred) returning per-sample "
+        f"losses; got {describe(identifier)}. Pass e.g. loss='binary_crossentropy'.")
+
+
+def validate_targets(loss, y, num_outputs: int | None) -> None:
+    """Check host targets `y` against `loss` once, before training; raise ValueError.
+
+    Sparse crossentropy: integer labels in [0, num_outputs). Binary crossentropy:
+    targets in [0, 1]. Other losses: nothing to check.
+
+    Args: loss: anything `get` accepts; y: host NumPy targets [N, ...]; num_outputs: the
+        size of the model output's last axis (None when unknown).
+    """
+    loss = get(loss)
+    if not isinstance(loss, (SparseCategoricalCrossentropy, BinaryCrossentropy)):
+        return
+    y = np.asarray(y)
+    if y.size == 0 or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        return  # nothing numeric to check (empty, or object arrays the data layer rejects)
+    found = f"y: {describe(y)} has min {float(y.min()):g} and max {float(y.max()):g}"
+    if isinstance(loss, SparseCategoricalCrossentropy):
+        _check_sparse_labels(y.astype(np.float64), num_outputs, found)
+    else:
+        _check_binary_targets(y.astype(np.float64), found)
+
+
+def _check_sparse_labels(y, num_outputs: int | None, found: str) -> None:
+    """Sparse labels must be whole numbers in [0, num_outputs)."""
+    low, high = y.min(), y.max()
+    valid = (f"[0, {num_outputs}) for a model with {num_outputs} outputs" if num_outputs
+             else "[0, num_classes)")
+    if not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+        raise ValueError(
+            f"sparse_categorical_crossentropy needs integer class labels in {valid}; "
+            f"{found} and non-integer values. Pass integer class ids, or use "
+            "binary_crossentropy / categorical_crossentropy for probability targets.")
+    if low >= 0 and (not num_outputs or high < num_outputs):
+        return
+    if low < 0:
+        fix = "Remap the labels to 0..num_classes-1, e.g. np.unique(y, return_inverse=True)[1]."
+    elif num_outputs == 1:
+        fix = "With one output unit use loss='binary_crossentropy', or one unit per class."
+    elif low >= 1 and high == num_outputs:
+        fix = "The labels look 1-based: pass y - 1."
+    else:
+        fix = (f"Give the last layer {int(high) + 1} units (one per class), or remap the "
+               "labels to 0..num_classes-1, e.g. np.unique(y, return_inverse=True)[1].")
+    raise ValueError(
+        f"sparse_categorical_crossentropy needs integer class labels in {valid}; {found}. {fix}")
+
+
+def _check_binary_targets(y, found: str) -> None:
+    """Binary crossentropy targets must lie in [0, 1]."""
+    if np.all(np.isfinite(y)) and y.min() >= 0 and y.max() <= 1:
+        return
+    raise ValueError(
+        f"binary_crossentropy needs targets in [0, 1]; {found}. For labels in {{-1, 1}} "
+        "pass (y + 1) / 2; for more than two classes use sparse_categorical_crossentropy "
+        "with one output unit per class.")

@@ -1,0 +1,426 @@
+"""Model and Sequential: the thin stateful shell around the pure engine.
+
+Every method validates its arguments once, delegates to `engine`, and writes the result
+back. The trained values live in one `TrainState` on the device; the NNX module is brought
+up to date from it when it is read (and when `fit` returns).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from batchfit import activations as activations_lib
+from batchfit import layers as layers_lib
+from batchfit import losses as losses_lib
+from batchfit import metrics as metrics_lib
+from batchfit import optimizers as optimizers_lib
+from batchfit.callbacks import CallbackList, History, ProgbarLogger
+from batchfit.data import arrays
+from batchfit.engine.compiled import DeviceData, Executables, build_executables
+from batchfit.engine.loop import FitPlan, run_evaluate, run_fit, run_predict
+from batchfit.engine.state import Batch, ModelGraph, TrainState, split_module
+from batchfit.engine.step import Program
+from batchfit.errors import describe
+
+__all__ = ["Model", "Sequential", "NotCompiledError"]
+
+_REDUCTIONS = ("sum_over_batch_size", "weighted_mean")
+
+
+class NotCompiledError(RuntimeError, ValueError):
+    """Training or evaluating a model that has not been compiled."""
+
+
+class _Settings(NamedTuple):
+    loss: Any
+    metrics: tuple
+    optimizer: optax.GradientTransformation
+    steps_per_execution: int | str
+    weighted_mean: bool
+    allow_nonfinite: bool
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+class Model:
+    """A trainable model around any Flax NNX module: `Model(module).compile(...).fit(x, y)`.
+
+    Args:
+      module: an `nnx.Module` called as `module(x)` on a batch [B, ...]. Its `nnx.Param`
+        variables are trained; every other variable (batch statistics, RNG streams) is
+        carried through the compiled step. Training and inference mode are switched with
+        NNX's `train()` / `eval()`.
+    """
+
+    def __init__(self, module: nnx.Module | None = None, *, name: str | None = None):
+        if module is not None and not isinstance(module, nnx.Module):
+            raise TypeError(f"`Model(module)` expects a flax.nnx.Module; got {describe(module)}. "
+                            f"For Keras-style layers use bf.Sequential([...]).")
+        self.name = name or type(self).__name__.lower()
+        self._module = module
+        self._settings: _Settings | None = None
+        self._graph: ModelGraph | None = None
+        self._exe: Executables | None = None
+        self._state: TrainState | None = None
+        self._stale = False            # the module lags behind self._state
+        self._running = None           # train_on_batch accumulators (reset_metrics=False)
+        self._checked: set = set()     # input signatures already checked against the model
+        self.stop_training = False
+        self.history: History | None = None
+
+    # ----- building -------------------------------------------------------------------
+
+    @property
+    def built(self) -> bool:
+        return self._module is not None
+
+    @property
+    def module(self) -> nnx.Module:
+        """The NNX module, up to date with training."""
+        self._sync_module()
+        return self._module
+
+    def _build_from(self, x) -> None:
+        raise ValueError(f"{type(self).__name__} has no module to run; pass one to Model(module).")
+
+    def _ensure_ready(self, x=None):
+        if not self.built:
+            self._build_from(x)
+        if self._graph is None:
+            self._graph, params, model_state = split_module(self._module)
+            self._state = TrainState(params, model_state, None, jnp.zeros((), jnp.int32))
+            self._setup_program()
+
+    def _setup_program(self):
+        s = self._settings
+        program = Program(self._graph, s.loss if s else None, s.metrics if s else (),
+                          s.optimizer if s else None, bool(s and s.weighted_mean))
+        self._exe = build_executables(program)
+        if s is not None:
+            opt_state = s.optimizer.init(self._state.params)
+            self._state = self._state._replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+        self._running = None
+
+    def _sync_module(self):
+        if self._stale and self._graph is not None:
+            copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the state's buffers get donated
+            params = jax.tree.unflatten(self._graph.params_def, jax.tree.leaves(copy(self._state.params)))
+            rest = jax.tree.unflatten(self._graph.model_state_def,
+                                      jax.tree.leaves(copy(self._state.model_state)))
+            nnx.update(self._module, params, rest)
+            self._stale = False
+
+    def _publish(self, state: TrainState):
+        self._state, self._stale = state, True
+
+    # ----- compile --------------------------------------------------------------------
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, *, steps_per_execution="auto",
+                loss_reduction="sum_over_batch_size", allow_nonfinite=False, **unused):
+        """Choose the optimizer, loss and metrics; nothing is traced until data arrives.
+
+        Args:
+          optimizer: a name ("sgd", "adam", "adamw", "rmsprop", "adagrad"), a
+            `bf.optimizers.*` object (Keras defaults and formulas) or an optax transformation.
+          loss: a name, a `bf.losses.*` object, or `fn(y_true, y_pred) -> [B]` per-sample losses.
+          metrics: names ("accuracy", "mae", ...), `bf.metrics.*` objects or callables.
+          steps_per_execution: steps fused into one compiled call; "auto" fuses as many as
+            the callbacks in use allow (the whole epoch when none needs per-batch logs).
+          loss_reduction: "sum_over_batch_size" (Keras: sum(w*l)/B) or "weighted_mean" (/ sum(w)).
+          allow_nonfinite: accept NaN or inf in x and y instead of refusing them.
+        """
+        if loss is None:
+            raise ValueError("compile() needs a `loss`, e.g. loss='mse' or loss=bf.losses.BinaryCrossentropy().")
+        if loss_reduction not in _REDUCTIONS:
+            raise ValueError(f"`loss_reduction` must be one of {_REDUCTIONS}; got {loss_reduction!r}.")
+        if steps_per_execution != "auto":
+            _check_int("steps_per_execution", steps_per_execution, 1)
+        loss_obj = losses_lib.get(loss)
+        metric_objs = tuple(metrics_lib.get(m, loss_obj) for m in _as_list(metrics))
+        names = [m.name for m in metric_objs]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"Metric names must be unique and not 'loss'; got {names}.")
+        self._settings = _Settings(loss_obj, metric_objs, optimizers_lib.get(optimizer),
+                                   steps_per_execution, loss_reduction == "weighted_mean", allow_nonfinite)
+        if self._graph is not None:
+            self._setup_program()
+        return None
+
+    @property
+    def metrics_names(self) -> list[str]:
+        return ["loss", *(m.name for m in self._settings.metrics)] if self._settings else []
+
+    def _compile_defaults(self):
+        """train_on_batch before compile(): Keras's default optimizer, a loss read off the output layer.
+
+        Keras raises here; the articles users learn from call train_on_batch on uncompiled
+        Sequential models, so batchfit compiles them as Keras would by default, and says so.
+        """
+        loss = _default_loss(self)
+        if loss is None:
+            self._require_compiled("train_on_batch")
+        warnings.warn(f"train_on_batch() before compile(): compiling with optimizer='rmsprop' (Keras's "
+                      f"default) and loss='{loss}' (from the output layer). Call compile() to choose.",
+                      UserWarning, stacklevel=3)
+        self.compile(optimizer="rmsprop", loss=loss)
+
+    def _require_compiled(self, what: str):
+        if self._settings is None:
+            raise NotCompiledError(f"You must call compile() before {what}(), e.g. "
+                                   f"model.compile(optimizer='adam', loss='mse').")
+
+    # ----- data at the boundary ------------------------------------------------------
+
+    def _check_inputs(self, x, y=None):
+        """Trace the model on x's signature once (no step runs): shape errors surface here."""
+        signature = tuple((a.shape[1:], str(a.dtype)) for a in jax.tree.leaves(x))
+        if signature not in self._checked:
+            try:
+                out = jax.eval_shape(self._exe.predict_batch, self._state, x)
+            except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
+                raise ValueError(f"The model cannot run on `x` ({describe(x)}): {e}. "
+                                 f"Check the feature shape against the model's input_shape.") from e
+            self._checked.add(signature)
+            self._output_shape = jax.tree.leaves(out)[0].shape
+        if y is not None and self._settings is not None:
+            losses_lib.validate_targets(self._settings.loss, np.asarray(y), self._output_shape[-1])
+
+    def _arrays(self, x, y, sample_weight=None, class_weight=None, need_y=True):
+        allow = bool(self._settings and self._settings.allow_nonfinite)
+        x = arrays.standardize(x, "x", allow)
+        if x is None:
+            raise ValueError("`x` is required; got None.")
+        if need_y and y is None:
+            raise ValueError("`y` is required to train or evaluate; got None. Pass targets as `y`.")
+        y = arrays.standardize(y, "y", allow)
+        n = arrays.num_samples(x, y, sample_weight)
+        w = arrays.sample_weights(y, n, sample_weight, class_weight) if need_y else None
+        self._ensure_ready(x)
+        self._check_inputs(x, y)
+        return x, y, w, n
+
+    def _steps(self, num_batches: int, callbacks: CallbackList | None = None) -> int:
+        k = self._settings.steps_per_execution if self._settings else "auto"
+        if k == "auto":
+            limit = callbacks.max_steps_per_execution(num_batches) if callbacks else None
+            k = limit or num_batches
+        return max(1, min(k, num_batches))
+
+    # ----- fit / evaluate / predict --------------------------------------------------
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, seed=None, validation_batch_size=None):
+        """Train for `epochs` epochs; returns the `History` (see shared/API.md for the loss semantics)."""
+        self._require_compiled("fit")
+        batch_size = _check_int("batch_size", 32 if batch_size is None else batch_size, 1)
+        epochs, initial_epoch = _check_int("epochs", epochs, 0), _check_int("initial_epoch", initial_epoch, 0)
+        if epochs < initial_epoch:
+            raise ValueError(f"`epochs` ({epochs}) must be >= `initial_epoch` ({initial_epoch}): "
+                             f"epochs is the index of the last epoch + 1, as in Keras.")
+        if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
+            raise ValueError(f"`validation_split` must be a float in [0, 1); got {validation_split!r}.")
+        x, y, w, n = self._arrays(x, y, sample_weight, class_weight)
+        val = self._validation(x, y, w, n, validation_split, validation_data)
+        if val is not None:
+            x, y, w, n = val[0]
+        data = jax.device_put(DeviceData(x, y, w))
+        num_batches = math.ceil(n / batch_size)
+        cbs = self._callbacks(callbacks, verbose, epochs, num_batches)
+        plan = FitPlan(epochs, initial_epoch, batch_size, self._steps(num_batches, cbs), bool(shuffle),
+                       _seed(seed), tuple(self.metrics_names[1:]))
+        validate = None
+        if val is not None:
+            vdata, vbatch = val[1], validation_batch_size or batch_size
+            vsteps = self._steps(math.ceil(val[2] / vbatch))
+            validate = lambda s: run_evaluate(self._exe, s, vdata, vbatch, vsteps, plan.metric_names)
+        self.stop_training = False
+        state = run_fit(self._exe, self._state, data, plan, cbs, self._publish,
+                        lambda: self.stop_training, validate)
+        self._publish(state)
+        self._sync_module()
+        return self.history
+
+    def _validation(self, x, y, w, n, split, validation_data):
+        if validation_data is not None:
+            vx, vy, *vw = validation_data if isinstance(validation_data, (tuple, list)) else (validation_data,)
+            vx, vy, vw_, vn = self._arrays(vx, vy, vw[0] if vw else None)
+            return (x, y, w, n), jax.device_put(DeviceData(vx, vy, vw_)), vn
+        if not split:
+            return None
+        cut = int(math.floor(n * (1.0 - split)))   # Keras's split point
+        if cut <= 0 or cut >= n:
+            raise ValueError(f"`validation_split={split}` of {n} samples leaves an empty training or "
+                             f"validation set. Use more data or a different fraction.")
+        head, tail = slice(0, cut), slice(cut, n)
+        vdata = jax.device_put(DeviceData(*arrays.take((x, y, w), tail)))
+        return (*arrays.take((x, y, w), head), cut), vdata, n - cut
+
+    def _callbacks(self, callbacks, verbose, epochs, num_batches) -> CallbackList:
+        verbose = 1 if verbose == "auto" else int(verbose)
+        user = list(callbacks or [])
+        self.history = next((cb for cb in user if isinstance(cb, History)), None) or History()
+        extra = [ProgbarLogger(verbose)] if verbose else []
+        all_cbs = [cb for cb in user if cb is not self.history] + extra + [self.history]
+        params = {"epochs": epochs, "steps": num_batches, "verbose": verbose}
+        return CallbackList(all_cbs, model=self, params=params)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 return_dict=False, callbacks=None):
+        """The sample-weighted mean loss (and metrics) over all of x, in inference mode."""
+        self._require_compiled("evaluate")
+        batch_size = _check_int("batch_size", 32 if batch_size is None else batch_size, 1)
+        x, y, w, n = self._arrays(x, y, sample_weight)
+        data = jax.device_put(DeviceData(x, y, w))
+        logs = run_evaluate(self._exe, self._state, data, batch_size,
+                            self._steps(math.ceil(n / batch_size)), tuple(self.metrics_names[1:]))
+        return self._format(logs, return_dict)
+
+    def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
+        """The model's outputs on all of x, as a NumPy array, in inference mode."""
+        batch_size = _check_int("batch_size", 32 if batch_size is None else batch_size, 1)
+        x, _, _, n = self._arrays(x, None, need_y=False)
+        return run_predict(self._exe, self._state, jax.device_put(x), batch_size,
+                           self._steps(math.ceil(n / batch_size)))
+
+    # ----- one batch at a time -------------------------------------------------------
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, reset_metrics=True,
+                       return_dict=False):
+        """One update on one batch; returns the raw loss L_b of this batch, before the update.
+
+        With `reset_metrics=False` the values are running means over the calls since the last
+        reset, weighted as fit weights them. The returned scalars are device values: reading
+        them (float(), print) waits for the step; not reading them lets steps overlap.
+        """
+        if self._settings is None:
+            self._compile_defaults()
+        x, y, w, _ = self._arrays(x, y, sample_weight, class_weight)
+        totals = None if reset_metrics else self._running
+        state, totals, loss, logs = self._exe.train_batch(self._state, totals, Batch(x, y, w))
+        self._publish(state)
+        self._running = None if reset_metrics else totals
+        if reset_metrics:
+            logs = {**logs, "loss": loss}
+        return self._format(logs, return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
+        """The loss (and metrics) of one batch at the current weights, in inference mode; no update."""
+        self._require_compiled("test_on_batch")
+        x, y, w, _ = self._arrays(x, y, sample_weight)
+        _, loss, logs = self._exe.test_batch(self._state, None, Batch(x, y, w))
+        return self._format({**logs, "loss": loss}, return_dict)
+
+    def predict_on_batch(self, x):
+        """The model's output on one batch, as a NumPy array."""
+        x, _, _, _ = self._arrays(x, None, need_y=False)
+        return jax.tree.map(np.asarray, self._exe.predict_batch(self._state, x))
+
+    def _format(self, logs: dict, return_dict: bool):
+        if return_dict:
+            return dict(logs)
+        values = [logs[name] for name in self.metrics_names]
+        return values[0] if len(values) == 1 else values
+
+    # ----- weights ---------------------------------------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        """All weights as NumPy arrays, in Keras order (per layer: kernel, bias, ...)."""
+        if not self.built:
+            return []
+        self._sync_module()
+        return [np.array(v.get_value()) for v in layers_lib.keras_weight_variables(self._module)]
+
+    def set_weights(self, weights) -> None:
+        """Set all weights from NumPy arrays in `get_weights()` order (the optimizer state is kept)."""
+        self._sync_module()
+        variables = layers_lib.keras_weight_variables(self._module) if self.built else []
+        weights = list(weights)
+        expected = [tuple(v.get_value().shape) for v in variables]
+        got = [tuple(np.shape(w)) for w in weights]
+        if expected != got:
+            raise ValueError(f"set_weights() expects {len(expected)} arrays with shapes {expected}; "
+                             f"got {len(got)} with shapes {got}. Use the list get_weights() returns.")
+        for var, value in zip(variables, weights):
+            var[...] = jnp.asarray(value, var.get_value().dtype)
+        if self._graph is not None:
+            _, params, model_state = nnx.split(self._module, nnx.Param, ...)
+            self._state = self._state._replace(params=nnx.to_pure_dict(params),
+                                               model_state=nnx.to_pure_dict(model_state))
+
+
+class Sequential(Model):
+    """A stack of Keras-style layers: `Sequential([Dense(16, activation="relu", input_shape=(10,)), ...])`.
+
+    Built when the input shape is known: from the first layer's `input_shape`, or from the
+    first batch it sees. `seed` fixes the initial weights and the dropout masks.
+    """
+
+    def __init__(self, layers=None, seed: int | None = None, name: str | None = None):
+        super().__init__(name=name)
+        self.layers = []
+        self.seed = _seed(seed)
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        if not isinstance(layer, layers_lib.Layer):
+            raise TypeError(f"Sequential takes batchfit layers (bf.layers.Dense, ...); got {describe(layer)}. "
+                            f"Wrap an NNX module with bf.Model(module) instead.")
+        if self._graph is not None:
+            raise ValueError("Cannot add layers to a Sequential that has already run; build a new one.")
+        self.layers.append(layer)
+        self._module = None                     # built again, from the same seed, when first used
+
+    @property
+    def built(self) -> bool:
+        if self._module is None and self.layers and self.layers[0].input_shape is not None:
+            self.build(self.layers[0].input_shape)
+        return self._module is not None
+
+    def build(self, input_shape):
+        if not self.layers:
+            raise ValueError("Sequential has no layers; add at least one before using it.")
+        self._module = layers_lib.build_stack(self.layers, tuple(input_shape), self.seed)
+
+    def _build_from(self, x):
+        if x is None:
+            raise ValueError("This Sequential has no input_shape yet; pass data or set input_shape.")
+        if isinstance(x, dict):
+            raise ValueError(f"Sequential takes a single input array; got {describe(x)}. Use bf.Model for many.")
+        self.build(x.shape[1:])
+
+
+def _default_loss(model) -> str | None:
+    last = getattr(model, "layers", None)
+    if not last:
+        return None
+    activation = getattr(last[-1], "activation", None)
+    for name, loss in (("sigmoid", "binary_crossentropy"), ("softmax", "categorical_crossentropy")):
+        if activation is activations_lib.get(name):
+            return loss
+    return "mse"
+
+
+def _as_list(metrics):
+    if metrics is None:
+        return []
+    return list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+
+
+def _seed(seed) -> int:
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (2**31))
+    return _check_int("seed", seed, 0)

@@ -1,0 +1,45 @@
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("BATCHFIT_COMPILATION_CACHE", "0")
+
+import numpy as np
+import pytest
+
+import batchfit as bf
+
+
+def linear_model(weights, bias=0.0, *, regularizer=None):
+    """Dense(1) with known weights: y = x @ weights + bias."""
+    weights = np.asarray(weights, np.float32).reshape(-1, 1)
+    model = bf.Sequential([bf.layers.Dense(1, input_shape=(weights.shape[0],),
+                                           kernel_regularizer=regularizer)], seed=0)
+    model.set_weights([weights, np.array([bias], np.float32)])
+    return model
+
+
+def reference_sgd(x, y, w0, b0, lr, batch_size, epochs, weights=None, weighted_mean=False, l2=0.0):
+    """float64 NumPy: SGD on y = x @ w + b with MSE; returns batch losses per epoch and the final weights."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64).reshape(-1)
+    w, b = np.asarray(w0, np.float64).reshape(-1).copy(), float(b0)
+    sw = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
+    history = []
+    for _ in range(epochs):
+        losses = []
+        for start in range(0, len(x), batch_size):
+            xb, yb, wb = x[start:start + batch_size], y[start:start + batch_size], sw[start:start + batch_size]
+            denom = wb.sum() if weighted_mean else len(xb)
+            err = xb @ w + b - yb
+            losses.append(float(np.sum(wb * err**2) / denom + l2 * np.sum(w**2)))
+            g = 2 * wb * err / denom
+            w, b = w - lr * (xb.T @ g + 2 * l2 * w), b - lr * g.sum()
+        history.append(losses)
+    return history, w, b
+
+
+@pytest.fixture
+def regression_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * rng.normal(size=10)).astype(np.float32)[:, None]
+    return x, y

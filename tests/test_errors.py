@@ -1,0 +1,91 @@
+"""Bad input is refused before any step runs, with a message that says what and how to fix."""
+
+import numpy as np
+import pytest
+
+import batchfit as bf
+
+
+@pytest.fixture
+def model():
+    m = bf.Sequential([bf.layers.Dense(4, activation="relu", input_shape=(3,)), bf.layers.Dense(2)], seed=0)
+    m.compile(optimizer="sgd", loss="mse")
+    return m
+
+
+X, Y = np.ones((8, 3), np.float32), np.ones((8, 2), np.float32)
+
+
+def unchanged(model, fn):
+    before = model.get_weights()
+    fn()
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(x=X, y=Y[:5]), "same number of samples.*8.*5"),
+    (dict(x=np.ones((8, 4), np.float32), y=Y), r"cannot run on `x` \(float32\[8, 4\]\)"),
+    (dict(x=np.array([["a"] * 3] * 8), y=Y), "must be numeric"),
+    (dict(x=np.where(np.eye(8, 3) > 0, np.nan, 1.0), y=Y), "3 NaN or infinite"),
+    (dict(x=X, y=np.full((8, 2), np.inf)), "NaN or infinite.*allow_nonfinite"),
+    (dict(x=X[:0], y=Y[:0]), "empty"),
+    (dict(x=X, y=Y, batch_size=0), "batch_size.*>= 1"),
+    (dict(x=X, y=Y, epochs=2, initial_epoch=3), r"`epochs` \(2\) must be >= `initial_epoch` \(3\)"),
+    (dict(x=X, y=Y, validation_split=1.0), r"validation_split.*\[0, 1\)"),
+    (dict(x=X, y=Y, validation_split=-0.1), r"validation_split.*\[0, 1\)"),
+    (dict(x=X, y=Y, sample_weight=np.ones(5)), r"sample_weight.*same number.*8.*5"),
+    (dict(x=X, y=Y, sample_weight=np.ones((8, 2))), r"sample_weight.*\[8\]"),
+])
+def test_fit_refuses_bad_input_before_training(model, kwargs, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        unchanged(model, lambda: model.fit(verbose=0, **kwargs))
+
+
+def test_nonfinite_allowed_on_request():
+    m = bf.Sequential([bf.layers.Dense(1, input_shape=(1,))], seed=0)
+    m.compile(optimizer="sgd", loss="mse", allow_nonfinite=True)
+    assert np.isnan(float(m.train_on_batch(np.array([[np.nan]]), np.array([[1.0]]))))
+
+
+def test_sparse_labels_outside_the_class_range():
+    m = bf.Sequential([bf.layers.Dense(3, activation="softmax", input_shape=(2,))], seed=0)
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="3"):
+        unchanged(m, lambda: m.fit(np.ones((4, 2)), np.array([0, 1, 2, 3]), verbose=0))
+
+
+def test_fit_before_compile():
+    m = bf.Sequential([bf.layers.Dense(1, input_shape=(2,))], seed=0)
+    with pytest.raises(ValueError, match=r"compile\(\) before fit"):
+        m.fit(np.ones((4, 2)), np.ones((4, 1)))
+    with pytest.raises(RuntimeError):                # also what Keras code catches
+        m.evaluate(np.ones((4, 2)), np.ones((4, 1)))
+
+
+def test_input_shape_contradicted_by_the_data(model):
+    with pytest.raises(ValueError, match=r"float32\[2, 5\]"):
+        model.train_on_batch(np.ones((2, 5), np.float32), np.ones((2, 2), np.float32))
+
+
+def test_unknown_names_suggest_the_closest():
+    m = bf.Sequential([bf.layers.Dense(1, input_shape=(2,))], seed=0)
+    with pytest.raises(ValueError, match="Did you mean 'mse'"):
+        m.compile(optimizer="adam", loss="msee")
+    with pytest.raises(ValueError, match="Did you mean 'adam'"):
+        m.compile(optimizer="adan", loss="mse")
+    with pytest.raises(ValueError, match="Known"):
+        m.compile(optimizer="adam", loss="mse", metrics=["acuracy"])
+
+
+def test_set_weights_with_wrong_shapes(model):
+    with pytest.raises(ValueError, match=r"shapes \[\(3, 4\), \(4,\), \(4, 2\), \(2,\)\]"):
+        model.set_weights([np.ones((3, 4))])
+
+
+def test_train_on_batch_before_compile_compiles_with_keras_defaults():
+    m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(2,))], seed=0)
+    with pytest.warns(UserWarning, match="rmsprop.*binary_crossentropy"):
+        loss = float(m.train_on_batch(np.ones((4, 2)), np.ones((4, 1))))
+    p = 1 / (1 + np.exp(-np.ones((4, 2)) @ m.get_weights()[0]))   # noqa: F841 (weights moved)
+    assert 0 < loss < 5
