@@ -185,7 +185,7 @@ class Model:
 
     def _check_inputs(self, x, y=None):
         """Trace the model on x's signature once (no step runs): shape errors surface here."""
-        signature = tuple((a.shape[1:], str(a.dtype)) for a in jax.tree.leaves(x))
+        signature = tuple((a.shape[1:], a.dtype) for a in jax.tree.leaves(x))
         if signature not in self._checked:
             try:
                 out = jax.eval_shape(self._exe.predict_batch, self._state, x)

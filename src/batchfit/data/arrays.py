@@ -15,7 +15,8 @@ import numpy as np
 
 from batchfit.errors import describe
 
-__all__ = ["Chunk", "standardize", "num_samples", "sample_weights", "take", "plan_chunks", "epoch_order"]
+__all__ = ["Chunk", "standardize", "num_samples", "sample_weights", "take", "plan_chunks", "epoch_order",
+           "permute"]
 
 
 class Chunk(NamedTuple):
@@ -29,6 +30,9 @@ class Chunk(NamedTuple):
 
 
 def _as_array(value, name: str, allow_nonfinite: bool):
+    if type(value) is np.ndarray and value.dtype == np.float32 and value.ndim:   # the hot path
+        if allow_nonfinite or np.isfinite(value).all():
+            return value
     if isinstance(value, jax.Array):
         array = value
     else:
@@ -69,15 +73,13 @@ def standardize(tree, name: str, allow_nonfinite: bool = False):
 
 def num_samples(*trees) -> int:
     """The common number of samples of `trees`; a clear error when they disagree."""
-    sizes = {}
-    for i, tree in enumerate(trees):
-        for leaf in jax.tree.leaves(tree):
-            sizes.setdefault(leaf.shape[0], describe(leaf))
+    leaves = [leaf for tree in trees for leaf in jax.tree.leaves(tree)]
+    sizes = {leaf.shape[0] for leaf in leaves}
     if len(sizes) > 1:
-        got = ", ".join(f"{n} ({d})" for n, d in sizes.items())
+        got = ", ".join(f"{leaf.shape[0]} ({describe(leaf)})" for leaf in leaves)
         raise ValueError(f"`x`, `y` and `sample_weight` must have the same number of samples; got {got}. "
                          f"Slice them to the same length.")
-    n = next(iter(sizes), 0)
+    n = sizes.pop() if sizes else 0
     if n == 0:
         raise ValueError("The data is empty (0 samples). Pass at least one sample.")
     return n
@@ -137,16 +139,16 @@ def num_batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch [n] int32, a permutation drawn from (seed, epoch).
+
+    Drawn on the host: NumPy's permutation of 100k indices takes about 1 ms here, while
+    jax.random.permutation (or an argsort of random bits) on this CPU takes 20-45 ms.
+    """
+    return np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
+
+
 @jax.jit
-def _random_order(key, positions):
-    bits = jax.random.bits(key, positions.shape, jnp.uint32)
-    return jnp.argsort(bits).astype(jnp.int32)
-
-
-def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> jax.Array:
-    """The sample order of one epoch [n] int32: identity, or a permutation from (seed, epoch)."""
-    positions = jnp.arange(n, dtype=jnp.int32)
-    if not shuffle:
-        return positions
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
-    return _random_order(key, positions)
+def permute(data, order):
+    """`data` in the order `order`, gathered once on the device, so batches are contiguous slices."""
+    return jax.tree.map(lambda a: jnp.take(a, order, axis=0), data)

@@ -33,8 +33,8 @@ class Executables(NamedTuple):
     train_batch: Callable   # (state, totals | None, batch) -> (state, totals, loss, results)
     test_batch: Callable    # (state, totals | None, batch) -> (totals, loss, results)
     predict_batch: Callable  # (state, x) -> y_pred
-    fit_chunk: Callable     # (state, totals, data, order, start, *, num_steps, tail, batch_size)
-    eval_chunk: Callable    # (state, totals, data, order, start, *, ...) -> (totals, losses)
+    fit_chunk: Callable     # (state, totals, data, start, *, num_steps, tail, batch_size)
+    eval_chunk: Callable    # (state, totals, data, start, *, ...) -> (totals, losses)
     predict_chunk: Callable  # (state, x, start, *, num_steps, tail, batch_size) -> (full, tail)
 
 
@@ -43,49 +43,50 @@ def results(totals: dict) -> dict:
     return {name: acc.result() for name, acc in totals.items()}
 
 
-def _gather(tree, order, start, size):
-    index = lax.dynamic_slice_in_dim(order, start, size)
-    return jax.tree.map(lambda a: jnp.take(a, index, axis=0), tree)
+def _slice(tree, start, size):
+    return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), tree)
 
 
-def _scan_chunk(step, carry, data, order, start, num_steps, tail, batch_size):
-    """Run `step(carry, batch) -> (carry, out)` over num_steps full batches, then the tail."""
+def _scan_chunk(step, carry, data, start, num_steps, tail, batch_size):
+    """Run `step(carry, batch) -> (carry, out)` over num_steps full batches, then the tail.
+
+    `data` is already in epoch order, so every batch is a contiguous slice (no gather).
+    """
     outs = []
     if num_steps:
         def body(c, i):
-            return step(c, Batch(*_gather(data, order, start + i * batch_size, batch_size)))
+            return step(c, Batch(*_slice(data, start + i * batch_size, batch_size)))
         carry, full = lax.scan(body, carry, jnp.arange(num_steps, dtype=jnp.int32))
         outs.append(full)
     if tail:
-        carry, last = step(carry, Batch(*_gather(data, order, start + num_steps * batch_size, tail)))
+        carry, last = step(carry, Batch(*_slice(data, start + num_steps * batch_size, tail)))
         outs.append(jax.tree.map(lambda a: a[None], last))
     return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
-def _fit_chunk(program, state, totals, data, order, start, *, num_steps, tail, batch_size):
+def _fit_chunk(program, state, totals, data, start, *, num_steps, tail, batch_size):
     def step(carry, batch):
         s, t, loss = train_step(program, *carry, batch)
         return (s, t), loss
-    (state, totals), losses = _scan_chunk(step, (state, totals), data, order, start, num_steps, tail, batch_size)
+    (state, totals), losses = _scan_chunk(step, (state, totals), data, start, num_steps, tail, batch_size)
     return state, totals, losses
 
 
-def _eval_chunk(program, state, totals, data, order, start, *, num_steps, tail, batch_size):
+def _eval_chunk(program, state, totals, data, start, *, num_steps, tail, batch_size):
     def step(t, batch):
         return eval_step(program, state, t, batch)
-    return _scan_chunk(step, totals, data, order, start, num_steps, tail, batch_size)
+    return _scan_chunk(step, totals, data, start, num_steps, tail, batch_size)
 
 
 def _predict_chunk(graph, state, x, start, *, num_steps, tail, batch_size):
-    order = jnp.arange(jax.tree.leaves(x)[0].shape[0], dtype=jnp.int32)
     outs = []
     if num_steps:
         def body(_, i):
-            return None, predict_step(graph, state, _gather(x, order, start + i * batch_size, batch_size))
+            return None, predict_step(graph, state, _slice(x, start + i * batch_size, batch_size))
         _, full = lax.scan(body, None, jnp.arange(num_steps, dtype=jnp.int32))
         outs.append(jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), full))
     if tail:
-        outs.append(predict_step(graph, state, _gather(x, order, start + num_steps * batch_size, tail)))
+        outs.append(predict_step(graph, state, _slice(x, start + num_steps * batch_size, tail)))
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 

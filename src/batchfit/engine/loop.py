@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from batchfit.data.arrays import Chunk, epoch_order, plan_chunks
-from batchfit.engine.compiled import DeviceData, Executables, results
+from batchfit.data.arrays import epoch_order, permute, plan_chunks
+from batchfit.engine.compiled import DeviceData, Executables
 from batchfit.engine.state import TrainState, zero_totals
 
 __all__ = ["FitPlan", "run_fit", "run_evaluate", "run_predict"]
@@ -32,16 +32,16 @@ class FitPlan(NamedTuple):
 
 
 def _host_logs(totals: dict, batch_loss=None) -> dict:
-    logs = {k: float(v) for k, v in jax.device_get(results(totals)).items()}
+    """One device-to-host copy of the accumulators; the divisions happen on the host."""
+    logs = {k: float(t / c) if c > 0 else 0.0 for k, (t, c) in jax.device_get(totals).items()}
     if batch_loss is not None:
         logs["batch_loss"] = float(batch_loss)
     return logs
 
 
-def _run_epoch(exe: Executables, state, data: DeviceData, plan: FitPlan, epoch, callbacks, publish,
-               should_stop):
+def _run_epoch(exe: Executables, state, data: DeviceData, plan: FitPlan, callbacks, publish, should_stop):
+    """Dispatch one epoch's chunks over `data` (already in epoch order); returns device values."""
     n = jax.tree.leaves(data.y)[0].shape[0]
-    order = epoch_order(n, plan.shuffle, plan.seed, epoch)
     totals = zero_totals(plan.metric_names)
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
     losses = []
@@ -49,7 +49,7 @@ def _run_epoch(exe: Executables, state, data: DeviceData, plan: FitPlan, epoch, 
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
         state, totals, chunk_losses = exe.fit_chunk(
-            state, totals, data, order, chunk.start,
+            state, totals, data, chunk.start,
             num_steps=chunk.num_steps, tail=chunk.tail, batch_size=plan.batch_size)
         losses.append(chunk_losses)
         publish(state)
@@ -57,20 +57,30 @@ def _run_epoch(exe: Executables, state, data: DeviceData, plan: FitPlan, epoch, 
             callbacks.on_train_batch_end(chunk.last, _host_logs(totals, chunk_losses[-1]))
         if should_stop():
             break
-    batch_losses = np.asarray(jnp.concatenate(losses), np.float64)
-    return state, _host_logs(totals), batch_losses
+    return state, totals, losses
 
 
 def run_fit(exe: Executables, state: TrainState, data: DeviceData, plan: FitPlan, callbacks,
             publish: Callable, should_stop: Callable, validate: Callable | None = None) -> TrainState:
-    """Train for epochs [initial_epoch, epochs); `publish(state)` after every dispatch."""
+    """Train for epochs [initial_epoch, epochs); `publish(state)` after every dispatch.
+
+    While the device runs epoch e, the host draws the order of epoch e + 1; the logs of
+    epoch e are read after that, so the two overlap.
+    """
+    n = jax.tree.leaves(data.y)[0].shape[0]
+    next_order = lambda epoch: (epoch_order(n, plan.seed, epoch)
+                                if plan.shuffle and epoch < plan.epochs else None)
     callbacks.on_train_begin()
-    logs = {}
+    logs, order = {}, next_order(plan.initial_epoch)
     for epoch in range(plan.initial_epoch, plan.epochs):
         callbacks.on_epoch_begin(epoch)
-        state, logs, batch_losses = _run_epoch(exe, state, data, plan, epoch, callbacks, publish, should_stop)
+        epoch_data = data if order is None else permute(data, order)
+        state, totals, losses = _run_epoch(exe, state, epoch_data, plan, callbacks, publish, should_stop)
+        order = next_order(epoch + 1)
+        logs = _host_logs(totals)
         if validate is not None:
             logs.update({f"val_{k}": v for k, v in validate(state).items()})
+        batch_losses = np.concatenate([np.asarray(l, np.float64) for l in losses])
         callbacks.on_epoch_batch_losses(epoch, {"loss": batch_losses})
         callbacks.on_epoch_end(epoch, logs)
         if should_stop():
@@ -83,10 +93,9 @@ def run_evaluate(exe: Executables, state: TrainState, data: DeviceData, batch_si
                  steps_per_execution: int, metric_names) -> dict:
     """Sample-weighted means of the loss and metrics over all of `data`, at fixed weights."""
     n = jax.tree.leaves(data.y)[0].shape[0]
-    order = epoch_order(n, False, 0, 0)
     totals = zero_totals(metric_names)
     for chunk in plan_chunks(n, batch_size, steps_per_execution):
-        totals, _ = exe.eval_chunk(state, totals, data, order, chunk.start,
+        totals, _ = exe.eval_chunk(state, totals, data, chunk.start,
                                    num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size)
     return _host_logs(totals)
 
