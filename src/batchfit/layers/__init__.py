@@ -1,0 +1,34 @@
+"""Keras-named layers: config objects that build Flax NNX modules once shapes are known.
+
+`layer.build(input_shape, rngs)` returns a fresh NNX module for inputs [B, *input_shape].
+Built modules start in inference mode; `module.train()` / `module.eval()` switch Dropout
+(`deterministic`) and BatchNormalization (`use_running_average`). Each Dropout holds its own
+`nnx.Rngs` stream, whose key and count are NNX state advanced on every training call.
+"""
+
+from batchfit.layers.base import Layer, layer_from_config
+from batchfit.layers.conv import Conv2D, MaxPooling2D
+from batchfit.layers.core import (
+    Activation,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    Input,
+    InputLayer,
+)
+from batchfit.layers.initializers import INITIALIZERS, get_initializer
+from batchfit.layers.normalization import BatchNormalization, LayerNormalization
+from batchfit.layers.stack import (
+    Stack,
+    build_stack,
+    keras_weight_variables,
+    regularization_penalty,
+)
+
+__all__ = [
+    "INITIALIZERS", "get_initializer", "Layer", "Dense", "Activation", "Dropout", "Flatten",
+    "BatchNormalization", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D",
+    "InputLayer", "Input", "Stack", "build_stack", "keras_weight_variables",
+    "regularization_penalty", "layer_from_config",
+]
