@@ -101,7 +101,11 @@ class CallbackList:
         if not hook.startswith("on_"):
             raise AttributeError(hook)
 
-        def call(*args, **kwargs):
+        arity = 2 if ("epoch" in hook or "batch" in hook) else 1   # (epoch|batch, logs) or (logs)
+
+        def call(*args):
+            if hook != "on_epoch_batch_losses":       # Keras always hands over a logs dict
+                args = args[:arity - 1] + ((args[arity - 1] if len(args) >= arity else None) or {},)
             for cb in self.callbacks:
-                getattr(cb, hook)(*args, **kwargs)
+                getattr(cb, hook)(*args)
         return call

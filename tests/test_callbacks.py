@@ -1,0 +1,89 @@
+"""Callbacks: Keras hook order, stop_training, the progress output and History."""
+
+import numpy as np
+import optax
+from pytest import approx
+
+import batchfit as bf
+from conftest import linear_model
+
+X = np.arange(20, dtype=np.float32).reshape(10, 2) / 10
+Y = X.sum(axis=1, keepdims=True)
+
+
+def compiled(**kwargs):
+    model = linear_model([0.0, 0.0])
+    model.compile(optimizer=optax.sgd(0.01), loss="mse", **kwargs)
+    return model
+
+
+def test_hooks_fire_in_keras_order():
+    events = []
+    cb = bf.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: events.append("train_begin"),
+        on_epoch_begin=lambda epoch, logs: events.append(f"epoch_begin {epoch}"),
+        on_train_batch_end=lambda batch, logs: events.append(f"batch_end {batch}"),
+        on_epoch_end=lambda epoch, logs: events.append(f"epoch_end {epoch} {sorted(logs)}"),
+        on_train_end=lambda logs: events.append("train_end"))
+    compiled().fit(X, Y, batch_size=4, epochs=3, initial_epoch=1, verbose=0, callbacks=[cb],
+                   validation_data=(X[:3], Y[:3]))
+    assert events == ["train_begin",
+                      "epoch_begin 1", "batch_end 0", "batch_end 1", "batch_end 2",
+                      "epoch_end 1 ['loss', 'val_loss']",
+                      "epoch_begin 2", "batch_end 0", "batch_end 1", "batch_end 2",
+                      "epoch_end 2 ['loss', 'val_loss']", "train_end"]
+
+
+def test_epoch_callbacks_keep_the_epoch_fused():
+    model = compiled()
+    calls = []
+    real = None
+    model.fit(X, Y, epochs=1, verbose=0)
+    real = model._exe.fit_chunk
+    model._exe = model._exe._replace(fit_chunk=lambda *a, **k: calls.append(k["num_steps"]) or real(*a, **k))
+    cb = bf.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)
+    model.fit(X, Y, batch_size=4, epochs=2, verbose=0, callbacks=[cb])
+    assert calls == [2, 2]                          # one call per epoch: 2 full batches + the tail
+
+
+def test_stop_training_stops_after_the_current_batch():
+    class StopAt(bf.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                self.model.stop_training = True
+
+    model = compiled()
+    history = model.fit(X, Y, batch_size=4, epochs=5, verbose=0, callbacks=[StopAt()])
+    assert history.epoch == [0]
+    assert len(history.batch_history["loss"][0]) == 2
+    l0, l1 = history.batch_history["loss"][0]
+    assert history.history["loss"][0] == approx((l0 + l1) / 2, rel=1e-6)   # two batches of 4
+
+
+def test_callback_reads_current_weights_during_fit():
+    seen = []
+    model = compiled()
+    cb = bf.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(model.get_weights()[0].copy()))
+    model.fit(X, Y, batch_size=10, epochs=2, verbose=0, callbacks=[cb])
+    assert not np.allclose(seen[0], seen[1])
+    np.testing.assert_array_equal(seen[1], model.get_weights()[0])
+
+
+def test_verbose_2_prints_one_line_per_epoch(capsys):
+    compiled().fit(X, Y, batch_size=4, epochs=2, verbose=2)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
+    assert len(lines) == 2 and lines[0].startswith("Epoch 1/2") and "loss:" in lines[1]
+
+
+def test_verbose_1_shows_a_progress_bar_with_loss_and_rate(capsys):
+    history = compiled().fit(X, Y, batch_size=4, epochs=1, verbose=1)
+    out = capsys.readouterr().out
+    assert "Epoch 1/1" in out and "3/3" in out and "steps/s" in out
+    assert f"loss: {history.history['loss'][0]:.4f}" in out
+
+
+def test_history_is_returned_and_kept_on_the_model():
+    model = compiled()
+    history = model.fit(X, Y, batch_size=5, epochs=2, verbose=0)
+    assert model.history is history and history.epoch == [0, 1]
+    assert [len(b) for b in history.batch_history["loss"]] == [2, 2]
