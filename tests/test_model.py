@@ -1,0 +1,81 @@
+"""The Model shell: predict, weights, the cached train_on_batch step, lazy results."""
+
+import jax
+import numpy as np
+import pytest
+from pytest import approx
+
+import batchfit as bf
+from conftest import linear_model
+
+
+def test_predict_matches_the_weights_by_hand():
+    model = linear_model([1.0, -2.0], bias=0.5)
+    x = np.array([[1.0, 1.0], [2.0, 0.0], [0.0, 3.0]], np.float32)
+    expected = x @ np.array([1.0, -2.0]) + 0.5                       # -0.5, 2.5, -5.5
+    np.testing.assert_allclose(model.predict(x, batch_size=2).ravel(), expected, rtol=1e-6)
+    np.testing.assert_allclose(model.predict_on_batch(x).ravel(), expected, rtol=1e-6)
+
+
+def test_train_on_batch_is_traced_once_per_signature_and_returns_a_lazy_scalar():
+    traces = []
+
+    def loss(y_true, y_pred):
+        traces.append(1)
+        return bf.losses.mean_squared_error(y_true, y_pred)
+
+    model = linear_model([0.0])
+    model.compile(optimizer="sgd", loss=loss)
+    x, y = np.ones((4, 1), np.float64), np.ones((4, 1), np.float64)   # float64 in, float32 inside
+    results = [model.train_on_batch(x, y) for _ in range(5)]
+    assert len(traces) == 1
+    assert isinstance(results[0], jax.Array) and results[0].shape == ()
+    assert float(results[0]) == approx(1.0)                           # (0 - 1)^2
+    assert np.mean(results) < 1.0 and f"{results[0]:.3f}" == "1.000"
+    model.train_on_batch(np.ones((3, 1)), np.ones((3, 1)))             # a new batch size: one more trace
+    assert len(traces) == 2
+
+
+def test_metrics_list_and_dict_results():
+    model = linear_model([1.0])
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    x, y = np.array([[1.0], [2.0]]), np.array([[2.0], [2.0]])          # errors -1, 0
+    loss, mae = model.test_on_batch(x, y)
+    assert (float(loss), float(mae)) == (approx(0.5), approx(0.5))
+    assert sorted(model.evaluate(x, y, return_dict=True, verbose=0)) == ["loss", "mae"]
+    assert model.metrics_names == ["loss", "mae"]
+
+
+def test_accuracy_follows_the_loss():
+    model = bf.Sequential([bf.layers.Dense(3, activation="softmax", input_shape=(2,))], seed=0)
+    model.set_weights([np.array([[5.0, 0, 0], [0, 5.0, 0]], np.float32), np.zeros(3, np.float32)])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]], np.float32)
+    _, accuracy = model.evaluate(x, np.array([0, 1, 1, 2]), verbose=0)
+    assert accuracy == approx(0.5)           # argmax 0, 1, 0, 0 against labels 0, 1, 1, 2
+
+
+def test_weights_round_trip_and_module_stays_in_sync():
+    model = bf.Sequential([bf.layers.Dense(4, input_shape=(3,)), bf.layers.BatchNormalization(),
+                           bf.layers.Dense(1)], seed=1)
+    shapes = [w.shape for w in model.get_weights()]
+    assert shapes == [(3, 4), (4,), (4,), (4,), (4,), (4,), (4, 1), (1,)]  # kernel, bias, gamma, beta, mean, var
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((8, 3)), np.ones((8, 1)), epochs=1, verbose=0)
+    weights = model.get_weights()
+    clone = bf.Sequential([bf.layers.Dense(4, input_shape=(3,)), bf.layers.BatchNormalization(),
+                           bf.layers.Dense(1)], seed=2)
+    clone.set_weights(weights)
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    np.testing.assert_allclose(clone.predict(x), model.predict(x), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.module(x)), model.predict(x), rtol=1e-6)
+
+
+def test_sequential_infers_its_input_shape_from_the_first_batch():
+    model = bf.Sequential([bf.layers.Dense(2), bf.layers.Dense(1)], seed=0)
+    assert model.get_weights() == []
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.ones((4, 5)), np.ones((4, 1)), verbose=0)
+    assert [w.shape for w in model.get_weights()] == [(5, 2), (2,), (2, 1), (1,)]
+    with pytest.raises(ValueError, match="float32"):
+        model.predict(np.ones((2, 6)))
