@@ -10,10 +10,10 @@ import pytest
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 SEEDS = pathlib.Path(__file__).parent.parent.parent / "shared" / "seeds"
 PORTS = {"seed1_fit.py": ("000", 0), "seed1_train_on_batch.py": ("000", 1), "seed1_raw_losses.py": ("000", 2),
-         "seed2_train_on_batch.py": ("001", 0), "seed2_fit.py": ("001", 1)}
+         "seed2_train_on_batch.py": ("001", 0), "seed2_fit.py": ("001", 1), "seed2_dataset.py": ("001", 2)}
 IMPORTS = [("import tensorflow as tf", "import batchfit as bf"), ("tf.keras.models.Sequential", "bf.Sequential"),
            ("tf.keras.Sequential", "bf.Sequential"), ("tf.keras.layers", "bf.layers"),
-           ("tf.keras.optimizers", "bf.optimizers"), ("tf.keras.losses", "bf.losses")]
+           ("tf.keras.optimizers", "bf.optimizers"), ("tf.keras.losses", "bf.losses"), ("tf.data", "bf.data")]
 
 
 def run(name, capsys):
@@ -62,3 +62,9 @@ def test_seed2_train_on_batch(capsys):
 def test_seed2_fit(capsys):
     out = run("seed2_fit.py", capsys)
     assert out.count("Epoch") >= 10 and "loss" in out
+
+
+def test_seed2_dataset(capsys):                   # the article's tf.data pipeline, on the fused device path
+    out = run("seed2_dataset.py", capsys)
+    losses = numbers(out, "loss:")
+    assert out.count("Epoch") == 10 and losses[-1] < losses[0] and losses[-1] < 0.1   # var(U(0,1)) = 1/12

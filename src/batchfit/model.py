@@ -7,7 +7,6 @@ up to date from it when it is read (and when `fit` returns).
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -24,7 +23,9 @@ from batchfit import metrics as metrics_lib
 from batchfit import optimizers as optimizers_lib
 from batchfit.callbacks import CallbackList, History, ProgbarLogger
 from batchfit.data import arrays
-from batchfit.engine.compiled import DeviceData, Executables, build_executables
+from batchfit.data.source import as_source, is_batch_list as _is_batches, split_source
+from batchfit.data.stream import STREAM_MAX_STEPS, unpack
+from batchfit.engine.compiled import Executables, build_executables
 from batchfit.engine.loop import FitPlan, run_evaluate, run_fit, run_predict
 from batchfit.engine.state import Batch, ModelGraph, TrainState, split_module
 from batchfit.engine.step import Program
@@ -211,62 +212,77 @@ class Model:
         self._check_inputs(x, y)
         return x, y, w, n
 
-    def _steps(self, num_batches: int, callbacks: CallbackList | None = None) -> int:
-        k = self._settings.steps_per_execution if self._settings else "auto"
-        if k == "auto":
-            limit = callbacks.max_steps_per_execution(num_batches) if callbacks else None
-            k = limit or num_batches
-        return max(1, min(k, num_batches))
+    def _source(self, x, y=None, sample_weight=None, class_weight=None, *, split=0.0, **options):
+        """The input as a source (data/source.py), checked against the model once."""
+        allow = bool(self._settings and self._settings.allow_nonfinite)
+        if split:
+            source, val = split_source(x, y, sample_weight, class_weight, validation_split=split,
+                                       allow_nonfinite=allow, **options)
+        else:
+            source, val = as_source(x, y, sample_weight, class_weight, allow_nonfinite=allow, **options), None
+        self._ensure_ready(source.sample.x)
+        self._check_inputs(source.sample.x, source.sample.y)
+        return (source, val) if split else source
+
+    def _steps(self, source, callbacks: CallbackList | None = None) -> int:
+        setting = self._settings.steps_per_execution if self._settings else "auto"
+        limit = None
+        if callbacks is not None and setting == "auto":
+            limit = callbacks.max_steps_per_execution(source.num_batches or STREAM_MAX_STEPS)
+        return source.steps_per_execution(setting, limit)
 
     # ----- fit / evaluate / predict --------------------------------------------------
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
-            sample_weight=None, initial_epoch=0, seed=None, validation_batch_size=None):
-        """Train for `epochs` epochs; returns the `History` (see shared/API.md for the loss semantics)."""
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, seed=None):
+        """Train for `epochs` epochs; returns the `History` (see shared/API.md for the loss semantics).
+
+        `x`: arrays (NumPy, JAX, pandas, a dict for a multi-input model; a NumPy memmap is
+        streamed from disk), a bf.data.Dataset, or an iterable of (x, y[, sample_weight])
+        batches (generator, list, grain, PyTorch DataLoader); with batches, `y`,
+        `sample_weight`, `batch_size` and `validation_split` are not given. An epoch is one
+        pass over the data, or `steps_per_epoch` batches drawn on from where the last epoch
+        stopped. A generator object is consumed once, as in Keras: give it enough batches
+        for every epoch (and steps_per_epoch), or pass something re-iterable.
+        """
         self._require_compiled("fit")
-        batch_size = _check_int("batch_size", 32 if batch_size is None else batch_size, 1)
         epochs, initial_epoch = _check_int("epochs", epochs, 0), _check_int("initial_epoch", initial_epoch, 0)
         if epochs < initial_epoch:
             raise ValueError(f"`epochs` ({epochs}) must be >= `initial_epoch` ({initial_epoch}): "
                              f"epochs is the index of the last epoch + 1, as in Keras.")
         if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
             raise ValueError(f"`validation_split` must be a float in [0, 1); got {validation_split!r}.")
-        x, y, w, n = self._arrays(x, y, sample_weight, class_weight)
-        val = self._validation(x, y, w, n, validation_split, validation_data)
-        if val is not None:
-            x, y, w, n = val[0]
-        data = jax.device_put(DeviceData(x, y, w))
-        num_batches = math.ceil(n / batch_size)
-        cbs = self._callbacks(callbacks, verbose, epochs, num_batches)
-        plan = FitPlan(epochs, initial_epoch, batch_size, self._steps(num_batches, cbs), bool(shuffle),
-                       _seed(seed), tuple(self.metrics_names[1:]))
+        options = dict(batch_size=batch_size, shuffle=bool(shuffle), seed=_seed(seed), steps=steps_per_epoch,
+                       first_key=initial_epoch)
+        if validation_split:
+            source, val = self._source(x, y, sample_weight, class_weight, split=validation_split,
+                                       validation_batch_size=validation_batch_size, **options)
+        else:
+            source = self._source(x, y, sample_weight, class_weight, **options)
+            val = self._validation_source(validation_data, validation_batch_size, batch_size, validation_steps)
+        cbs = self._callbacks(callbacks, verbose, epochs, source.num_batches)
+        plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), tuple(self.metrics_names[1:]))
         validate = None
         if val is not None:
-            vdata, vbatch = val[1], validation_batch_size or batch_size
-            vsteps = self._steps(math.ceil(val[2] / vbatch))
-            validate = lambda s: run_evaluate(self._exe, s, vdata, vbatch, vsteps, plan.metric_names)
+            val_steps = self._steps(val)
+            validate = lambda s: run_evaluate(self._exe, s, val, val_steps, plan.metric_names)
         self.stop_training = False
-        state = run_fit(self._exe, self._state, data, plan, cbs, self._publish,
+        state = run_fit(self._exe, self._state, source, plan, cbs, self._publish,
                         lambda: self.stop_training, validate)
         self._publish(state)
         self._sync_module()
         return self.history
 
-    def _validation(self, x, y, w, n, split, validation_data):
-        if validation_data is not None:
-            vx, vy, *vw = validation_data if isinstance(validation_data, (tuple, list)) else (validation_data,)
-            vx, vy, vw_, vn = self._arrays(vx, vy, vw[0] if vw else None)
-            return (x, y, w, n), jax.device_put(DeviceData(vx, vy, vw_)), vn
-        if not split:
+    def _validation_source(self, data, batch_size, fit_batch_size, steps):
+        """`validation_data`: (x, y[, sample_weight]) arrays, or a Dataset / iterable of batches."""
+        if data is None:
             return None
-        cut = int(math.floor(n * (1.0 - split)))   # Keras's split point
-        if cut <= 0 or cut >= n:
-            raise ValueError(f"`validation_split={split}` of {n} samples leaves an empty training or "
-                             f"validation set. Use more data or a different fraction.")
-        head, tail = slice(0, cut), slice(cut, n)
-        vdata = jax.device_put(DeviceData(*arrays.take((x, y, w), tail)))
-        return (*arrays.take((x, y, w), head), cut), vdata, n - cut
+        if isinstance(data, tuple) or (isinstance(data, list) and len(data) <= 3 and not _is_batches(data)):
+            vx, vy, vw = unpack(tuple(data))
+            return self._source(vx, vy, vw, batch_size=batch_size or fit_batch_size, steps=steps)
+        return self._source(data, batch_size=batch_size, steps=steps)
 
     def _callbacks(self, callbacks, verbose, epochs, num_batches) -> CallbackList:
         verbose = 1 if verbose == "auto" else int(verbose)
@@ -278,22 +294,17 @@ class Model:
         return CallbackList(all_cbs, model=self, params=params)
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
-                 return_dict=False, callbacks=None):
-        """The sample-weighted mean loss (and metrics) over all of x, in inference mode."""
+                 return_dict=False, callbacks=None, steps=None):
+        """The sample-weighted mean loss (and metrics) over all of x (or `steps` batches), in inference mode."""
         self._require_compiled("evaluate")
-        batch_size = _check_int("batch_size", 32 if batch_size is None else batch_size, 1)
-        x, y, w, n = self._arrays(x, y, sample_weight)
-        data = jax.device_put(DeviceData(x, y, w))
-        logs = run_evaluate(self._exe, self._state, data, batch_size,
-                            self._steps(math.ceil(n / batch_size)), tuple(self.metrics_names[1:]))
+        source = self._source(x, y, sample_weight, batch_size=batch_size, steps=steps)
+        logs = run_evaluate(self._exe, self._state, source, self._steps(source), tuple(self.metrics_names[1:]))
         return self._format(logs, return_dict)
 
-    def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
-        """The model's outputs on all of x, as a NumPy array, in inference mode."""
-        batch_size = _check_int("batch_size", 32 if batch_size is None else batch_size, 1)
-        x, _, _, n = self._arrays(x, None, need_y=False)
-        return run_predict(self._exe, self._state, jax.device_put(x), batch_size,
-                           self._steps(math.ceil(n / batch_size)))
+    def predict(self, x, batch_size=None, verbose="auto", callbacks=None, steps=None):
+        """The model's outputs on all of x (or `steps` batches), as a NumPy array, in inference mode."""
+        source = self._source(x, batch_size=batch_size, steps=steps, need_y=False)
+        return run_predict(self._exe, self._state, source, self._steps(source))
 
     # ----- one batch at a time -------------------------------------------------------
 

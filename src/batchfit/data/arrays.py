@@ -1,12 +1,14 @@
 """In-memory arrays: check once at the boundary, put on the device, plan each epoch's chunks.
 
-Shuffling happens on the device: one permutation per epoch from (seed, epoch), and the
-compiled loop gathers each batch from the device-resident arrays.
+The epoch order is drawn on the host (one permutation per epoch from (seed, epoch)) and
+applied with one gather on the device, so the compiled loop reads contiguous batches.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -15,8 +17,9 @@ import numpy as np
 
 from batchfit.errors import describe
 
-__all__ = ["Chunk", "standardize", "num_samples", "sample_weights", "take", "plan_chunks", "epoch_order",
-           "permute"]
+__all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
+           "plan_chunks", "epoch_order", "permute", "target_dtype", "is_memmap", "release_pages", "read_rows",
+           "aligned_empty"]
 
 
 class Chunk(NamedTuple):
@@ -27,6 +30,54 @@ class Chunk(NamedTuple):
     start: int
     num_steps: int   # full batches fused with lax.scan
     tail: int        # size of the partial last batch run after them (0: none)
+
+
+class DeviceData(NamedTuple):
+    """Samples on the device: x (array or dict) [N, ...], y [N, ...], w [N] (y, w None to predict)."""
+
+    x: Any
+    y: Any
+    w: Any
+
+
+class Piece(NamedTuple):
+    """The input of one compiled call: `chunk` says which batches, `data` holds them from `chunk.start`."""
+
+    chunk: Chunk
+    data: DeviceData
+    batch_size: int
+
+
+def target_dtype(dtype, name: str) -> np.dtype:
+    """The dtype batchfit trains on for input of `dtype`: float32 for bool and floats, int32 for 64-bit ints."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise TypeError(
+            f"`{name}` must be numeric (bool, int or float); got dtype {dtype}. "
+            f"Encode strings or objects as numbers first (e.g. with np.unique(..., return_inverse=True)).")
+    if dtype.kind in "bf":
+        return np.dtype(np.float32)
+    return np.dtype(np.int32) if dtype.itemsize == 8 else dtype
+
+
+def is_memmap(tree) -> bool:
+    """True when some leaf of `tree` is a NumPy memmap (data on disk, streamed rather than copied)."""
+    return any(isinstance(leaf, np.memmap) for leaf in jax.tree.leaves(tree))
+
+
+def release_pages(array) -> None:
+    """Drop the pages of a memmap that this process has read, so they stop counting in its RSS.
+
+    The data stays in the file and the OS page cache; a later read maps it again. Private
+    (copy-on-write, mode 'c') maps are left alone: dropping their pages would lose writes.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if mapping is None or getattr(array, "mode", "c") == "c" or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):   # closed or unsupported: only memory use is at stake
+        pass
 
 
 def _as_array(value, name: str, allow_nonfinite: bool):
@@ -112,6 +163,45 @@ def sample_weights(y, n: int, sample_weight=None, class_weight=None) -> np.ndarr
         table = {int(k): float(v) for k, v in class_weight.items()}
         w = w * np.array([table[int(c)] for c in labels], np.float32)
     return w
+
+
+def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialised array whose data starts on an `alignment`-byte boundary.
+
+    The CPU backend takes such arrays as they are; an unaligned one is copied on every
+    dispatch (measured: 700 us instead of 50 us for a 0.8 MB chunk).
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(size + alignment, np.uint8)
+    offset = (-buffer.ctypes.data) % alignment
+    return buffer[offset:offset + size].view(dtype).reshape(shape)
+
+
+def read_rows(array, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]` for a memmap, read with pread so that the rows' pages are never mapped.
+
+    Gathering scattered rows through the mapping maps far more than it reads: the kernel
+    maps whole page-cache folios around each fault (about 800 KiB per 1 KiB row measured
+    here), so one shuffled epoch would map the whole file. Falls back to indexing for
+    copy-on-write maps and rows that are not contiguous.
+    """
+    mapping = getattr(array, "_mmap", None)
+    row_bytes = array.dtype.itemsize * math.prod(array.shape[1:])
+    if (mapping is None or array.mode == "c" or array.ndim == 0 or array.strides[0] != row_bytes
+            or not array[:1].flags.c_contiguous or getattr(array, "filename", None) is None):
+        return array[rows]
+    base = np.frombuffer(mapping, np.uint8).ctypes.data
+    start = array.offset - array.offset % mmap.ALLOCATIONGRANULARITY + (array.ctypes.data - base)
+    out = np.empty((len(rows),) + array.shape[1:], array.dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    with open(array.filename, "rb", buffering=0) as f:
+        fd = f.fileno()
+        for i, row in enumerate(np.asarray(rows, np.int64).tolist()):
+            if row < 0:
+                row += array.shape[0]
+            os.preadv(fd, [view[i * row_bytes:(i + 1) * row_bytes]], start + row * row_bytes)
+    return out
 
 
 def take(tree, index):

@@ -7,24 +7,17 @@ partial last batch at its true size: one dispatch, fixed shapes, exact numbers.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from batchfit.data.arrays import DeviceData
 from batchfit.engine.state import Batch, TrainState, zero_totals
 from batchfit.engine.step import Program, eval_step, predict_step, train_step
 
 __all__ = ["Executables", "DeviceData", "build_executables", "results"]
-
-
-class DeviceData(NamedTuple):
-    """A whole in-memory dataset on the device: x (array or dict) [N, ...], y [N, ...], w [N]."""
-
-    x: Any
-    y: Any
-    w: jax.Array
 
 
 class Executables(NamedTuple):

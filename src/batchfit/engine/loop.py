@@ -6,14 +6,13 @@ and only when a callback wants per-batch logs; otherwise once per epoch.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from batchfit.data.arrays import epoch_order, permute, plan_chunks
-from batchfit.engine.compiled import DeviceData, Executables
+from batchfit.engine.compiled import Executables
 from batchfit.engine.state import TrainState, zero_totals
 
 __all__ = ["FitPlan", "run_fit", "run_evaluate", "run_predict"]
@@ -24,10 +23,7 @@ class FitPlan(NamedTuple):
 
     epochs: int
     initial_epoch: int
-    batch_size: int
     steps_per_execution: int
-    shuffle: bool
-    seed: int
     metric_names: tuple
 
 
@@ -39,18 +35,25 @@ def _host_logs(totals: dict, batch_loss=None) -> dict:
     return logs
 
 
-def _run_epoch(exe: Executables, state, data: DeviceData, plan: FitPlan, callbacks, publish, should_stop):
-    """Dispatch one epoch's chunks over `data` (already in epoch order); returns device values."""
-    n = jax.tree.leaves(data.y)[0].shape[0]
+def _throttle(outputs: list, max_in_flight: int | None):
+    """Wait until at most `max_in_flight` dispatches are unfinished (streams: bounds the chunks held)."""
+    if max_in_flight and len(outputs) >= max_in_flight:
+        jax.block_until_ready(outputs[-max_in_flight])
+
+
+def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, publish, should_stop):
+    """Dispatch one epoch's pieces (chunks of batches already on the device); returns device values."""
     totals = zero_totals(plan.metric_names)
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
     losses = []
-    for chunk in plan_chunks(n, plan.batch_size, plan.steps_per_execution):
+    for piece in feed.epoch(epoch):
+        _throttle(losses, feed.max_in_flight)
+        chunk = piece.chunk
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
         state, totals, chunk_losses = exe.fit_chunk(
-            state, totals, data, chunk.start,
-            num_steps=chunk.num_steps, tail=chunk.tail, batch_size=plan.batch_size)
+            state, totals, piece.data, chunk.start,
+            num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         losses.append(chunk_losses)
         publish(state)
         if want_end:
@@ -60,50 +63,75 @@ def _run_epoch(exe: Executables, state, data: DeviceData, plan: FitPlan, callbac
     return state, totals, losses
 
 
-def run_fit(exe: Executables, state: TrainState, data: DeviceData, plan: FitPlan, callbacks,
-            publish: Callable, should_stop: Callable, validate: Callable | None = None) -> TrainState:
-    """Train for epochs [initial_epoch, epochs); `publish(state)` after every dispatch.
+def _learn_steps(callbacks, num_batches: int):
+    """A stream of unknown length: after the first epoch, its batch count is the callbacks' `steps`."""
+    for cb in callbacks.callbacks:
+        if cb.params.get("steps", 0) is None:
+            cb.params["steps"] = num_batches
 
-    While the device runs epoch e, the host draws the order of epoch e + 1; the logs of
-    epoch e are read after that, so the two overlap.
+
+def run_fit(exe: Executables, state: TrainState, source, plan: FitPlan, callbacks,
+            publish: Callable, should_stop: Callable, validate: Callable | None = None) -> TrainState:
+    """Train for epochs [initial_epoch, epochs) on `source`; `publish(state)` after every dispatch.
+
+    The source prepares epoch e + 1 while the device runs epoch e (the next order of
+    in-memory arrays, the next chunks of a stream); the logs of epoch e are read after that.
     """
-    n = jax.tree.leaves(data.y)[0].shape[0]
-    next_order = lambda epoch: (epoch_order(n, plan.seed, epoch)
-                                if plan.shuffle and epoch < plan.epochs else None)
+    epochs = range(plan.initial_epoch, plan.epochs)
     callbacks.on_train_begin()
-    logs, order = {}, next_order(plan.initial_epoch)
-    for epoch in range(plan.initial_epoch, plan.epochs):
-        callbacks.on_epoch_begin(epoch)
-        epoch_data = data if order is None else permute(data, order)
-        state, totals, losses = _run_epoch(exe, state, epoch_data, plan, callbacks, publish, should_stop)
-        order = next_order(epoch + 1)
-        logs = _host_logs(totals)
-        if validate is not None:
-            logs.update({f"val_{k}": v for k, v in validate(state).items()})
-        batch_losses = np.concatenate([np.asarray(l, np.float64) for l in losses])
-        callbacks.on_epoch_batch_losses(epoch, {"loss": batch_losses})
-        callbacks.on_epoch_end(epoch, logs)
-        if should_stop():
-            break
+    logs = {}
+    feed = source.feed(epochs, plan.steps_per_execution)
+    try:
+        for epoch in epochs:
+            callbacks.on_epoch_begin(epoch)
+            state, totals, losses = _run_epoch(exe, state, feed, epoch, plan, callbacks, publish, should_stop)
+            if not losses:
+                warnings.warn(f"The input ran out of data at epoch {epoch}; training stops. A generator is "
+                              f"consumed once: pass a re-iterable input (a list, a bf.data.Dataset) or "
+                              f"steps_per_epoch with enough batches for every epoch.", UserWarning, stacklevel=3)
+                break
+            logs = _host_logs(totals)
+            if validate is not None:
+                logs.update({f"val_{k}": v for k, v in validate(state).items()})
+            _learn_steps(callbacks, sum(len(l) for l in losses))
+            batch_losses = np.concatenate([np.asarray(l, np.float64) for l in losses])
+            callbacks.on_epoch_batch_losses(epoch, {"loss": batch_losses})
+            callbacks.on_epoch_end(epoch, logs)
+            if should_stop():
+                break
+    finally:
+        feed.close()
     callbacks.on_train_end(logs)
     return state
 
 
-def run_evaluate(exe: Executables, state: TrainState, data: DeviceData, batch_size: int,
-                 steps_per_execution: int, metric_names) -> dict:
-    """Sample-weighted means of the loss and metrics over all of `data`, at fixed weights."""
-    n = jax.tree.leaves(data.y)[0].shape[0]
-    totals = zero_totals(metric_names)
-    for chunk in plan_chunks(n, batch_size, steps_per_execution):
-        totals, _ = exe.eval_chunk(state, totals, data, chunk.start,
-                                   num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size)
+def _one_pass(source, steps_per_execution: int, outputs: list):
+    """The pieces of one pass over `source`, throttled on `outputs` (the caller's dispatch results)."""
+    key = source.next_key()
+    feed = source.feed([key], steps_per_execution)
+    try:
+        for piece in feed.epoch(key):
+            _throttle(outputs, feed.max_in_flight)
+            yield piece
+    finally:
+        feed.close()
+
+
+def run_evaluate(exe: Executables, state: TrainState, source, steps_per_execution: int, metric_names) -> dict:
+    """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights."""
+    totals, losses = zero_totals(metric_names), []
+    for piece in _one_pass(source, steps_per_execution, losses):
+        chunk = piece.chunk
+        totals, chunk_losses = exe.eval_chunk(state, totals, piece.data, chunk.start, num_steps=chunk.num_steps,
+                                              tail=chunk.tail, batch_size=piece.batch_size)
+        losses.append(chunk_losses)
     return _host_logs(totals)
 
 
-def run_predict(exe: Executables, state: TrainState, x, batch_size: int, steps_per_execution: int):
-    """The model's outputs on all of `x`, as NumPy arrays (one pytree leaf per output)."""
-    n = jax.tree.leaves(x)[0].shape[0]
-    outs = [exe.predict_chunk(state, x, chunk.start, num_steps=chunk.num_steps, tail=chunk.tail,
-                              batch_size=batch_size)
-            for chunk in plan_chunks(n, batch_size, steps_per_execution)]
+def run_predict(exe: Executables, state: TrainState, source, steps_per_execution: int):
+    """The model's outputs on one pass of `source`, as NumPy arrays (one pytree leaf per output)."""
+    outs = []
+    for piece in _one_pass(source, steps_per_execution, outs):
+        outs.append(exe.predict_chunk(state, piece.data.x, piece.chunk.start, num_steps=piece.chunk.num_steps,
+                                      tail=piece.chunk.tail, batch_size=piece.batch_size))
     return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *outs)

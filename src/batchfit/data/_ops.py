@@ -1,0 +1,394 @@
+"""The steps of a bf.data pipeline: one small Dataset subclass per transformation.
+
+Rows of `from_tensor_slices` stay index arrays through shuffle / take / skip / repeat /
+cache, so that `batch` gathers whole batches at once instead of stacking rows one by one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from batchfit.data.arrays import epoch_order, is_memmap, read_rows, release_pages
+from batchfit.data.dataset import (AUTOTUNE, INFINITE_CARDINALITY, UNKNOWN_CARDINALITY, Dataset, FusedPlan,
+                                   TensorSpec, _as_tensor, _buffer_shuffle, _call, _check_count, _stack)
+from batchfit.data.prefetch import Prefetcher
+from batchfit.errors import describe
+
+__all__ = ["fused_plan", "without_prefetch", "row_elements", "window_order", "inline_prefetch"]
+
+_RELEASE_BYTES = 64 << 20         # memmap bytes mapped between two releases of its pages
+_INLINE = threading.local()       # set on fit's stream worker: its own prefetch replaces a dataset's
+
+
+@contextlib.contextmanager
+def inline_prefetch():
+    """Within this block (on this thread), prefetch() steps pass elements through without a thread."""
+    before = getattr(_INLINE, "on", False)
+    _INLINE.on = True
+    try:
+        yield
+    finally:
+        _INLINE.on = before
+
+
+def fused_plan(dataset: Dataset) -> FusedPlan | None:
+    """This pipeline as arrays + batch size + shuffle, when it is no more than that."""
+    node, frozen = dataset, False
+    while isinstance(node, (Prefetch, Cache)):
+        frozen, node = frozen or isinstance(node, Cache), node._input
+    if not isinstance(node, Batch):
+        return None
+    batch, node = node, node._input
+    while isinstance(node, Cache):
+        frozen, node = True, node._input
+    shuffle = node if isinstance(node, Shuffle) else None
+    node = node._input if shuffle else node
+    while isinstance(node, Cache):
+        node = node._input
+    if not isinstance(node, Slices) or is_memmap(node._tensors):
+        return None
+    seed = shuffle.seed if shuffle else None
+    return FusedPlan(node._tensors, batch.batch_size, batch.drop_remainder, seed,
+                     bool(shuffle and shuffle.reshuffle and not frozen))
+
+
+def without_prefetch(dataset: Dataset) -> Dataset:
+    node = dataset
+    while isinstance(node, Prefetch):
+        node = node._input
+    return node
+
+
+def window_order(n: int, size: int, rng) -> np.ndarray:
+    """The order in which items 0..n-1 leave tf.data's shuffle buffer of `size` slots, without a Python loop.
+
+    At step t a uniform slot j_t is emitted and refilled with item size + t; so step t emits
+    the item that entered slot j_t at its previous pick (or item j_t itself, the first time).
+    At the end the items left in the buffer come out in random order.
+    """
+    steps = n - size
+    slots = rng.integers(0, size, steps)
+    times = np.lexsort((np.arange(steps), slots))          # by slot, then by time
+    ordered = slots[times]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    emitted = np.empty(steps, np.int64)
+    emitted[times] = np.where(first, ordered, size + np.r_[0, times[:-1]])
+    left = np.arange(size)
+    last = np.r_[ordered[1:] != ordered[:-1], True]
+    left[ordered[last]] = size + times[last]
+    return np.concatenate([emitted, rng.permutation(left)])
+
+
+def row_elements(rows: "Slices", indices) -> Iterator:
+    leaves, treedef = rows._leaves, rows._treedef
+    for i in indices:
+        yield jax.tree.unflatten(treedef, [leaf[i] for leaf in leaves])
+
+
+class Slices(Dataset):
+    _batched = False
+
+    def __init__(self, tensors):
+        is_node = lambda v: isinstance(v, (tuple, dict))
+        self._tensors = jax.tree.map(_as_tensor, tensors, is_leaf=lambda v: not is_node(v))
+        self._leaves, self._treedef = jax.tree.flatten(self._tensors)
+        if not self._leaves:
+            raise ValueError("from_tensor_slices() needs at least one array; got an empty structure.")
+        sizes = {leaf.shape[0] if leaf.ndim else None for leaf in self._leaves}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(f"from_tensor_slices() needs arrays with a first axis of one common length; got "
+                             f"{describe(self._tensors)}. Slice them to the same number of rows.")
+        self._n = sizes.pop()
+        self._rows = self
+
+    def _indices(self, key):
+        return range(self._n)
+
+    def _cardinality(self):
+        return self._n
+
+
+class Generator(Dataset):
+    def __init__(self, generator, args, signature):
+        self._generator, self._args, self._signature = generator, args, signature
+        if signature is not None:
+            self._specs, self._spec_tree = jax.tree.flatten(signature, is_leaf=lambda v: isinstance(v, TensorSpec))
+
+    def _elements(self, key):
+        iterator = iter(self._generator(*self._args))
+        if self._signature is None:
+            return iterator
+        return (self._check(element, i) for i, element in enumerate(iterator))
+
+    def _check(self, element, index):
+        specs, treedef = self._specs, self._spec_tree
+        leaves, got = jax.tree.flatten(element)
+        if got != treedef:
+            raise ValueError(f"Element {index} of the generator has structure {got}; "
+                             f"output_signature says {treedef}.")
+        out = []
+        for leaf, spec in zip(leaves, specs):
+            array = np.asarray(leaf)
+            shape = tuple(spec.shape)
+            if array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape, array.shape)):
+                raise ValueError(f"Element {index} of the generator has shape {array.shape}; output_signature "
+                                 f"expects {shape} (None: any size).")
+            out.append(array.astype(np.dtype(spec.dtype), copy=False))
+        return jax.tree.unflatten(treedef, out)
+
+    def _cardinality(self):
+        return UNKNOWN_CARDINALITY
+
+
+class Unary(Dataset):
+    def __init__(self, input: Dataset):
+        self._input = input
+        self._batched = input._batched
+
+
+class Shuffle(Unary):
+    def __init__(self, input, buffer_size, seed, reshuffle):
+        super().__init__(input)
+        if buffer_size == AUTOTUNE:
+            buffer_size = max(1, input._cardinality())
+        self.buffer_size = _check_count("buffer_size", buffer_size, 1)
+        self.seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
+        self.reshuffle = reshuffle
+        self._rows = input._rows
+
+    def _rng_key(self, key):
+        return key if self.reshuffle else (0,)
+
+    def _indices(self, key):
+        base = self._input._indices(key)
+        n, key = len(base), self._rng_key(key)
+        if self.buffer_size >= n and len(key) == 1:
+            order = epoch_order(n, self.seed, key[0])       # exactly fit(shuffle=True, seed=seed)'s order
+        else:
+            rng = np.random.default_rng((self.seed, *key))
+            order = rng.permutation(n) if self.buffer_size >= n else window_order(n, self.buffer_size, rng)
+        return (np.arange(base.start, base.stop) if isinstance(base, range) else np.asarray(base))[order]
+
+    def _elements(self, key):
+        if self._rows is not None:
+            return super()._elements(key)
+        rng = np.random.default_rng((self.seed, *self._rng_key(key)))
+        return _buffer_shuffle(self._input._elements(key), self.buffer_size, rng)
+
+
+class Batch(Unary):
+    def __init__(self, input, batch_size, drop_remainder):
+        super().__init__(input)
+        self.batch_size, self.drop_remainder = batch_size, drop_remainder
+        self._batched = True
+
+    def _elements(self, key):
+        if self._input._rows is not None:
+            return self._row_batches(self._input._rows, self._input._indices(key))
+        return self._stacked(self._input._elements(key))
+
+    def _stacked(self, elements):
+        while True:
+            group = list(itertools.islice(elements, self.batch_size))
+            if not group or (self.drop_remainder and len(group) < self.batch_size):
+                return
+            yield _stack(group)
+
+    def _row_batches(self, rows, indices):
+        """Batches gathered from the row arrays at once (no per-row Python work)."""
+        b, n = self.batch_size, len(indices)
+        end = n - n % b if self.drop_remainder else n
+        mapped = [leaf for leaf in rows._leaves if isinstance(leaf, np.memmap)]
+        read = 0
+        for start in range(0, end, b):
+            block = indices[start:start + b]
+            if isinstance(block, range):
+                parts = [leaf[block.start:block.stop] for leaf in rows._leaves]
+                read += sum(p.nbytes for p in parts)
+            else:      # scattered rows of a memmap are read from its file, not through the mapping
+                parts = [read_rows(leaf, block) if isinstance(leaf, np.memmap) else leaf[block]
+                         for leaf in rows._leaves]
+            if mapped and read >= _RELEASE_BYTES:   # views read later fault their pages in again: fine
+                for leaf in mapped:
+                    release_pages(leaf)
+                read = 0
+            yield jax.tree.unflatten(rows._treedef, parts)
+        for leaf in mapped:
+            release_pages(leaf)
+
+    def _cardinality(self):
+        n = self._input._cardinality()
+        if n < 0:
+            return n
+        return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
+
+
+class Map(Unary):
+    def __init__(self, input, fn, workers):
+        super().__init__(input)
+        self._fn, self._workers = fn, workers
+
+    def _elements(self, key):
+        elements = self._input._elements(key)
+        if self._workers == 1:
+            return (_call(self._fn, e) for e in elements)
+        return self._parallel(elements)
+
+    def _parallel(self, elements):
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="batchfit-map") as pool:
+            pending = collections.deque()
+            try:
+                for element in elements:
+                    pending.append(pool.submit(_call, self._fn, element))
+                    if len(pending) >= 2 * self._workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+class Filter(Unary):
+    def __init__(self, input, predicate):
+        super().__init__(input)
+        self._predicate = predicate
+
+    def _elements(self, key):
+        return (e for e in self._input._elements(key) if bool(np.asarray(_call(self._predicate, e))))
+
+    def _cardinality(self):
+        return UNKNOWN_CARDINALITY
+
+
+class Repeat(Unary):
+    def __init__(self, input, count):
+        super().__init__(input)
+        self._count = count
+        self._rows = input._rows if count is not None else None
+
+    def _indices(self, key):
+        parts = [np.asarray(self._input._indices(key + (r,))) for r in range(self._count)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def _elements(self, key):
+        if self._rows is not None:
+            return super()._elements(key)
+        return self._repeated(key)
+
+    def _repeated(self, key):
+        for r in itertools.count() if self._count is None else range(self._count):
+            empty = True
+            for element in self._input._elements(key + (r,)):
+                empty = False
+                yield element
+            if empty:            # repeating nothing forever would never end
+                return
+
+    def _cardinality(self):
+        n = self._input._cardinality()
+        if n == 0 or n == UNKNOWN_CARDINALITY:
+            return n
+        if self._count is None or n == INFINITE_CARDINALITY:
+            return INFINITE_CARDINALITY if self._count != 0 else 0
+        return n * self._count
+
+
+class Take(Unary):
+    def __init__(self, input, count):
+        super().__init__(input)
+        self._count = count
+        self._rows = input._rows
+
+    def _indices(self, key):
+        indices = self._input._indices(key)
+        return indices if self._count == -1 else indices[:self._count]
+
+    def _elements(self, key):
+        if self._rows is not None:
+            return super()._elements(key)
+        elements = self._input._elements(key)
+        return elements if self._count == -1 else itertools.islice(elements, self._count)
+
+    def _cardinality(self):
+        n = self._input._cardinality()
+        if self._count == -1 or n == UNKNOWN_CARDINALITY:
+            return n
+        return self._count if n == INFINITE_CARDINALITY else min(n, self._count)
+
+
+class Skip(Unary):
+    def __init__(self, input, count):
+        super().__init__(input)
+        self._count = count
+        self._rows = input._rows
+
+    def _indices(self, key):
+        indices = self._input._indices(key)
+        return indices[len(indices):] if self._count == -1 else indices[self._count:]
+
+    def _elements(self, key):
+        if self._rows is not None:
+            return super()._elements(key)
+        if self._count == -1:
+            return iter(())
+        return itertools.islice(self._input._elements(key), self._count, None)
+
+    def _cardinality(self):
+        n = self._input._cardinality()
+        if n < 0:
+            return n
+        return 0 if self._count == -1 else max(0, n - self._count)
+
+
+class Prefetch(Unary):
+    def __init__(self, input, depth):
+        super().__init__(input)
+        self._depth = depth
+
+    def _elements(self, key):
+        if self._depth == 0 or getattr(_INLINE, "on", False):
+            return self._input._elements(key)
+        return self._prefetched(key)
+
+    def _prefetched(self, key):
+        prefetcher = Prefetcher(lambda: self._input._elements(key), self._depth)
+        try:
+            yield from prefetcher
+        finally:
+            prefetcher.close()
+
+
+class Cache(Unary):
+    def __init__(self, input):
+        super().__init__(input)
+        self._rows = input._rows
+        self._cached = None
+
+    def _indices(self, key):
+        if self._cached is None:
+            self._cached = self._input._indices(key)
+        return self._cached
+
+    def _elements(self, key):
+        if self._rows is not None:
+            return super()._elements(key)
+        if self._cached is not None:
+            return iter(self._cached)
+        return self._recording(key)
+
+    def _recording(self, key):
+        elements = []
+        for element in self._input._elements(key):
+            elements.append(element)
+            yield element
+        self._cached = elements           # only a complete iteration is kept, as in tf.data

@@ -1,0 +1,108 @@
+"""A background producer with a bounded queue: what `Dataset.prefetch` and fit's streaming use.
+
+The worker is a daemon thread that stops at the next item once `close()` is called, so
+Ctrl-C in the main thread (or an early stop) never leaves a thread running or hangs the exit.
+An exception raised by the producer is re-raised in the consumer as the same object, with
+its original traceback.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Iterator
+
+__all__ = ["Prefetcher"]
+
+_ITEM, _DONE, _ERROR = range(3)
+_POLL_S = 0.05          # how often a blocked put or get looks at the stop flag
+
+
+class Prefetcher:
+    """Iterate `produce()` on a daemon thread, at most `depth` items ahead of the consumer.
+
+    Args:
+      produce: a function returning the iterator to run on the worker thread.
+      depth: the queue bound (>= 1): how many finished items may wait for the consumer.
+
+    Use as an iterator; `close()` (also called on exhaustion, error and garbage collection)
+    stops the worker and joins it.
+
+    >>> list(Prefetcher(lambda: iter(range(3)), depth=2))
+    [0, 1, 2]
+    """
+
+    def __init__(self, produce: Callable[[], Iterator], depth: int = 2, name: str = "batchfit-prefetch"):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._work, args=(produce,), name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, produce):
+        iterator = None
+        try:
+            iterator = produce()
+            for item in iterator:
+                if not self._put((_ITEM, item)):
+                    return
+            self._put((_DONE, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, re-raised there
+            self._put((_ERROR, error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None and self._stop.is_set():
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - the consumer has stopped listening
+                    pass
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        while True:
+            try:
+                kind, item = self._queue.get(timeout=_POLL_S)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    self._finished = True
+                    raise RuntimeError("The prefetch thread ended without a result.") from None
+        if kind == _ITEM:
+            return item
+        self.close()
+        if kind == _ERROR:
+            raise item
+        raise StopIteration
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the worker, drop what it had queued, and join it (at most `timeout` seconds)."""
+        self._finished = True
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def __del__(self):
+        if not self._finished:
+            self._stop.set()

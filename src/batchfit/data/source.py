@@ -1,0 +1,239 @@
+"""as_source: every input type fit / evaluate / predict accept, turned into one of two sources.
+
+* `ArraySource`: in-memory arrays (NumPy, JAX, pandas, dicts of them, and bf.data Datasets
+  that are only rows of arrays, shuffled and batched). Put on the device once; each epoch
+  is one gather in the epoch order and contiguous slices in the compiled loop.
+* `StreamSource` (data/stream.py): everything else (Datasets with map / filter / ...,
+  generators, iterables, grain, PyTorch DataLoader, NumPy memmaps, arrays with
+  steps_per_epoch), assembled into chunks on a background thread.
+
+Both hand the loop `feed(keys, steps_per_execution).epoch(key)`: an iterator of Pieces.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import math
+import numbers
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from batchfit.data import arrays
+from batchfit.data.arrays import DeviceData, Piece, epoch_order, permute, plan_chunks
+from batchfit.data._ops import fused_plan, without_prefetch
+from batchfit.data.dataset import INFINITE_CARDINALITY, Dataset, FusedPlan
+from batchfit.data.stream import StreamSource, unpack
+from batchfit.errors import describe
+
+__all__ = ["ArraySource", "as_source", "split_source", "is_batch_list"]
+
+
+class ArraySource:
+    """In-memory samples x [N, ...], y [N, ...], w [N], read in batches of `batch_size`."""
+
+    def __init__(self, x, y, w, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 reshuffle: bool = True, drop_remainder: bool = False):
+        self.sample = DeviceData(x, y, w)
+        self.n = arrays.num_samples(x, y, w)
+        self.batch_size, self.shuffle, self.seed, self.reshuffle = batch_size, shuffle, seed, reshuffle
+        self.rows = self.n - self.n % batch_size if drop_remainder else self.n
+        if self.rows == 0:
+            raise ValueError(f"batch({batch_size}, drop_remainder=True) of {self.n} samples leaves no batch. "
+                             f"Use a smaller batch size or drop_remainder=False.")
+        self.num_batches = math.ceil(self.rows / batch_size)
+        self._device = None
+
+    def split(self, fraction: float) -> tuple["ArraySource", "ArraySource"]:
+        """(the first 1 - fraction of the samples, the last fraction), Keras's validation_split."""
+        cut = int(math.floor(self.n * (1.0 - fraction)))
+        if cut <= 0 or cut >= self.n:
+            raise ValueError(f"`validation_split={fraction}` of {self.n} samples leaves an empty training or "
+                             f"validation set. Use more data or a different fraction.")
+        head, tail = (arrays.take(self.sample, part) for part in (slice(0, cut), slice(cut, self.n)))
+        return (ArraySource(*head, self.batch_size, self.shuffle, self.seed, self.reshuffle),
+                ArraySource(*tail, self.batch_size))
+
+    def steps_per_execution(self, setting, callback_limit: int | None) -> int:
+        k = (callback_limit or self.num_batches) if setting == "auto" else setting
+        return max(1, min(k, self.num_batches))
+
+    def next_key(self) -> int:
+        return 0
+
+    def feed(self, keys, steps_per_execution: int) -> "_ArrayFeed":
+        if self._device is None:
+            self._device = jax.device_put(self.sample)
+        return _ArrayFeed(self, list(keys), steps_per_execution)
+
+
+class _ArrayFeed:
+    """Epochs over device-resident arrays; the next epoch's order is drawn while the device runs."""
+
+    max_in_flight = None          # nothing is allocated per dispatch: let the dispatches run ahead
+
+    def __init__(self, source: ArraySource, keys: list, steps_per_execution: int):
+        self._source, self._keys, self._steps = source, keys, steps_per_execution
+        self._orders = {}
+
+    def _order(self, key):
+        s = self._source
+        if not s.shuffle:
+            return None
+        key = key if s.reshuffle else 0
+        if key not in self._orders:
+            self._orders = {key: epoch_order(s.n, s.seed, key)}
+        return self._orders[key]
+
+    def epoch(self, key) -> Iterator[Piece]:
+        s = self._source
+        order = self._order(key)
+        data = s._device if order is None else permute(s._device, order)
+        for chunk in plan_chunks(s.rows, s.batch_size, self._steps):
+            yield Piece(chunk, data, s.batch_size)
+        later = [k for k in self._keys if k > key]
+        if later:
+            self._order(later[0])          # overlaps with the device finishing this epoch
+
+    def close(self):
+        pass
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def is_batch_list(x) -> bool:
+    """A list of (x, y) batches, as opposed to a nested list of numbers (an array)."""
+    return (isinstance(x, list) and bool(x) and isinstance(x[0], (tuple, list))
+            and any(getattr(v, "ndim", 0) >= 1 for v in x[0]))
+
+
+def _kind(x) -> str:
+    if isinstance(x, Dataset):
+        return "dataset"
+    if is_batch_list(x):
+        return "iterable"
+    if (x is None or isinstance(x, (np.ndarray, jax.Array, list, tuple, dict, str, bytes, numbers.Number))
+            or hasattr(x, "to_numpy") or hasattr(x, "__array__")):
+        return "arrays"
+    return "iterable" if isinstance(x, collections.abc.Iterable) else "arrays"
+
+
+def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=None, shuffle=False, seed=0,
+              steps=None, need_y=True, allow_nonfinite=False, first_key=0):
+    """The source for any accepted input; every check on the data happens here, once.
+
+    Args:
+      x: arrays (NumPy, JAX, pandas, a dict of them), a bf.data.Dataset, or an iterable /
+        generator / grain dataset or loader / PyTorch DataLoader of (x, y[, sample_weight]) batches.
+      y, sample_weight, class_weight: with arrays; with batches, only class_weight.
+      batch_size: with arrays (default 32); must be None with batches.
+      shuffle, seed: with arrays (a Dataset shuffles itself).
+      steps: batches per epoch (steps_per_epoch / validation_steps / steps), else one pass.
+      need_y: False for predict. first_key: the first epoch's index (fit's initial_epoch).
+    """
+    if steps is not None:
+        steps = _check_int("steps_per_epoch", steps, 1)
+    kind = _kind(x)
+    if kind == "arrays":
+        return _from_arrays(x, y, sample_weight, class_weight, batch_size=batch_size, shuffle=shuffle,
+                            seed=seed, steps=steps, need_y=need_y, allow_nonfinite=allow_nonfinite,
+                            first_key=first_key)
+    _refuse_array_options(x, y, sample_weight, batch_size)
+    options = dict(class_weight=class_weight, allow_nonfinite=allow_nonfinite, need_y=need_y,
+                   first_key=first_key, steps=steps)
+    if kind == "dataset":
+        return _from_dataset(x, options)
+    return _from_iterable(x, options)
+
+
+def split_source(x, y, sample_weight=None, class_weight=None, *, validation_split: float, batch_size=None,
+                 validation_batch_size=None, shuffle=False, seed=0, steps=None, allow_nonfinite=False,
+                 first_key=0):
+    """(training source, validation source): the last `validation_split` of the arrays, before shuffling."""
+    if _kind(x) != "arrays":
+        raise ValueError(f"`validation_split` needs arrays; got {describe(x)}. With a Dataset or generator, "
+                         f"pass `validation_data=` instead.")
+    full = _from_arrays(x, y, sample_weight, class_weight, batch_size=batch_size,
+                        allow_nonfinite=allow_nonfinite, stream=False)
+    head, tail = full.split(validation_split)
+    train = _from_arrays(*head.sample, batch_size=batch_size, shuffle=shuffle, seed=seed, steps=steps,
+                         allow_nonfinite=allow_nonfinite, first_key=first_key)
+    val = _from_arrays(*tail.sample, batch_size=validation_batch_size or batch_size,
+                       allow_nonfinite=allow_nonfinite)
+    return train, val
+
+
+def _refuse_array_options(x, y, sample_weight, batch_size):
+    what = "a bf.data.Dataset" if isinstance(x, Dataset) else f"an iterable of batches ({describe(x)})"
+    for name, value, fix in (("y", y, "yield (x, y) pairs from it"),
+                             ("sample_weight", sample_weight, "yield (x, y, sample_weight) triples"),
+                             ("batch_size", batch_size, "the batches come from the data; .batch(n) sets it")):
+        if value is not None:
+            raise ValueError(f"`{name}` must not be given when `x` is {what}: {fix}.")
+
+
+def _from_arrays(x, y, sample_weight=None, class_weight=None, *, batch_size=None, shuffle=False, seed=0,
+                 steps=None, need_y=True, allow_nonfinite=False, first_key=0, stream=None):
+    batch_size = _check_int("batch_size", 32 if batch_size is None else batch_size, 1)
+    if x is None:
+        raise ValueError("`x` is required; got None.")
+    if need_y and y is None:
+        raise ValueError("`y` is required to train or evaluate; got None. Pass targets as `y`.")
+    on_disk = arrays.is_memmap(x)
+    x = x if on_disk else arrays.standardize(x, "x", allow_nonfinite)
+    y = None if not need_y else y if arrays.is_memmap(y) else arrays.standardize(y, "y", allow_nonfinite)
+    n = arrays.num_samples(x, y, sample_weight)
+    w = arrays.sample_weights(y, n, sample_weight, class_weight) if need_y else None
+    if stream is False or not (on_disk or arrays.is_memmap(y) or steps is not None):
+        return ArraySource(x, y, w, batch_size, bool(shuffle), seed)
+    # On disk (or with steps_per_epoch): the same rows, in the same order, streamed in chunks.
+    dataset = Dataset.from_tensor_slices((x, y, w) if need_y else (x,))
+    if shuffle:
+        dataset = dataset.shuffle(n, seed=seed)
+    return _from_dataset(dataset.batch(batch_size), dict(
+        allow_nonfinite=allow_nonfinite, need_y=need_y, first_key=first_key, steps=steps, class_weight=None))
+
+
+def _from_dataset(dataset: Dataset, options: dict):
+    if dataset._batched is False:
+        raise ValueError(f"The dataset yields single samples ({dataset!r}); fit, evaluate and predict take "
+                         f"batches. Add .batch(batch_size) to the pipeline.")
+    plan = fused_plan(dataset)
+    if plan is not None and options["steps"] is None:
+        return _fused_source(plan, options)
+    dataset = without_prefetch(dataset)
+    n = dataset.cardinality()
+    if n == INFINITE_CARDINALITY and options["steps"] is None:
+        raise ValueError("The dataset is infinite (repeat() without a count); pass steps_per_epoch "
+                         "(validation_steps, steps) to say how many batches make an epoch.")
+    return StreamSource(lambda key: dataset._elements((key,)), reiterable=True,
+                        num_batches=n if n >= 0 else None, what="The dataset", **options)
+
+
+def _fused_source(plan: FusedPlan, options: dict) -> ArraySource:
+    x, y, w = unpack(plan.tensors)
+    if options["need_y"] and y is None:
+        raise ValueError(f"The dataset has x only ({describe(x)}); training and evaluating need "
+                         f"from_tensor_slices((x, y)) or ((x, y, sample_weight)).")
+    allow = options["allow_nonfinite"]
+    x = arrays.standardize(x, "x", allow)
+    y = arrays.standardize(y, "y", allow) if options["need_y"] else None
+    n = arrays.num_samples(x, y, w)
+    w = arrays.sample_weights(y, n, w, options["class_weight"]) if options["need_y"] else None
+    return ArraySource(x, y, w, plan.batch_size, plan.seed is not None, plan.seed or 0, plan.reshuffle,
+                       plan.drop_remainder)
+
+
+def _from_iterable(data, options: dict) -> StreamSource:
+    one_shot = isinstance(data, collections.abc.Iterator)
+    try:
+        num_batches = None if one_shot else len(data)
+    except (TypeError, NotImplementedError):    # no length (an IterableDataset's loader, grain IterDataset)
+        num_batches = None
+    opener = (lambda key: data) if one_shot else (lambda key: iter(data))
+    return StreamSource(opener, reiterable=not one_shot, num_batches=num_batches, what="The input", **options)
