@@ -1,0 +1,364 @@
+"""Turn run.py's results into the targets of issue 4, the console table and RESULTS.md."""
+
+from __future__ import annotations
+
+from workloads import WORKLOADS
+
+NAMES = {
+    "floor": "floor: jit(lax.scan) per epoch, contiguous rows",
+    "floor_slices": "floor variant: dynamic_slice per batch",
+    "bf_fit": "batchfit fit, epochs=1 per call",
+    "bf_fit_device": "batchfit fit, epochs=1 per call, jax-array x/y",
+    "bf_fit_epochs": "batchfit fit(epochs=R), per epoch",
+    "bf_fit_spe1": "batchfit fit, steps_per_execution=1",
+    "jit_loop_read": "hand jit(step) loop, float(loss) each step",
+    "jit_loop": "hand jit(step) loop, loss not read",
+    "bf_tob_read": "batchfit train_on_batch loop, float(loss) each step",
+    "bf_tob": "batchfit train_on_batch loop, loss not read",
+    "torch_loop": "PyTorch eager loop (randperm order), default threads",
+    "torch_loop_1thread": "PyTorch eager loop (randperm order), 1 thread",
+    "keras_fit": "Keras-TF fit, epochs=1 per call",
+    "keras_fit_epochs": "Keras-TF fit(epochs=R), per epoch",
+    "keras_tob": "Keras-TF train_on_batch loop (returns a float)",
+}
+MAIN_WORKLOADS = ("seed1", "seed2", "mlp")
+
+
+def _base(key: str) -> str:
+    return key.split("[")[0]
+
+
+def _name(key: str) -> str:
+    base = _base(key)
+    if base.startswith("floor_shuffle:"):
+        return "floor + shuffle: " + base.split(":", 1)[1]
+    return NAMES.get(base, base)
+
+
+def references(results) -> dict:
+    """Per workload: the fastest unshuffled and shuffled floors (and which they are), Keras fit."""
+    refs = {}
+    for s in results["systems"]:
+        r = refs.setdefault(s["workload"], {})
+        if s["key"] in ("floor[noshuffle]", "floor_slices[noshuffle]"):
+            if s["us_per_step"] < r.get("floor", float("inf")):
+                r["floor"], r["floor_key"] = s["us_per_step"], s["key"]
+        elif s["key"].startswith("floor_shuffle:"):
+            if s["us_per_step"] < r.get("floor_shuffle", float("inf")):
+                r["floor_shuffle"], r["floor_shuffle_option"] = s["us_per_step"], _base(s["key"]).split(":", 1)[1]
+        elif s["key"] == "keras_fit[shuffle]":
+            r["keras_fit"] = s["us_per_step"]
+    return refs
+
+
+def _ratios(results):
+    refs = references(results)
+    for s in results["systems"]:
+        r = refs.get(s["workload"], {})
+        floor = r.get("floor_shuffle") if s.get("shuffle") else r.get("floor")
+        s["x_floor"] = s["us_per_step"] / floor if floor else None
+        s["x_keras_fit"] = s["us_per_step"] / r["keras_fit"] if r.get("keras_fit") else None
+        s["keras_fit_speedup"] = r["keras_fit"] / s["us_per_step"] if r.get("keras_fit") else None
+    return refs
+
+
+def _paired(results, workload, key, ref_key):
+    """The median over rounds of this system's time over the reference's time in the same round."""
+    a, b = (next((s["repeat_s"] for s in results["systems"] if s["workload"] == workload and s["key"] == k), None)
+            for k in (key, ref_key))
+    if not a or not b or len(a) != len(b):
+        return None
+    sa = next(s["steps"] for s in results["systems"] if s["workload"] == workload and s["key"] == key)
+    sb = next(s["steps"] for s in results["systems"] if s["workload"] == workload and s["key"] == ref_key)
+    ratios = sorted((x / sa) / (y / sb) for x, y in zip(a, b))
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else 0.5 * (ratios[mid - 1] + ratios[mid])
+
+
+def _get(results, workload, key, field="us_per_step"):
+    return next((s[field] for s in results["systems"] if s["workload"] == workload and s["key"] == key), None)
+
+
+def _target(rows, name, value, limit, lower_is_better=True, unit="x", note=""):
+    met = None if value is None else (value <= limit if lower_is_better else value >= limit)
+    rows.append({"target": name, "value": value, "limit": limit, "unit": unit, "met": met,
+                 "comparison": "<=" if lower_is_better else ">=", "note": note})
+
+
+def targets(results) -> list[dict]:
+    """Every target of issue 4 that this run measured, with its value and whether it is met."""
+    refs, rows = _ratios(results), []
+    for w in (*MAIN_WORKLOADS, "heavy"):
+        limit = 1.05 if w == "heavy" else 1.25
+        for tag, ref in (("noshuffle", "floor"), ("shuffle", "floor_shuffle")):
+            bf, floor = _get(results, w, f"bf_fit[{tag}]"), refs.get(w, {}).get(ref)
+            if bf and floor:
+                epochs = _get(results, w, f"bf_fit_epochs[{tag}]")
+                ref_key = (refs[w]["floor_key"] if tag == "noshuffle"
+                           else f"floor_shuffle:{refs[w]['floor_shuffle_option']}[shuffle]")
+                paired = _paired(results, w, f"bf_fit[{tag}]", ref_key)
+                _target(rows, f"{w}: fit shuffle={tag == 'shuffle'} / floor", bf / floor, limit,
+                        note=f"{_fmt(bf)} vs {_fmt(floor)} us/step; per-round ratio {_fmt(paired)}"
+                        + (f"; inside fit(epochs=R): {_fmt(epochs)} us/step = {epochs / floor:.2f}x" if epochs else ""))
+    for w in ("seed2", "seed1", "mlp", "heavy"):
+        pairs = (("bf_tob_read", "jit_loop_read", "loss read"), ("bf_tob", "jit_loop", "not read"))
+        for bf_key, hand_key, what in pairs:
+            bf, hand = _get(results, w, bf_key), _get(results, w, hand_key)
+            if bf and hand:
+                _target(rows, f"{w}: train_on_batch loop / jit(step) loop, {what}", bf / hand, 1.3,
+                        note=f"{_fmt(bf, 1)} vs {_fmt(hand, 1)} us/step; per-round ratio "
+                             f"{_fmt(_paired(results, w, bf_key, hand_key))}"
+                             + ("" if w == "seed2" else " (the target is set on seed2)"))
+    for w in ("seed1", "seed2"):
+        bf, keras = _get(results, w, "bf_fit[shuffle]"), refs.get(w, {}).get("keras_fit")
+        if bf and keras:
+            _target(rows, f"{w}: Keras-TF fit / batchfit fit (per step)", keras / bf, 50, False, "x faster",
+                    f"{_fmt(keras)} vs {_fmt(bf)} us/step, both fit(epochs=1) per call, shuffled")
+    ff = results.get("first_fit", {})
+    if ff:
+        _target(rows, "first fit call, seed1, fresh process, cache off", ff["cache_off"]["median_first_fit_s"], 2.0,
+                unit="s", note=f"cold cache (cache written): {ff['cache_cold']['median_first_fit_s']:.2f} s"
+                if "cache_cold" in ff else "")
+        _target(rows, "first fit call, second process, cache warm", ff["cache_warm"]["median_first_fit_s"], 0.5,
+                unit="s", note=f"import batchfit: {ff['cache_warm']['median_import_s']:.2f} s")
+    jobs = results.get("jobs", {})
+    hand = jobs.get("hand-written JAX", {}).get("median_wall_s")
+    for mode in ("batchfit (cache off)", "batchfit (cache cold: first run)", "batchfit (cache warm: next runs)"):
+        if hand and mode in jobs:
+            bf = jobs[mode]["median_wall_s"]
+            _target(rows, f"python example.py, {mode} / hand-written JAX", bf / hand, 1.2,
+                    note=f"{bf:.2f} vs {hand:.2f} s")
+    rss = results.get("rss")
+    if rss:
+        for k, v in rss["growth"].items():
+            if "not growth" not in k:
+                _target(rows, f"RSS growth, {k}", 100 * v, 5.0, unit="%")
+    return rows
+
+
+def _fmt(v, digits=2):
+    if v is None:
+        return ""
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def _met(t):
+    if t["met"] is False:
+        return f"**missed** by {100 * abs(t['value'] / t['limit'] - 1):.0f}%"
+    return {True: "met", None: "n/a"}[t["met"]]
+
+
+def table(results) -> str:
+    """The main table, one row per (workload, system), as Markdown."""
+    _ratios(results)
+    lines = ["| workload | system | order | us/step | spread | steps/s | x floor | Keras fit / this | first call (s) "
+             "| calls x repeats |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in results["systems"]:
+        if s["key"].startswith("floor_shuffle:") and s["us_per_step"] != references(results)[s["workload"]].get(
+                "floor_shuffle"):
+            continue                         # the other shuffle options have their own table
+        order = {True: "shuffled", False: "in order", None: "in order"}[s.get("shuffle")]
+        spread = (s["us_per_step_max"] - s["us_per_step_min"]) / s["us_per_step"]
+        lines.append(f"| {s['workload']} | {_name(s['key'])} | {order} | {_fmt(s['us_per_step'])} | "
+                     f"{100 * spread:.0f}% | {_fmt(s['steps_per_s'], 0)} | {_fmt(s['x_floor'])} | "
+                     f"{_fmt(s['keras_fit_speedup'], 1)} | "
+                     f"{_fmt(s['first_call_s'], 3)} | {s['calls_per_repeat']} x {len(s['repeat_s'])} |")
+    return "\n".join(lines)
+
+
+def _targets_md(results):
+    lines = ["| target | measured | limit | verdict | detail |", "|---|---:|---:|---|---|"]
+    for t in results["targets"]:
+        lines.append(f"| {t['target']} | {_fmt(t['value'], 3)} {t['unit']} | {t['comparison']} {t['limit']} "
+                     f"{t['unit']} | {_met(t)} | {t['note']} |")
+    return "\n".join(lines)
+
+
+def _shuffle_md(results):
+    refs = references(results)
+    lines = ["| workload | ordering | us/step | x unshuffled floor |", "|---|---|---:|---:|"]
+    for s in results["systems"]:
+        if s["key"].startswith(("floor[", "floor_slices", "floor_shuffle:")):
+            floor = refs[s["workload"]].get("floor")
+            r = refs[s["workload"]]
+            best = (" (fastest: the shuffled floor)" if s["us_per_step"] == r.get("floor_shuffle") else
+                    " (fastest: the floor)" if s["key"] == r.get("floor_key") else "")
+            lines.append(f"| {s['workload']} | {_name(s['key'])}{best} | {_fmt(s['us_per_step'])} | "
+                         f"{_fmt(s['us_per_step'] / floor if floor else None)} |")
+    costs = results.get("permutation_costs")
+    if costs:
+        sizes = list(costs)
+        lines += ["", "One epoch's permutation alone (median ms, after a warm-up):", "",
+                  "| method | " + " | ".join(f"n = {n}" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+        for method in costs[sizes[0]]:
+            lines.append(f"| {method} | " + " | ".join(_fmt(1e3 * costs[n][method], 3) for n in sizes) + " |")
+    return "\n".join(lines)
+
+
+def _decomposition_md(results):
+    refs = references(results)
+    lines = ["Per fit call (one epoch), microseconds. `input` = NumPy x/y minus jax-array x/y (host checks, "
+             "conversion, host-to-device copy); `per call` = jax-array x/y per call minus one epoch inside "
+             "fit(epochs=R) (argument checks, setup, callbacks, history, host reads); `engine` = one epoch "
+             "inside fit(epochs=R) minus the floor's epoch (what the compiled epoch and the per-epoch driver "
+             "add: the shuffle, the per-batch slicing, accumulators). Each term is a difference of medians, so terms "
+             "smaller than the rows' spread (main table) are noise and can come out negative.", "",
+             "| workload | order | floor | fit per call | excess | input | per call | engine |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for w in dict.fromkeys(s["workload"] for s in results["systems"]):
+        steps = next(s["steps"] for s in results["systems"] if s["workload"] == w)
+        for tag, ref in (("noshuffle", "floor"), ("shuffle", "floor_shuffle")):
+            vals = [_get(results, w, f"{k}[{tag}]") for k in ("bf_fit", "bf_fit_device", "bf_fit_epochs")]
+            floor = refs.get(w, {}).get(ref)
+            if None in vals or floor is None:
+                continue
+            fit, device, epochs = (v * steps for v in vals)
+            floor *= steps
+            lines.append(f"| {w} | {tag} | {_fmt(floor, 0)} | {_fmt(fit, 0)} | {_fmt(fit - floor, 0)} | "
+                         f"{_fmt(fit - device, 0)} | {_fmt(device - epochs, 0)} | {_fmt(epochs - floor, 0)} |")
+    return "\n".join(lines)
+
+
+def _profiles_md(results):
+    parts = []
+    for p in results.get("profiles", []):
+        parts += [f"**{p['workload']}, {p['what']}** ({p['calls']} calls under cProfile; "
+                  f"{_fmt(p['total_us_per_call'], 0)} us of profiled host time per call). A jitted call's C++ "
+                  "dispatch (argument flattening, transfers, launch) counts as own time of its Python caller; "
+                  "`_value` is a host read waiting for the device.", "",
+                  "| function (own time) | calls/call | own us/call | cum us/call |", "|---|---:|---:|---:|"]
+        parts += [f"| `{r['function']}` | {_fmt(r['ncalls_per_call'], 1)} | {_fmt(r['tottime_us'], 1)} | "
+                  f"{_fmt(r['cumtime_us'], 1)} |" for r in p["top_own_time"]]
+        parts += ["", "| batchfit function (cumulative) | calls/call | own us/call | cum us/call |",
+                  "|---|---:|---:|---:|"]
+        parts += [f"| `{r['function']}` | {_fmt(r['ncalls_per_call'], 1)} | {_fmt(r['tottime_us'], 1)} | "
+                  f"{_fmt(r['cumtime_us'], 1)} |" for r in p["batchfit_cumulative"]]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _procs_md(results):
+    lines = []
+    ff = results.get("first_fit")
+    if ff:
+        lines += ["First fit call of the first article's workload in a fresh process (median of "
+                  f"{len(ff['cache_off']['runs'])}; seconds):", "",
+                  "| cache | import jax | + import batchfit | build + compile() | first fit | second fit "
+                  "| process wall |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for mode, v in ff.items():
+            lines.append(f"| {mode} | {_fmt(v.get('median_import_jax_s'))} | "
+                         f"{_fmt(v.get('median_import_batchfit_after_jax_s'))} | "
+                         f"{_fmt(v['median_build_compile_s'], 3)} | "
+                         f"{_fmt(v['median_first_fit_s'], 3)} | {_fmt(v['median_second_fit_s'], 4)} | "
+                         f"{_fmt(v['median_process_wall_s'])} |")
+    jobs = results.get("jobs")
+    if jobs:
+        lines += ["", "The whole first-article job, `python <job>.py` from process start to exit (benchmarks/jobs/; "
+                  "median seconds):", "", "| job | wall (s) | runs |", "|---|---:|---:|"]
+        for mode, v in jobs.items():
+            lines.append(f"| {mode} | {_fmt(v['median_wall_s'])} | "
+                         f"{', '.join(_fmt(r['wall_s']) for r in v['runs'])} |")
+    rss = results.get("rss")
+    if rss:
+        lines += ["", "Process RSS (MiB), first article's model, cache off: after building, after one warm-up fit "
+                  "call (compiles fit), over 2000 train_on_batch calls (loss read), then over 50 fit calls:", "",
+                  "| point | RSS MiB |", "|---|---:|"]
+        lines += [f"| {k} | {v / 2**20:.1f} |" for k, v in rss["rss_bytes"].items()]
+    return "\n".join(lines)
+
+
+def _missed_md(results):
+    """For each missed target, where the time goes, from this run's decomposition and profiles."""
+    refs, lines = references(results), []
+    for t in results["targets"]:
+        if t["met"] is not False:
+            continue
+        name = t["target"]
+        w = name.split(":")[0]
+        if "fit shuffle=" in name:
+            tag = "shuffle" if "True" in name else "noshuffle"
+            steps = next(s["steps"] for s in results["systems"] if s["workload"] == w)
+            vals = [_get(results, w, f"{k}[{tag}]") for k in ("bf_fit", "bf_fit_device", "bf_fit_epochs")]
+            floor = refs[w]["floor_shuffle" if tag == "shuffle" else "floor"]
+            if None in vals:
+                lines.append(f"- {name}: {_fmt((vals[0] - floor) * steps, 0)} us per fit call over the floor "
+                             "(run the full suite for the split).")
+            else:
+                fit, device, epochs = (v * steps for v in vals)
+                floor *= steps
+                lines.append(f"- {name}: {_fmt(fit - floor, 0)} us per fit call over the floor's "
+                             f"{_fmt(floor, 0)}: NumPy input handling {_fmt(fit - device, 0)}, per-call "
+                             f"fixed cost {_fmt(device - epochs, 0)}, inside the epoch {_fmt(epochs - floor, 0)}.")
+        elif "train_on_batch loop" in name:
+            prof = next((p for p in results.get("profiles", []) if p["what"] == "tob_read"), None)
+            hand = _get(results, w, "jit_loop_read" if "read" in name and "not" not in name else "jit_loop")
+            bf = hand * t["value"]
+            text = f"- {name}: {_fmt(bf - hand, 1)} us per call over the hand-written loop."
+            if prof and w == prof["workload"]:
+                top = ", ".join(f"`{r['function']}` {_fmt(r['tottime_us'], 1)} us" for r in prof["top_own_time"][:4])
+                text += f" cProfile ({prof['workload']}, loss read): {top} (own time per call, under the profiler)."
+            lines.append(text)
+        elif "first fit call" in name:
+            ff = results["first_fit"]["cache_warm" if "warm" in name else "cache_off"]
+            lines.append(f"- {name}: import jax + batchfit {ff['median_import_s']:.2f} s (not in the target), "
+                         f"build + compile() {ff['median_build_compile_s']:.3f} s, first fit "
+                         f"{ff['median_first_fit_s']:.2f} s: trace + XLA compile (or cache load) of the fit step.")
+        elif "example.py" in name and results.get("first_fit"):
+            mode = "cache_warm" if "warm" in name else "cache_cold" if "cold" in name else "cache_off"
+            ff = results["first_fit"].get(mode) or results["first_fit"]["cache_off"]
+            lines.append(f"- {name}: {t['note']}; in a fresh process ({mode}) import jax takes "
+                         f"{_fmt(ff.get('median_import_jax_s'))} s, import batchfit on top "
+                         f"{_fmt(ff.get('median_import_batchfit_after_jax_s'))} s, the first fit call "
+                         f"{_fmt(ff['median_first_fit_s'])} s; the hand-written job imports jax and NumPy only.")
+        else:
+            lines.append(f"- {name}: {_fmt(t['value'], 3)} {t['unit']} against {t['limit']} {t['unit']}.")
+    return "\n".join(lines) if lines else "Every measured target is met."
+
+
+def markdown(results) -> str:
+    """RESULTS.md: how it was run, the targets, the table, the shuffle study, the processes, the profiles."""
+    m = results["machine"]
+    machine = [f"- {k}: {v}" for k, v in m.items() if not isinstance(v, dict)]
+    machine += [f"- {k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in m.items()
+                if isinstance(v, dict) and k != "load_during_run"]
+    load = m.get("load_during_run")
+    if load:
+        machine.append(f"- other processes during the run: {load['other_processes_cpu_s']:.0f} CPU-s in "
+                       f"{load['wall_s']:.0f} s of wall time = {100 * load['other_processes_share_of_machine']:.0f}% "
+                       f"of the machine; load average {load['loadavg_start'][0]:.2f} at start, "
+                       f"{load['loadavg_end'][0]:.2f} at the end")
+    missing = [f"- {k}: not measured: {v}" for k, v in results["missing"].items()]
+    checks = [f"- {w}: " + (f"max |weight diff| {c['max_abs_weight_diff']:.2e}, max |batch loss diff| "
+                            f"{c['max_abs_batch_loss_diff']:.2e} after one unshuffled epoch of "
+                            f"{c.get('num_batches', '?')} batches from the same weights"
+                            if c["checked"] else f"not compared ({c['why']})")
+              for w, c in results["floor_checks"].items()]
+    workloads = [f"- **{w.name}**: {w.title}; {w.samples(results['quick'])} samples" for w in WORKLOADS.values()
+                 if any(s["workload"] == w.name for s in results["systems"])]
+    return "\n".join([
+        "# batchfit benchmarks", "",
+        f"Generated by `{results['command']}` in {results['elapsed_s'] / 60:.1f} min"
+        + (" (**--quick**: smaller data, fewer repeats)" if results["quick"] else "") + ". "
+        "Each framework runs in its own worker process; per workload every system's first call (trace + "
+        "compile) is timed apart, warm-up calls then fix how many calls make one timed repeat, and the repeats go "
+        "round-robin over all systems (starting one system later each round), so machine noise hits all alike. "
+        "Numbers are medians over the repeats. Fit-like rows time `fit(x, y, epochs=1)` per call with NumPy x/y "
+        "(what a user calls; **the targets use these rows**); `fit(epochs=R)` rows divide one call by R. The floor "
+        "keeps x/y on the device and ends every epoch call with its losses on the host. `x floor`: this row over "
+        "the floor of the same order (in order: the faster unshuffled floor variant; shuffled: the fastest "
+        "shuffled floor). "
+        "`Keras fit / this`: how many times faster than Keras-TF `fit(epochs=1)` per call, shuffled. `spread`: "
+        "(slowest - fastest repeat) / median. Targets also show the median of per-round ratios (both systems "
+        "timed seconds apart in each round), which shrugs off slow drifts in machine load. Per-batch "
+        "loops time a pass over the first batches of the data (`steps` in results.json).",
+        "", "## Machine", "", *machine, *missing, "", "## Workloads", "", *workloads,
+        "", "## Targets (issue 4)", "", _targets_md(results), "", "Missed targets, where the time goes:", "",
+        _missed_md(results),
+        "", "## All systems", "", table(results),
+        "", "## Shuffled floor: the options", "", _shuffle_md(results),
+        "", "## Process-level measurements", "", _procs_md(results),
+        "", "## Where batchfit's fit time goes", "", _decomposition_md(results), "", _profiles_md(results),
+        "## Does the floor do batchfit's arithmetic?", "", *checks, "",
+    ])
