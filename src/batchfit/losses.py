@@ -357,22 +357,26 @@ def validate_targets(loss, y, num_outputs: int | None) -> None:
     y = np.asarray(y)
     if y.size == 0 or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
         return  # nothing numeric to check (empty, or object arrays the data layer rejects)
-    found = f"y: {describe(y)} has min {float(y.min()):g} and max {float(y.max()):g}"
+    low, high = float(y.min()), float(y.max())        # NaN when any value is NaN
+    found = lambda: f"y: {describe(y)} has min {low:g} and max {high:g}"
     if isinstance(loss, SparseCategoricalCrossentropy):
-        _check_sparse_labels(y.astype(np.float64), num_outputs, found)
-    else:
-        _check_binary_targets(y.astype(np.float64), found)
+        _check_sparse_labels(y, low, high, num_outputs, found)
+    elif not (low >= 0 and high <= 1):
+        raise ValueError(
+            f"binary_crossentropy needs targets in [0, 1]; {found()}. For labels in {{-1, 1}} "
+            "pass (y + 1) / 2; for more than two classes use sparse_categorical_crossentropy "
+            "with one output unit per class.")
 
 
-def _check_sparse_labels(y, num_outputs: int | None, found: str) -> None:
+def _check_sparse_labels(y, low: float, high: float, num_outputs: int | None, found) -> None:
     """Sparse labels must be whole numbers in [0, num_outputs)."""
-    low, high = y.min(), y.max()
     valid = (f"[0, {num_outputs}) for a model with {num_outputs} outputs" if num_outputs
              else "[0, num_classes)")
-    if not (np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+    whole = y.dtype.kind in "biu" or (np.isfinite(low) and np.isfinite(high) and np.all(y == np.round(y)))
+    if not whole:
         raise ValueError(
             f"sparse_categorical_crossentropy needs integer class labels in {valid}; "
-            f"{found} and non-integer values. Pass integer class ids, or use "
+            f"{found()} and non-integer values. Pass integer class ids, or use "
             "binary_crossentropy / categorical_crossentropy for probability targets.")
     if low >= 0 and (not num_outputs or high < num_outputs):
         return
@@ -386,14 +390,4 @@ def _check_sparse_labels(y, num_outputs: int | None, found: str) -> None:
         fix = (f"Give the last layer {int(high) + 1} units (one per class), or remap the "
                "labels to 0..num_classes-1, e.g. np.unique(y, return_inverse=True)[1].")
     raise ValueError(
-        f"sparse_categorical_crossentropy needs integer class labels in {valid}; {found}. {fix}")
-
-
-def _check_binary_targets(y, found: str) -> None:
-    """Binary crossentropy targets must lie in [0, 1]."""
-    if np.all(np.isfinite(y)) and y.min() >= 0 and y.max() <= 1:
-        return
-    raise ValueError(
-        f"binary_crossentropy needs targets in [0, 1]; {found}. For labels in {{-1, 1}} "
-        "pass (y + 1) / 2; for more than two classes use sparse_categorical_crossentropy "
-        "with one output unit per class.")
+        f"sparse_categorical_crossentropy needs integer class labels in {valid}; {found()}. {fix}")

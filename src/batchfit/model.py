@@ -71,6 +71,7 @@ class Model:
                             f"For Keras-style layers use bf.Sequential([...]).")
         self.name = name or type(self).__name__.lower()
         self._module = module
+        self._module_is_users = module is not None
         self._settings: _Settings | None = None
         self._graph: ModelGraph | None = None
         self._exe: Executables | None = None
@@ -101,6 +102,7 @@ class Model:
             self._build_from(x)
         if self._graph is None:
             self._graph, params, model_state = split_module(self._module)
+            params, model_state = _copy_tree((params, model_state))   # the module keeps its own buffers
             self._state = TrainState(params, model_state, None, jnp.zeros((), jnp.int32))
             self._setup_program()
 
@@ -115,12 +117,11 @@ class Model:
         self._running = None
 
     def _sync_module(self):
+        """Write the trained values into the module's variables (copies: the state's buffers get donated)."""
         if self._stale and self._graph is not None:
-            copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the state's buffers get donated
-            params = jax.tree.unflatten(self._graph.params_def, jax.tree.leaves(copy(self._state.params)))
-            rest = jax.tree.unflatten(self._graph.model_state_def,
-                                      jax.tree.leaves(copy(self._state.model_state)))
-            nnx.update(self._module, params, rest)
+            values = _copy_tree((self._state.params, self._state.model_state))
+            for variable, value in zip(self._graph.variables, jax.tree.leaves(values)):
+                variable.set_value(value)
             self._stale = False
 
     def _publish(self, state: TrainState):
@@ -272,7 +273,8 @@ class Model:
         state = run_fit(self._exe, self._state, source, plan, cbs, self._publish,
                         lambda: self.stop_training, validate)
         self._publish(state)
-        self._sync_module()
+        if self._module_is_users:          # a Sequential's module is only reached through .module
+            self._sync_module()
         return self.history
 
     def _validation_source(self, data, batch_size, fit_batch_size, steps):
@@ -319,20 +321,17 @@ class Model:
         if self._settings is None:
             self._compile_defaults()
         x, y, w, _ = self._arrays(x, y, sample_weight, class_weight)
-        totals = None if reset_metrics else self._running
-        state, totals, loss, logs = self._exe.train_batch(self._state, totals, Batch(x, y, w))
+        running = not reset_metrics
+        state, self._running, logs = self._exe.train_batch(self._state, self._running if running else None,
+                                                           Batch(x, y, w), running=running)
         self._publish(state)
-        self._running = None if reset_metrics else totals
-        if reset_metrics:
-            logs = {**logs, "loss": loss}
         return self._format(logs, return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
         """The loss (and metrics) of one batch at the current weights, in inference mode; no update."""
         self._require_compiled("test_on_batch")
         x, y, w, _ = self._arrays(x, y, sample_weight)
-        _, loss, logs = self._exe.test_batch(self._state, None, Batch(x, y, w))
-        return self._format({**logs, "loss": loss}, return_dict)
+        return self._format(self._exe.test_batch(self._state, Batch(x, y, w)), return_dict)
 
     def predict_on_batch(self, x):
         """The model's output on one batch, as a NumPy array."""
@@ -368,8 +367,8 @@ class Model:
             var[...] = jnp.asarray(value, var.get_value().dtype)
         if self._graph is not None:
             _, params, model_state = nnx.split(self._module, nnx.Param, ...)
-            self._state = self._state._replace(params=nnx.to_pure_dict(params),
-                                               model_state=nnx.to_pure_dict(model_state))
+            params, model_state = _copy_tree((nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)))
+            self._state = self._state._replace(params=params, model_state=model_state)
 
 
 class Sequential(Model):
@@ -423,6 +422,9 @@ def _default_loss(model) -> str | None:
         if activation is activations_lib.get(name):
             return loss
     return "mse"
+
+
+_copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 def _as_list(metrics):

@@ -1,7 +1,7 @@
 """In-memory arrays: check once at the boundary, put on the device, plan each epoch's chunks.
 
 The epoch order is drawn on the host (one permutation per epoch from (seed, epoch)) and
-applied with one gather on the device, so the compiled loop reads contiguous batches.
+applied by a gather inside the compiled call, so the loop over batches reads contiguous rows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from batchfit.errors import describe
 
 __all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
-           "plan_chunks", "epoch_order", "permute", "target_dtype", "is_memmap", "release_pages", "read_rows",
+           "plan_chunks", "epoch_order", "target_dtype", "is_memmap", "release_pages", "read_rows",
            "aligned_empty"]
 
 
@@ -41,11 +41,16 @@ class DeviceData(NamedTuple):
 
 
 class Piece(NamedTuple):
-    """The input of one compiled call: `chunk` says which batches, `data` holds them from `chunk.start`."""
+    """The input of one compiled call: `chunk` says which batches, `data` holds them.
+
+    `order`: int32 indices of the chunk's rows in `data`, gathered in the compiled call (a
+    shuffled epoch); None: the rows are contiguous from `chunk.start`.
+    """
 
     chunk: Chunk
     data: DeviceData
     batch_size: int
+    order: Any = None
 
 
 def target_dtype(dtype, name: str) -> np.dtype:
@@ -143,8 +148,13 @@ def _class_indices(y) -> np.ndarray:
     return np.round(y.reshape(y.shape[0], -1)[:, 0]).astype(np.int64)
 
 
-def sample_weights(y, n: int, sample_weight=None, class_weight=None) -> np.ndarray:
-    """Per-sample weights [n] float32: `sample_weight` times the `class_weight` of each label."""
+def sample_weights(y, n: int, sample_weight=None, class_weight=None) -> np.ndarray | None:
+    """Per-sample weights [n] float32: `sample_weight` times the `class_weight` of each label.
+
+    None when neither is given: every sample weighs 1, and the step needs no weights at all.
+    """
+    if sample_weight is None and class_weight is None:
+        return None
     w = np.ones(n, np.float32)
     if sample_weight is not None:
         sw = np.asarray(sample_weight, np.float32)
@@ -236,9 +246,3 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     jax.random.permutation (or an argsort of random bits) on this CPU takes 20-45 ms.
     """
     return np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
-
-
-@jax.jit
-def permute(data, order):
-    """`data` in the order `order`, gathered once on the device, so batches are contiguous slices."""
-    return jax.tree.map(lambda a: jnp.take(a, order, axis=0), data)

@@ -242,9 +242,10 @@ class StreamSource:
         x, y, w = jax.tree.unflatten(self._layout.treedef, columns)
         if self._need_y:
             rows = jax.tree.leaves(x)[0].shape[0]
-            weights = sample_weights(y, rows, w, self._class_weight)
-            w = aligned_empty(weights.shape, weights.dtype)
-            w[...] = weights
+            weights = sample_weights(y, rows, w, self._class_weight)   # None for every batch, or for none
+            if weights is not None:
+                w = aligned_empty(weights.shape, weights.dtype)
+                w[...] = weights
         data = DeviceData(x, y, w)
         return jax.device_put(data) if self._put_ahead and not host else data
 

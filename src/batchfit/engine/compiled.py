@@ -21,30 +21,38 @@ __all__ = ["Executables", "DeviceData", "build_executables", "results"]
 
 
 class Executables(NamedTuple):
-    """The jitted entry points of one compiled model (each caches one executable per shape)."""
+    """The jitted entry points of one compiled model (each caches one executable per shape).
 
-    train_batch: Callable   # (state, totals | None, batch) -> (state, totals, loss, results)
-    test_batch: Callable    # (state, totals | None, batch) -> (totals, loss, results)
+    totals: the float32 [1 + metrics, 2] accumulators of state.py (None: start from zero).
+    """
+
+    train_batch: Callable   # (state, totals | None, batch, *, running) -> (state, totals | None, logs)
+    test_batch: Callable    # (state, batch) -> logs
     predict_batch: Callable  # (state, x) -> y_pred
-    fit_chunk: Callable     # (state, totals, data, start, *, num_steps, tail, batch_size)
-    eval_chunk: Callable    # (state, totals, data, start, *, ...) -> (totals, losses)
+    fit_chunk: Callable     # (state, totals, data, start, order, *, num_steps, tail, batch_size)
+    eval_chunk: Callable    # (state, totals, data, start, order, *, ...) -> (totals, losses)
     predict_chunk: Callable  # (state, x, start, *, num_steps, tail, batch_size) -> (full, tail)
 
 
-def results(totals: dict) -> dict:
-    """The running value of every accumulator, as device scalars."""
-    return {name: acc.result() for name, acc in totals.items()}
+def results(totals, names) -> dict:
+    """{name: sum / count} of every accumulator row, in traced code (0 where nothing was counted)."""
+    total, count = totals[:, 0], totals[:, 1]
+    values = jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+    return {name: values[i] for i, name in enumerate(names)}
 
 
 def _slice(tree, start, size):
     return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), tree)
 
 
-def _scan_chunk(step, carry, data, start, num_steps, tail, batch_size):
+def _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size):
     """Run `step(carry, batch) -> (carry, out)` over num_steps full batches, then the tail.
 
-    `data` is already in epoch order, so every batch is a contiguous slice (no gather).
+    The rows are contiguous from `start`, or (a shuffled epoch) gathered by `order` once,
+    so every batch is a contiguous slice either way.
     """
+    if order is not None:
+        data, start = jax.tree.map(lambda a: jnp.take(a, order, axis=0), data), 0
     outs = []
     if num_steps:
         def body(c, i):
@@ -57,18 +65,18 @@ def _scan_chunk(step, carry, data, start, num_steps, tail, batch_size):
     return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
-def _fit_chunk(program, state, totals, data, start, *, num_steps, tail, batch_size):
+def _fit_chunk(program, state, totals, data, start, order, *, num_steps, tail, batch_size):
     def step(carry, batch):
         s, t, loss = train_step(program, *carry, batch)
         return (s, t), loss
-    (state, totals), losses = _scan_chunk(step, (state, totals), data, start, num_steps, tail, batch_size)
+    (state, totals), losses = _scan_chunk(step, (state, totals), data, start, order, num_steps, tail, batch_size)
     return state, totals, losses
 
 
-def _eval_chunk(program, state, totals, data, start, *, num_steps, tail, batch_size):
+def _eval_chunk(program, state, totals, data, start, order, *, num_steps, tail, batch_size):
     def step(t, batch):
         return eval_step(program, state, t, batch)
-    return _scan_chunk(step, totals, data, start, num_steps, tail, batch_size)
+    return _scan_chunk(step, totals, data, start, order, num_steps, tail, batch_size)
 
 
 def _predict_chunk(graph, state, x, start, *, num_steps, tail, batch_size):
@@ -83,28 +91,33 @@ def _predict_chunk(graph, state, x, start, *, num_steps, tail, batch_size):
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
-def _train_batch(program, state, totals, batch):
+def _batch_logs(program, totals, loss, running: bool) -> dict:
+    """The logs *_on_batch return: running means, or this batch's values with the raw loss L_b."""
+    names = ("loss", *(m.name for m in program.metrics))
+    logs = results(totals, names) if program.metrics or running else {}
+    return logs if running else {**logs, "loss": loss}
+
+
+def _train_batch(program, state, totals, batch, *, running):
     if totals is None:
-        totals = zero_totals(m.name for m in program.metrics)
+        totals = zero_totals(len(program.metrics))
     state, totals, loss = train_step(program, state, totals, batch)
-    return state, totals, loss, results(totals)
+    return state, (totals if running else None), _batch_logs(program, totals, loss, running)
 
 
-def _test_batch(program, state, totals, batch):
-    if totals is None:
-        totals = zero_totals(m.name for m in program.metrics)
-    totals, loss = eval_step(program, state, totals, batch)
-    return totals, loss, results(totals)
+def _test_batch(program, state, batch):
+    totals, loss = eval_step(program, state, zero_totals(len(program.metrics)), batch)
+    return _batch_logs(program, totals, loss, False)
 
 
 def build_executables(program: Program) -> Executables:
-    """jit every entry point once for `program`; state and totals buffers are donated in training."""
+    """jit every entry point once for `program`; the state's buffers are donated in training."""
     static = ("num_steps", "tail", "batch_size")
     return Executables(
-        train_batch=jax.jit(partial(_train_batch, program), donate_argnums=(0,)),
+        train_batch=jax.jit(partial(_train_batch, program), static_argnames=("running",), donate_argnums=(0,)),
         test_batch=jax.jit(partial(_test_batch, program)),
         predict_batch=jax.jit(partial(predict_step, program.graph)),
-        fit_chunk=jax.jit(partial(_fit_chunk, program), static_argnames=static, donate_argnums=(0, 1)),
-        eval_chunk=jax.jit(partial(_eval_chunk, program), static_argnames=static, donate_argnums=(1,)),
+        fit_chunk=jax.jit(partial(_fit_chunk, program), static_argnames=static, donate_argnums=(0,)),
+        eval_chunk=jax.jit(partial(_eval_chunk, program), static_argnames=static),
         predict_chunk=jax.jit(partial(_predict_chunk, program.graph), static_argnames=static),
     )

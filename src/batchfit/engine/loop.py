@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from batchfit.engine.compiled import Executables
-from batchfit.engine.state import TrainState, zero_totals
+from batchfit.engine.state import TrainState, read_totals, zero_totals
 
 __all__ = ["FitPlan", "run_fit", "run_evaluate", "run_predict"]
 
@@ -27,9 +27,9 @@ class FitPlan(NamedTuple):
     metric_names: tuple
 
 
-def _host_logs(totals: dict, batch_loss=None) -> dict:
+def _host_logs(totals, metric_names, batch_loss=None) -> dict:
     """One device-to-host copy of the accumulators; the divisions happen on the host."""
-    logs = {k: float(t / c) if c > 0 else 0.0 for k, (t, c) in jax.device_get(totals).items()}
+    logs = read_totals(totals, ("loss", *metric_names))
     if batch_loss is not None:
         logs["batch_loss"] = float(batch_loss)
     return logs
@@ -43,7 +43,7 @@ def _throttle(outputs: list, max_in_flight: int | None):
 
 def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, publish, should_stop):
     """Dispatch one epoch's pieces (chunks of batches already on the device); returns device values."""
-    totals = zero_totals(plan.metric_names)
+    totals = zero_totals(len(plan.metric_names))
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
     losses = []
     for piece in feed.epoch(epoch):
@@ -52,12 +52,12 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
         state, totals, chunk_losses = exe.fit_chunk(
-            state, totals, piece.data, chunk.start,
+            state, totals, piece.data, chunk.start, piece.order,
             num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         losses.append(chunk_losses)
         publish(state)
         if want_end:
-            callbacks.on_train_batch_end(chunk.last, _host_logs(totals, chunk_losses[-1]))
+            callbacks.on_train_batch_end(chunk.last, _host_logs(totals, plan.metric_names, chunk_losses[-1]))
         if should_stop():
             break
     return state, totals, losses
@@ -90,7 +90,7 @@ def run_fit(exe: Executables, state: TrainState, source, plan: FitPlan, callback
                               f"consumed once: pass a re-iterable input (a list, a bf.data.Dataset) or "
                               f"steps_per_epoch with enough batches for every epoch.", UserWarning, stacklevel=3)
                 break
-            logs = _host_logs(totals)
+            logs = _host_logs(totals, plan.metric_names)
             if validate is not None:
                 logs.update({f"val_{k}": v for k, v in validate(state).items()})
             _learn_steps(callbacks, sum(len(l) for l in losses))
@@ -119,13 +119,13 @@ def _one_pass(source, steps_per_execution: int, outputs: list):
 
 def run_evaluate(exe: Executables, state: TrainState, source, steps_per_execution: int, metric_names) -> dict:
     """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights."""
-    totals, losses = zero_totals(metric_names), []
+    totals, losses = zero_totals(len(metric_names)), []
     for piece in _one_pass(source, steps_per_execution, losses):
         chunk = piece.chunk
-        totals, chunk_losses = exe.eval_chunk(state, totals, piece.data, chunk.start, num_steps=chunk.num_steps,
-                                              tail=chunk.tail, batch_size=piece.batch_size)
+        totals, chunk_losses = exe.eval_chunk(state, totals, piece.data, chunk.start, piece.order,
+                                              num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         losses.append(chunk_losses)
-    return _host_logs(totals)
+    return _host_logs(totals, metric_names)
 
 
 def run_predict(exe: Executables, state: TrainState, source, steps_per_execution: int):

@@ -1,4 +1,4 @@
-"""TrainState and the (sum, count) accumulators: the named pytrees carried through every step."""
+"""TrainState, Batch and the (sum, count) accumulators: what every step carries."""
 
 from __future__ import annotations
 
@@ -6,34 +6,21 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-__all__ = ["TrainState", "Batch", "Accumulator", "ModelGraph", "split_module", "zero_totals"]
+__all__ = ["TrainState", "Batch", "ModelGraph", "split_module", "zero_totals", "read_totals"]
 
 
 class Batch(NamedTuple):
-    """One batch: inputs `x` (array or dict) [B, ...], targets `y` [B, ...], weights `w` [B] float32."""
+    """One batch: inputs `x` (array or dict) [B, ...], targets `y` [B, ...], weights `w` [B] float32.
+
+    `w` is None when every sample weighs 1 (no sample or class weights): nothing to transfer.
+    """
 
     x: Any
     y: Any
     w: jax.Array
-
-
-class Accumulator(NamedTuple):
-    """A running weighted mean kept as (sum, count); `result` divides only when read."""
-
-    total: jax.Array
-    count: jax.Array
-
-    @staticmethod
-    def zero() -> "Accumulator":
-        return Accumulator(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-
-    def add(self, total, count) -> "Accumulator":
-        return Accumulator(self.total + total, self.count + count)
-
-    def result(self):
-        return jnp.where(self.count > 0, self.total / jnp.maximum(self.count, 1e-30), 0.0)
 
 
 class TrainState(NamedTuple):
@@ -51,12 +38,17 @@ class TrainState(NamedTuple):
 
 
 class ModelGraph(NamedTuple):
-    """The static half of a split NNX module: one graphdef per mode plus the state layouts."""
+    """The static half of a split NNX module: one graphdef per mode plus the state layouts.
+
+    `variables`: the module's own nnx.Variable objects in the leaf order of (params,
+    model_state), so trained values are written back one `set_value` each.
+    """
 
     train: Any
     eval: Any
     params_def: Any
     model_state_def: Any
+    variables: tuple = ()
 
     def merge(self, params, model_state, training: bool):
         """Rebuild the module inside traced code from pure-dict params and model state."""
@@ -77,10 +69,23 @@ def split_module(module: nnx.Module):
     train_graph, params, model_state = nnx.split(module, nnx.Param, ...)
     module.eval()
     eval_graph, _, _ = nnx.split(module, nnx.Param, ...)
-    graph = ModelGraph(train_graph, eval_graph, jax.tree.structure(params), jax.tree.structure(model_state))
+    is_variable = lambda v: isinstance(v, nnx.Variable)
+    variables = tuple(v for part in (params, model_state) for v in jax.tree.leaves(part, is_leaf=is_variable))
+    graph = ModelGraph(train_graph, eval_graph, jax.tree.structure(params), jax.tree.structure(model_state),
+                       variables)
     return graph, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
 
 
-def zero_totals(metric_names) -> dict:
-    """Fresh accumulators for the loss and each metric, keyed by log name."""
-    return {name: Accumulator.zero() for name in ("loss", *metric_names)}
+def zero_totals(num_metrics: int) -> np.ndarray:
+    """Fresh accumulators: float32 [1 + num_metrics, 2] of (sum, count) rows for the loss and each metric.
+
+    One host array, so starting an epoch dispatches nothing and reading the logs is one copy.
+    Row 0 is the loss (sum of n_b * L_b, sum of n_b); row 1 + j metric j (sum of w_i v_i, sum of w_i).
+    """
+    return np.zeros((1 + num_metrics, 2), np.float32)
+
+
+def read_totals(totals, names) -> dict:
+    """{name: sum / count} from accumulators read to the host (0.0 where nothing was counted)."""
+    rows = np.asarray(totals, np.float64)
+    return {name: float(t / c) if c > 0 else 0.0 for name, (t, c) in zip(names, rows.tolist())}

@@ -33,26 +33,29 @@ def _objective(program: Program, params, model_state, batch: Batch, training: bo
     module = program.graph.merge(params, model_state, training)
     y_pred = module(batch.x)
     per_sample = program.loss.call(batch.y, y_pred)
-    weighted = jnp.sum(batch.w * per_sample)
-    if program.weighted_mean:
+    if batch.w is None:                                   # every weight 1: both reductions are the mean
+        data_loss = jnp.sum(per_sample) / per_sample.shape[0]
+    elif program.weighted_mean:
         total_weight = jnp.sum(batch.w)
+        weighted = jnp.sum(batch.w * per_sample)
         data_loss = jnp.where(total_weight > 0, weighted / jnp.where(total_weight > 0, total_weight, 1.0), 0.0)
     else:
-        data_loss = weighted / per_sample.shape[0]
+        data_loss = jnp.sum(batch.w * per_sample) / per_sample.shape[0]
     loss = data_loss + regularization_penalty(module)
     _, new_model_state = program.graph.split(module)
     return loss, (y_pred, new_model_state)
 
 
-def _accumulate(program: Program, totals: dict, loss, batch: Batch, y_pred) -> dict:
-    """Add this batch to the (sum, count) accumulators: the loss weighted by n_b, metrics by w_i."""
-    n = jnp.asarray(batch.w.shape[0], jnp.float32)
-    out = {"loss": totals["loss"].add(n * loss, n)}
-    weight_sum = jnp.sum(batch.w)
+def _accumulate(program: Program, totals, loss, batch: Batch, y_pred):
+    """Add this batch to the (sum, count) rows: the loss weighted by n_b, each metric by w_i."""
+    n = jnp.float32(jax.tree.leaves(batch.y)[0].shape[0])
+    rows = [jnp.stack([n * loss, n])]
+    weight_sum = n if batch.w is None else jnp.sum(batch.w)
     for metric in program.metrics:
         values = metric.call(batch.y, y_pred).astype(jnp.float32)
-        out[metric.name] = totals[metric.name].add(jnp.sum(batch.w * values), weight_sum)
-    return out
+        weighted = jnp.sum(values) if batch.w is None else jnp.sum(batch.w * values)
+        rows.append(jnp.stack([weighted, weight_sum]))
+    return totals + jnp.stack(rows).astype(jnp.float32)
 
 
 def train_step(program: Program, state: TrainState, totals: dict, batch: Batch):
