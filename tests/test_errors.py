@@ -89,3 +89,17 @@ def test_train_on_batch_before_compile_compiles_with_keras_defaults():
         loss = float(m.train_on_batch(np.ones((4, 2)), np.ones((4, 1))))
     p = 1 / (1 + np.exp(-np.ones((4, 2)) @ m.get_weights()[0]))   # noqa: F841 (weights moved)
     assert 0 < loss < 5
+
+
+def test_train_on_batch_checks_the_values_of_every_batch():
+    """A batch shaped like the last good one still has its values checked, before its step."""
+    m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
+    m.compile(optimizer="sgd", loss="binary_crossentropy")
+    m.train_on_batch(X, np.ones((8, 1), np.float32))
+    m.train_on_batch(X, np.zeros((8, 1), np.float32))            # same shapes: the quick path
+    for x, y, pattern in [(np.where(np.eye(8, 3) > 0, np.nan, 1.0).astype(np.float32), np.ones((8, 1), np.float32),
+                           r"`x` \(float32\[8, 3\]\) contains 3 NaN"),
+                          (X, np.full((8, 1), 2.0, np.float32), r"binary_crossentropy needs targets in \[0, 1\].*max 2"),
+                          (X, np.full((8, 1), np.inf, np.float32), "`y`.*8 NaN or infinite")]:
+        with pytest.raises(ValueError, match=pattern):
+            unchanged(m, lambda: m.train_on_batch(x, y))

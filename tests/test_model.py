@@ -79,3 +79,26 @@ def test_sequential_infers_its_input_shape_from_the_first_batch():
     assert [w.shape for w in model.get_weights()] == [(5, 2), (2,), (2, 1), (1,)]
     with pytest.raises(ValueError, match="float32"):
         model.predict(np.ones((2, 6)))
+
+
+def test_a_users_module_is_written_back_when_fit_returns_and_never_shares_donated_buffers():
+    from flax import nnx
+    module = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+    kernel0 = np.array(module.kernel.get_value())
+    model = bf.Model(module)
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 1), np.float32)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    # one SGD step of mse on a constant batch, by hand: grad_k = 2 * mean(pred - y) * x
+    pred = float(np.ones(3) @ kernel0[:, 0])
+    np.testing.assert_allclose(module.kernel.get_value()[:, 0], kernel0[:, 0] - 0.01 * 2 * pred, rtol=1e-5)
+    before = np.array(module.kernel.get_value())
+    model.train_on_batch(x, y)                      # donates the state: the module's arrays must survive
+    model.train_on_batch(x, y)
+    np.testing.assert_array_equal(module.kernel.get_value(), before)   # written back on read or fit, not per call
+    kernel = next(w for w in model.get_weights() if w.shape == (3, 1))
+    assert not np.array_equal(kernel, before)
+    np.testing.assert_array_equal(np.asarray(model.module.kernel.get_value()), kernel)
+    model.set_weights([w * 0 for w in model.get_weights()])
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)       # zero weights, zero targets: nothing moves
+    np.testing.assert_array_equal(module.kernel.get_value(), np.zeros((3, 1)))

@@ -43,6 +43,7 @@ class NotCompiledError(RuntimeError, ValueError):
 class _Settings(NamedTuple):
     loss: Any
     metrics: tuple
+    names: tuple                      # "loss", then each metric's name
     optimizer: optax.GradientTransformation
     steps_per_execution: int | str
     weighted_mean: bool
@@ -79,6 +80,7 @@ class Model:
         self._stale = False            # the module lags behind self._state
         self._running = None           # train_on_batch accumulators (reset_metrics=False)
         self._checked: set = set()     # input signatures already checked against the model
+        self._last_batch = None        # (shapes, dtypes) of the last *_on_batch batch that passed every check
         self.stop_training = False
         self.history: History | None = None
 
@@ -114,7 +116,7 @@ class Model:
         if s is not None:
             opt_state = s.optimizer.init(self._state.params)
             self._state = self._state._replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32))
-        self._running = None
+        self._running, self._last_batch = None, None
 
     def _sync_module(self):
         """Write the trained values into the module's variables (copies: the state's buffers get donated)."""
@@ -154,7 +156,7 @@ class Model:
         names = [m.name for m in metric_objs]
         if len(set(names)) != len(names) or "loss" in names:
             raise ValueError(f"Metric names must be unique and not 'loss'; got {names}.")
-        self._settings = _Settings(loss_obj, metric_objs, optimizers_lib.get(optimizer),
+        self._settings = _Settings(loss_obj, metric_objs, ("loss", *names), optimizers_lib.get(optimizer),
                                    steps_per_execution, loss_reduction == "weighted_mean", allow_nonfinite)
         if self._graph is not None:
             self._setup_program()
@@ -162,7 +164,7 @@ class Model:
 
     @property
     def metrics_names(self) -> list[str]:
-        return ["loss", *(m.name for m in self._settings.metrics)] if self._settings else []
+        return list(self._settings.names) if self._settings else []
 
     def _compile_defaults(self):
         """train_on_batch before compile(): Keras's default optimizer, a loss read off the output layer.
@@ -187,7 +189,7 @@ class Model:
 
     def _check_inputs(self, x, y=None):
         """Trace the model on x's signature once (no step runs): shape errors surface here."""
-        signature = tuple((a.shape[1:], a.dtype) for a in jax.tree.leaves(x))
+        signature = tuple((a.shape[1:], a.dtype) for a in arrays.leaves(x))
         if signature not in self._checked:
             try:
                 out = jax.eval_shape(self._exe.predict_batch, self._state, x)
@@ -200,7 +202,17 @@ class Model:
             losses_lib.validate_targets(self._settings.loss, np.asarray(y), self._output_shape[-1])
 
     def _arrays(self, x, y, sample_weight=None, class_weight=None, need_y=True):
+        """One batch for *_on_batch, checked. A batch shaped like the last one (plain NumPy
+        arrays of the same shapes and dtypes, no weights) has only its values checked."""
+        if (type(x) is np.ndarray and type(y) is np.ndarray and sample_weight is None and class_weight is None
+                and (x.shape, x.dtype, y.shape, y.dtype) == self._last_batch):
+            allow = self._settings.allow_nonfinite
+            arrays.check_finite(x, "x", allow)
+            arrays.check_finite(y, "y", allow)
+            losses_lib.validate_targets(self._settings.loss, y, self._output_shape[-1])
+            return x, y, None, x.shape[0]
         allow = bool(self._settings and self._settings.allow_nonfinite)
+        raw_x, raw_y = x, y
         x = arrays.standardize(x, "x", allow)
         if x is None:
             raise ValueError("`x` is required; got None.")
@@ -211,6 +223,9 @@ class Model:
         w = arrays.sample_weights(y, n, sample_weight, class_weight) if need_y else None
         self._ensure_ready(x)
         self._check_inputs(x, y)
+        if (x is raw_x and y is raw_y and type(x) is np.ndarray and type(y) is np.ndarray and w is None
+                and self._settings is not None):
+            self._last_batch = (x.shape, x.dtype, y.shape, y.dtype)
         return x, y, w, n
 
     def _source(self, x, y=None, sample_weight=None, class_weight=None, *, split=0.0, **options):
@@ -341,8 +356,8 @@ class Model:
     def _format(self, logs: dict, return_dict: bool):
         if return_dict:
             return dict(logs)
-        values = [logs[name] for name in self.metrics_names]
-        return values[0] if len(values) == 1 else values
+        names = self._settings.names
+        return logs["loss"] if len(names) == 1 else [logs[name] for name in names]
 
     # ----- weights ---------------------------------------------------------------------
 

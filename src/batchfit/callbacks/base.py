@@ -81,6 +81,7 @@ class CallbackList:
 
     def __init__(self, callbacks, model=None, params=None):
         self.callbacks = list(callbacks)
+        self._wants = {}
         for cb in self.callbacks:
             if model is not None:
                 cb.set_model(model)
@@ -94,8 +95,10 @@ class CallbackList:
 
     def wants(self, hook: str) -> bool:
         """True when some callback overrides `hook` (so its logs are worth a host copy)."""
-        return any(getattr(type(cb), hook, None) is not getattr(Callback, hook)
-                   or hook in getattr(cb, "_functions", ()) for cb in self.callbacks)
+        if hook not in self._wants:
+            self._wants[hook] = any(getattr(type(cb), hook, None) is not getattr(Callback, hook)
+                                    or hook in getattr(cb, "_functions", ()) for cb in self.callbacks)
+        return self._wants[hook]
 
     def __getattr__(self, hook: str):
         if not hook.startswith("on_"):
@@ -108,4 +111,5 @@ class CallbackList:
                 args = args[:arity - 1] + ((args[arity - 1] if len(args) >= arity else None) or {},)
             for cb in self.callbacks:
                 getattr(cb, hook)(*args)
+        setattr(self, hook, call)           # found once per hook, not per call
         return call

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from batchfit.callbacks.base import Callback
 
 __all__ = ["History"]
@@ -25,7 +27,7 @@ class History(Callback):
 
     def on_epoch_batch_losses(self, epoch, batch_losses):
         for key, values in batch_losses.items():
-            self.batch_history.setdefault(key, []).append([float(v) for v in values])
+            self.batch_history.setdefault(key, []).append(np.asarray(values, np.float64).tolist())
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)

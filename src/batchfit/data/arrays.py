@@ -18,7 +18,7 @@ import numpy as np
 from batchfit.errors import describe
 
 __all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
-           "plan_chunks", "epoch_order", "target_dtype", "is_memmap", "release_pages", "read_rows",
+           "plan_chunks", "epoch_order", "target_dtype", "leaves", "check_finite", "is_memmap", "release_pages", "read_rows",
            "aligned_empty"]
 
 
@@ -65,9 +65,18 @@ def target_dtype(dtype, name: str) -> np.dtype:
     return np.dtype(np.int32) if dtype.itemsize == 8 else dtype
 
 
+def leaves(tree) -> list:
+    """The arrays of `tree` (an array, a dict of arrays, a tuple, or None); one array costs nothing."""
+    if tree is None:
+        return []
+    if isinstance(tree, (np.ndarray, jax.Array)):
+        return [tree]
+    return jax.tree.leaves(tree)
+
+
 def is_memmap(tree) -> bool:
     """True when some leaf of `tree` is a NumPy memmap (data on disk, streamed rather than copied)."""
-    return any(isinstance(leaf, np.memmap) for leaf in jax.tree.leaves(tree))
+    return any(isinstance(leaf, np.memmap) for leaf in leaves(tree))
 
 
 def release_pages(array) -> None:
@@ -85,10 +94,21 @@ def release_pages(array) -> None:
         pass
 
 
+def check_finite(array: np.ndarray, name: str, allow_nonfinite: bool = False) -> None:
+    """Refuse NaN and inf in a float array (a no-op for integer arrays or with `allow_nonfinite`)."""
+    if allow_nonfinite or array.dtype.kind != "f" or math.isfinite(np.add.reduce(array, axis=None)):
+        return          # a finite sum proves every value finite: NaN and inf propagate
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ValueError(
+            f"`{name}` ({describe(array)}) contains {bad} NaN or infinite values. Clean or impute them, "
+            f"or pass `allow_nonfinite=True` to compile() to train on them anyway.")
+
+
 def _as_array(value, name: str, allow_nonfinite: bool):
     if type(value) is np.ndarray and value.dtype == np.float32 and value.ndim:   # the hot path
-        if allow_nonfinite or np.isfinite(value).all():
-            return value
+        check_finite(value, name, allow_nonfinite)
+        return value
     if isinstance(value, jax.Array):
         array = value
     else:
@@ -103,12 +123,8 @@ def _as_array(value, name: str, allow_nonfinite: bool):
         raise TypeError(
             f"`{name}` must be numeric (bool, int or float); got {describe(array)}. "
             f"Encode strings or objects as numbers first (e.g. with np.unique(..., return_inverse=True)).")
-    if kind == "f" and not allow_nonfinite:
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(np.asarray(array))))
-        if bad:
-            raise ValueError(
-                f"`{name}` ({describe(array)}) contains {bad} NaN or infinite values. Clean or impute them, "
-                f"or pass `allow_nonfinite=True` to compile() to train on them anyway.")
+    if kind == "f":
+        check_finite(np.asarray(array), name, allow_nonfinite)
     if kind in "bf" and array.dtype != np.float32:
         array = array.astype(np.float32) if isinstance(array, np.ndarray) else array.astype(jnp.float32)
     elif kind in "iu" and array.dtype.itemsize == 8:
@@ -129,10 +145,10 @@ def standardize(tree, name: str, allow_nonfinite: bool = False):
 
 def num_samples(*trees) -> int:
     """The common number of samples of `trees`; a clear error when they disagree."""
-    leaves = [leaf for tree in trees for leaf in jax.tree.leaves(tree)]
-    sizes = {leaf.shape[0] for leaf in leaves}
+    arrays = [leaf for tree in trees for leaf in leaves(tree)]
+    sizes = {leaf.shape[0] for leaf in arrays}
     if len(sizes) > 1:
-        got = ", ".join(f"{leaf.shape[0]} ({describe(leaf)})" for leaf in leaves)
+        got = ", ".join(f"{leaf.shape[0]} ({describe(leaf)})" for leaf in arrays)
         raise ValueError(f"`x`, `y` and `sample_weight` must have the same number of samples; got {got}. "
                          f"Slice them to the same length.")
     n = sizes.pop() if sizes else 0

@@ -65,13 +65,13 @@ class ArraySource:
     def feed(self, keys, steps_per_execution: int) -> "_ArrayFeed":
         return _ArrayFeed(self, list(keys), steps_per_execution)
 
-    def data(self, num_chunks: int) -> DeviceData:
-        """The samples to hand the compiled calls: NumPy arrays go to the device once when an
-        epoch takes several calls; for a single call per epoch, the call's own argument
-        transfer is the cheapest copy there is (microseconds against tens for device_put)."""
+    def data(self, num_calls: int) -> DeviceData:
+        """The samples to hand the compiled calls: NumPy arrays go to the device once when
+        several calls read them; for a single call, the call's own argument transfer is the
+        cheapest copy there is (microseconds, against tens for device_put)."""
         if self._device is None:
             on_host = any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(self.sample))
-            self._device = _to_device(self.sample) if num_chunks > 1 and on_host else self.sample
+            self._device = _to_device(self.sample) if num_calls > 1 and on_host else self.sample
         return self._device
 
 
@@ -85,6 +85,7 @@ class _ArrayFeed:
 
     def __init__(self, source: ArraySource, keys: list, steps_per_execution: int):
         self._source, self._keys = source, keys
+        self._next = dict(zip(keys, keys[1:]))
         self._chunks = plan_chunks(source.rows, source.batch_size, steps_per_execution)
         self._orders = {}
 
@@ -99,14 +100,14 @@ class _ArrayFeed:
 
     def epoch(self, key) -> Iterator[Piece]:
         s = self._source
-        order, data = self._order(key), s.data(len(self._chunks))
+        order, data = self._order(key), s.data(len(self._chunks) * len(self._keys))
         for chunk in self._chunks:
             rows = None if order is None else order[chunk.start:chunk.start + chunk.num_steps * s.batch_size
                                                     + chunk.tail]
             yield Piece(chunk, data, s.batch_size, rows)
-        later = [k for k in self._keys if k > key]
-        if later:
-            self._order(later[0])          # overlaps with the device finishing this epoch
+        later = self._next.get(key)
+        if later is not None:
+            self._order(later)             # overlaps with the device finishing this epoch
 
     def close(self):
         pass

@@ -94,7 +94,8 @@ def run_fit(exe: Executables, state: TrainState, source, plan: FitPlan, callback
             if validate is not None:
                 logs.update({f"val_{k}": v for k, v in validate(state).items()})
             _learn_steps(callbacks, sum(len(l) for l in losses))
-            batch_losses = np.concatenate([np.asarray(l, np.float64) for l in losses])
+            batch_losses = np.concatenate([np.asarray(l, np.float64) for l in losses]) if len(losses) > 1 \
+                else np.asarray(losses[0], np.float64)
             callbacks.on_epoch_batch_losses(epoch, {"loss": batch_losses})
             callbacks.on_epoch_end(epoch, logs)
             if should_stop():
