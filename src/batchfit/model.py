@@ -336,9 +336,11 @@ class Model:
         if self._settings is None:
             self._compile_defaults()
         x, y, w, _ = self._arrays(x, y, sample_weight, class_weight)
-        running = not reset_metrics
-        state, self._running, logs = self._exe.train_batch(self._state, self._running if running else None,
-                                                           Batch(x, y, w), running=running)
+        if reset_metrics:
+            self._running = None
+            state, logs = self._exe.train_batch(self._state, Batch(x, y, w))
+        else:
+            state, self._running, logs = self._exe.train_running(self._state, self._running, Batch(x, y, w))
         self._publish(state)
         return self._format(logs, return_dict)
 

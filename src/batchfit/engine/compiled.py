@@ -26,7 +26,8 @@ class Executables(NamedTuple):
     totals: the float32 [1 + metrics, 2] accumulators of state.py (None: start from zero).
     """
 
-    train_batch: Callable   # (state, totals | None, batch, *, running) -> (state, totals | None, logs)
+    train_batch: Callable   # (state, batch) -> (state, logs): this batch's values, the raw loss L_b
+    train_running: Callable  # (state, totals | None, batch) -> (state, totals, logs): running means
     test_batch: Callable    # (state, batch) -> logs
     predict_batch: Callable  # (state, x) -> y_pred
     fit_chunk: Callable     # (state, totals, data, start, order, *, num_steps, tail, batch_size)
@@ -98,11 +99,16 @@ def _batch_logs(program, totals, loss, running: bool) -> dict:
     return logs if running else {**logs, "loss": loss}
 
 
-def _train_batch(program, state, totals, batch, *, running):
+def _train_batch(program, state, batch):
+    state, totals, loss = train_step(program, state, zero_totals(len(program.metrics)), batch)
+    return state, _batch_logs(program, totals, loss, False)
+
+
+def _train_running(program, state, totals, batch):
     if totals is None:
         totals = zero_totals(len(program.metrics))
     state, totals, loss = train_step(program, state, totals, batch)
-    return state, (totals if running else None), _batch_logs(program, totals, loss, running)
+    return state, totals, _batch_logs(program, totals, loss, True)
 
 
 def _test_batch(program, state, batch):
@@ -114,7 +120,8 @@ def build_executables(program: Program) -> Executables:
     """jit every entry point once for `program`; the state's buffers are donated in training."""
     static = ("num_steps", "tail", "batch_size")
     return Executables(
-        train_batch=jax.jit(partial(_train_batch, program), static_argnames=("running",), donate_argnums=(0,)),
+        train_batch=jax.jit(partial(_train_batch, program), donate_argnums=(0,)),
+        train_running=jax.jit(partial(_train_running, program), donate_argnums=(0,)),
         test_batch=jax.jit(partial(_test_batch, program)),
         predict_batch=jax.jit(partial(predict_step, program.graph)),
         fit_chunk=jax.jit(partial(_fit_chunk, program), static_argnames=static, donate_argnums=(0,)),
