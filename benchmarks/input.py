@@ -14,7 +14,8 @@
    with fit(x_memmap, y, batch_size=1024), in file order and shuffled; the peak RSS of that
    process (ru_maxrss) is reported.
 
-Writes benchmarks/input.json and benchmarks/INPUT.md. Asserts nothing (STYLE.md rule 9).
+Writes benchmarks/input.json and benchmarks/INPUT.md, and refreshes the input section of
+RESULTS.md. Asserts nothing (STYLE.md rule 9).
 """
 
 from __future__ import annotations
@@ -200,6 +201,9 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "input.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "INPUT.md").write_text(report(results))
+    sys.path.insert(0, str(HERE))
+    from report import refresh_input_section      # RESULTS.md carries these numbers too
+    refresh_input_section(args.out / "RESULTS.md", args.out / "input.json")
     print(json.dumps(results, indent=2))
     return results
 

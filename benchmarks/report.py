@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 from workloads import WORKLOADS
+
+HERE = pathlib.Path(__file__).parent
 
 NAMES = {
     "floor": "floor: jit(lax.scan) per epoch, contiguous rows",
@@ -361,4 +366,26 @@ def markdown(results) -> str:
         "", "## Process-level measurements", "", _procs_md(results),
         "", "## Where batchfit's fit time goes", "", _decomposition_md(results), "", _profiles_md(results),
         "## Does the floor do batchfit's arithmetic?", "", *checks, "",
+        input_section(HERE / "input.json"),
     ])
+
+
+INPUT_HEADING = "## Input pipeline (issue 5)"
+
+
+def refresh_input_section(results_md: pathlib.Path, input_json: pathlib.Path) -> None:
+    """Replace RESULTS.md's input section (the last one) with the results in `input_json`."""
+    if not results_md.exists():
+        return
+    text = results_md.read_text()
+    head = text.split(INPUT_HEADING)[0].rstrip("\n")
+    results_md.write_text(f"{head}\n\n{input_section(input_json)}")
+
+
+def input_section(path) -> str:
+    """The input-pipeline results (benchmarks/input.py writes input.json) as a RESULTS.md section."""
+    from input import report as input_report
+    if not path.exists():
+        return f"{INPUT_HEADING}\n\nNot measured yet: run `python benchmarks/input.py`.\n"
+    body = input_report(json.loads(path.read_text())).split("\n", 1)[1].replace("\n## ", "\n### ")
+    return f"{INPUT_HEADING}\n{body}"

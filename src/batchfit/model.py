@@ -105,7 +105,7 @@ class Model:
         if self._graph is None:
             self._graph, params, model_state = split_module(self._module)
             params, model_state = _copy_tree((params, model_state))   # the module keeps its own buffers
-            self._state = TrainState(params, model_state, None, jnp.zeros((), jnp.int32))
+            self._state = TrainState(params, model_state, None, np.zeros((), np.int32))
             self._setup_program()
 
     def _setup_program(self):
@@ -113,9 +113,9 @@ class Model:
         program = Program(self._graph, s.loss if s else None, s.metrics if s else (),
                           s.optimizer if s else None, bool(s and s.weighted_mean))
         self._exe = build_executables(program)
-        if s is not None:
-            opt_state = s.optimizer.init(self._state.params)
-            self._state = self._state._replace(opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+        if s is not None:   # one compiled call: eager zeros would compile once per shape
+            opt_state, step = jax.jit(lambda p: (s.optimizer.init(p), jnp.zeros((), jnp.int32)))(self._state.params)
+            self._state = self._state._replace(opt_state=opt_state, step=step)
         self._running, self._last_batch = None, None
 
     def _sync_module(self):
