@@ -31,6 +31,7 @@ class Executables(NamedTuple):
     test_batch: Callable    # (state, batch) -> logs
     predict_batch: Callable  # (state, x) -> y_pred
     fit_chunk: Callable     # (state, totals, data, start, order, *, num_steps, tail, batch_size)
+                            #   -> (state, totals, report): report = the K batch losses, then totals.ravel()
     eval_chunk: Callable    # (state, totals, data, start, order, *, ...) -> (totals, losses)
     predict_chunk: Callable  # (state, x, start, *, num_steps, tail, batch_size) -> (full, tail)
 
@@ -71,7 +72,7 @@ def _fit_chunk(program, state, totals, data, start, order, *, num_steps, tail, b
         s, t, loss = train_step(program, *carry, batch)
         return (s, t), loss
     (state, totals), losses = _scan_chunk(step, (state, totals), data, start, order, num_steps, tail, batch_size)
-    return state, totals, losses
+    return state, totals, jnp.concatenate([losses, totals.reshape(-1)])   # one host copy reads both
 
 
 def _eval_chunk(program, state, totals, data, start, order, *, num_steps, tail, batch_size):

@@ -27,12 +27,20 @@ class FitPlan(NamedTuple):
     metric_names: tuple
 
 
-def _host_logs(totals, metric_names, batch_loss=None) -> dict:
-    """One device-to-host copy of the accumulators; the divisions happen on the host."""
-    logs = read_totals(totals, ("loss", *metric_names))
-    if batch_loss is not None:
-        logs["batch_loss"] = float(batch_loss)
+def _host_logs(report, plan: FitPlan, with_batch_loss: bool = False) -> dict:
+    """The logs in a chunk's report (its batch losses, then the running totals), read on the host."""
+    width = 2 * (1 + len(plan.metric_names))
+    report = np.asarray(report, np.float64)
+    logs = read_totals(report[-width:].reshape(-1, 2), ("loss", *plan.metric_names))
+    if with_batch_loss:
+        logs["batch_loss"] = float(report[-width - 1])
     return logs
+
+
+def _batch_losses(reports: list, plan: FitPlan) -> np.ndarray:
+    """Every batch loss of an epoch, from its chunks' reports, as float64."""
+    width = 2 * (1 + len(plan.metric_names))
+    return np.concatenate([np.asarray(r, np.float64)[:-width] for r in reports])
 
 
 def _throttle(outputs: list, max_in_flight: int | None):
@@ -45,22 +53,22 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
     """Dispatch one epoch's pieces (chunks of batches already on the device); returns device values."""
     totals = zero_totals(len(plan.metric_names))
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
-    losses = []
+    reports = []
     for piece in feed.epoch(epoch):
-        _throttle(losses, feed.max_in_flight)
+        _throttle(reports, feed.max_in_flight)
         chunk = piece.chunk
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
-        state, totals, chunk_losses = exe.fit_chunk(
+        state, totals, report = exe.fit_chunk(
             state, totals, piece.data, chunk.start, piece.order,
             num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
-        losses.append(chunk_losses)
+        reports.append(report)
         publish(state)
         if want_end:
-            callbacks.on_train_batch_end(chunk.last, _host_logs(totals, plan.metric_names, chunk_losses[-1]))
+            callbacks.on_train_batch_end(chunk.last, _host_logs(report, plan, with_batch_loss=True))
         if should_stop():
             break
-    return state, totals, losses
+    return state, reports
 
 
 def _learn_steps(callbacks, num_batches: int):
@@ -84,18 +92,17 @@ def run_fit(exe: Executables, state: TrainState, source, plan: FitPlan, callback
     try:
         for epoch in epochs:
             callbacks.on_epoch_begin(epoch)
-            state, totals, losses = _run_epoch(exe, state, feed, epoch, plan, callbacks, publish, should_stop)
-            if not losses:
+            state, reports = _run_epoch(exe, state, feed, epoch, plan, callbacks, publish, should_stop)
+            if not reports:
                 warnings.warn(f"The input ran out of data at epoch {epoch}; training stops. A generator is "
                               f"consumed once: pass a re-iterable input (a list, a bf.data.Dataset) or "
                               f"steps_per_epoch with enough batches for every epoch.", UserWarning, stacklevel=3)
                 break
-            logs = _host_logs(totals, plan.metric_names)
+            logs = _host_logs(reports[-1], plan)
             if validate is not None:
                 logs.update({f"val_{k}": v for k, v in validate(state).items()})
-            _learn_steps(callbacks, sum(len(l) for l in losses))
-            batch_losses = np.concatenate([np.asarray(l, np.float64) for l in losses]) if len(losses) > 1 \
-                else np.asarray(losses[0], np.float64)
+            batch_losses = _batch_losses(reports, plan)
+            _learn_steps(callbacks, len(batch_losses))
             callbacks.on_epoch_batch_losses(epoch, {"loss": batch_losses})
             callbacks.on_epoch_end(epoch, logs)
             if should_stop():
@@ -126,7 +133,7 @@ def run_evaluate(exe: Executables, state: TrainState, source, steps_per_executio
         totals, chunk_losses = exe.eval_chunk(state, totals, piece.data, chunk.start, piece.order,
                                               num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         losses.append(chunk_losses)
-    return _host_logs(totals, metric_names)
+    return read_totals(totals, ("loss", *metric_names))
 
 
 def run_predict(exe: Executables, state: TrainState, source, steps_per_execution: int):
