@@ -7,6 +7,7 @@ up to date from it when it is read (and when `fit` returns).
 
 from __future__ import annotations
 
+import random
 import warnings
 from typing import Any, NamedTuple
 
@@ -451,6 +452,6 @@ def _as_list(metrics):
 
 
 def _seed(seed) -> int:
-    if seed is None:
-        return int(np.random.SeedSequence().entropy % (2**31))
+    if seed is None:        # Python's generator: seeded from the OS, and again in a forked child
+        return random.getrandbits(31)
     return _check_int("seed", seed, 0)
