@@ -133,7 +133,7 @@ def jobs(repeats: int, with_keras: bool, log, quick: bool = False) -> dict:
     tmp = tempfile.mkdtemp(prefix="bf-bench-jobs-")
     warm_dir = os.path.join(tmp, "warm")
     try:
-        bf_job = os.path.join(JOBS, "seed1_batchfit.py")
+        bf_job = os.path.join(HERE, os.pardir, "examples", "seed1_fit.py")   # the article's example, ported
         _run([bf_job], _env(BATCHFIT_CACHE_DIR=warm_dir))
         modes = {
             "batchfit (cache off)": (bf_job, lambda r: _env(BATCHFIT_COMPILATION_CACHE="0")),

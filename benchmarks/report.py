@@ -260,7 +260,8 @@ def _procs_md(results):
                          f"{_fmt(v['median_process_wall_s'])} |")
     jobs = results.get("jobs")
     if jobs:
-        lines += ["", "The whole first-article job, `python <job>.py` from process start to exit (benchmarks/jobs/; "
+        lines += ["", "The whole first-article job, `python <job>.py` from process start to exit (batchfit: "
+                  "examples/seed1_fit.py; the others: benchmarks/jobs/; "
                   "median seconds):", "", "| job | wall (s) | runs |", "|---|---:|---:|"]
         for mode, v in jobs.items():
             lines.append(f"| {mode} | {_fmt(v['median_wall_s'])} | "

@@ -50,7 +50,7 @@ def _throttle(outputs: list, max_in_flight: int | None):
 
 
 def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, publish, should_stop):
-    """Dispatch one epoch's pieces (chunks of batches already on the device); returns device values."""
+    """Dispatch one epoch's pieces; returns the state and each call's report (device arrays, read later)."""
     totals = zero_totals(len(plan.metric_names))
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
     reports = []
