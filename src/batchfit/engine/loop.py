@@ -37,10 +37,13 @@ def _host_logs(report, plan: FitPlan, with_batch_loss: bool = False) -> dict:
     return logs
 
 
-def _batch_losses(reports: list, plan: FitPlan) -> np.ndarray:
-    """Every batch loss of an epoch, from its chunks' reports, as float64."""
+def _epoch_results(reports: list, plan: FitPlan) -> tuple[dict, np.ndarray]:
+    """(the epoch's logs, every batch loss as float64) from its chunks' reports: one host copy each."""
     width = 2 * (1 + len(plan.metric_names))
-    return np.concatenate([np.asarray(r, np.float64)[:-width] for r in reports])
+    host = [np.asarray(r, np.float64) for r in reports]
+    logs = read_totals(host[-1][-width:].reshape(-1, 2), ("loss", *plan.metric_names))
+    losses = host[0][:-width] if len(host) == 1 else np.concatenate([h[:-width] for h in host])
+    return logs, losses
 
 
 def _throttle(outputs: list, max_in_flight: int | None):
@@ -98,10 +101,9 @@ def run_fit(exe: Executables, state: TrainState, source, plan: FitPlan, callback
                               f"consumed once: pass a re-iterable input (a list, a bf.data.Dataset) or "
                               f"steps_per_epoch with enough batches for every epoch.", UserWarning, stacklevel=3)
                 break
-            logs = _host_logs(reports[-1], plan)
+            logs, batch_losses = _epoch_results(reports, plan)
             if validate is not None:
                 logs.update({f"val_{k}": v for k, v in validate(state).items()})
-            batch_losses = _batch_losses(reports, plan)
             _learn_steps(callbacks, len(batch_losses))
             callbacks.on_epoch_batch_losses(epoch, {"loss": batch_losses})
             callbacks.on_epoch_end(epoch, logs)
