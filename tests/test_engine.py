@@ -114,10 +114,11 @@ def test_train_state_keeps_its_shapes_across_a_step(data):
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
     model.train_on_batch(x[:32], y[:32])
     from batchfit.engine.state import Batch
-    state = model._state
+    state = model._leaves                      # the TrainState's leaves, as the compiled calls take it
     batch = Batch(x[:32], y[:32], np.ones(32, np.float32))
     out = jax.eval_shape(model._exe.train_batch, state, batch)[0]
     assert jax.tree.map(lambda a: (a.shape, a.dtype), out) == jax.tree.map(lambda a: (a.shape, a.dtype), state)
+    assert len(state) == 2 * 2 + 2 * 2 * 2 + 2       # params, Adam's m and v, Adam's count, the step
 
 
 def test_batch_norm_statistics_and_dropout_rng_are_carried(data):

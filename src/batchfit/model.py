@@ -77,8 +77,9 @@ class Model:
         self._settings: _Settings | None = None
         self._graph: ModelGraph | None = None
         self._exe: Executables | None = None
-        self._state: TrainState | None = None
-        self._stale = False            # the module lags behind self._state
+        self._leaves: list | None = None   # the TrainState's leaves (what the compiled calls take)
+        self._state_def = None             # ... and its structure
+        self._stale = False                # the module lags behind the state
         self._running = None           # train_on_batch accumulators (reset_metrics=False)
         self._checked: set = set()     # input signatures already checked against the model
         self._last_batch = None        # (shapes, dtypes) of the last *_on_batch batch that passed every check
@@ -109,14 +110,22 @@ class Model:
             self._state = TrainState(params, model_state, None, np.zeros((), np.int32))
             self._setup_program()
 
+    @property
+    def _state(self) -> TrainState:
+        return jax.tree.unflatten(self._state_def, self._leaves)
+
+    @_state.setter
+    def _state(self, state: TrainState):
+        self._leaves, self._state_def = jax.tree.flatten(state)
+
     def _setup_program(self):
         s = self._settings
-        program = Program(self._graph, s.loss if s else None, s.metrics if s else (),
-                          s.optimizer if s else None, bool(s and s.weighted_mean))
-        self._exe = build_executables(program)
         if s is not None:   # one compiled call: eager zeros would compile once per shape
             opt_state, step = jax.jit(lambda p: (s.optimizer.init(p), jnp.zeros((), jnp.int32)))(self._state.params)
             self._state = self._state._replace(opt_state=opt_state, step=step)
+        program = Program(self._graph, s.loss if s else None, s.metrics if s else (),
+                          s.optimizer if s else None, bool(s and s.weighted_mean))
+        self._exe = build_executables(program, self._state_def)
         self._running, self._last_batch = None, None
 
     def _sync_module(self):
@@ -127,8 +136,8 @@ class Model:
                 variable.set_value(value)
             self._stale = False
 
-    def _publish(self, state: TrainState):
-        self._state, self._stale = state, True
+    def _publish(self, leaves: list):
+        self._leaves, self._stale = leaves, True
 
     # ----- compile --------------------------------------------------------------------
 
@@ -193,7 +202,7 @@ class Model:
         signature = tuple((a.shape[1:], a.dtype) for a in arrays.leaves(x))
         if signature not in self._checked:
             try:
-                out = jax.eval_shape(self._exe.predict_batch, self._state, x)
+                out = jax.eval_shape(self._exe.predict_batch, self._leaves, x)
             except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
                 raise ValueError(f"The model cannot run on `x` ({describe(x)}): {e}. "
                                  f"Check the feature shape against the model's input_shape.") from e
@@ -286,9 +295,9 @@ class Model:
             val_steps = self._steps(val)
             validate = lambda s: run_evaluate(self._exe, s, val, val_steps, plan.metric_names)
         self.stop_training = False
-        state = run_fit(self._exe, self._state, source, plan, cbs, self._publish,
-                        lambda: self.stop_training, validate)
-        self._publish(state)
+        leaves = run_fit(self._exe, self._leaves, source, plan, cbs, self._publish,
+                         lambda: self.stop_training, validate)
+        self._publish(leaves)
         if self._module_is_users:          # a Sequential's module is only reached through .module
             self._sync_module()
         return self.history
@@ -316,13 +325,13 @@ class Model:
         """The sample-weighted mean loss (and metrics) over all of x (or `steps` batches), in inference mode."""
         self._require_compiled("evaluate")
         source = self._source(x, y, sample_weight, batch_size=batch_size, steps=steps)
-        logs = run_evaluate(self._exe, self._state, source, self._steps(source), tuple(self.metrics_names[1:]))
+        logs = run_evaluate(self._exe, self._leaves, source, self._steps(source), tuple(self.metrics_names[1:]))
         return self._format(logs, return_dict)
 
     def predict(self, x, batch_size=None, verbose="auto", callbacks=None, steps=None):
         """The model's outputs on all of x (or `steps` batches), as a NumPy array, in inference mode."""
         source = self._source(x, batch_size=batch_size, steps=steps, need_y=False)
-        return run_predict(self._exe, self._state, source, self._steps(source))
+        return run_predict(self._exe, self._leaves, source, self._steps(source))
 
     # ----- one batch at a time -------------------------------------------------------
 
@@ -339,22 +348,22 @@ class Model:
         x, y, w, _ = self._arrays(x, y, sample_weight, class_weight)
         if reset_metrics:
             self._running = None
-            state, logs = self._exe.train_batch(self._state, Batch(x, y, w))
+            leaves, logs = self._exe.train_batch(self._leaves, Batch(x, y, w))
         else:
-            state, self._running, logs = self._exe.train_running(self._state, self._running, Batch(x, y, w))
-        self._publish(state)
+            leaves, self._running, logs = self._exe.train_running(self._leaves, self._running, Batch(x, y, w))
+        self._leaves, self._stale = leaves, True
         return self._format(logs, return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
         """The loss (and metrics) of one batch at the current weights, in inference mode; no update."""
         self._require_compiled("test_on_batch")
         x, y, w, _ = self._arrays(x, y, sample_weight)
-        return self._format(self._exe.test_batch(self._state, Batch(x, y, w)), return_dict)
+        return self._format(self._exe.test_batch(self._leaves, Batch(x, y, w)), return_dict)
 
     def predict_on_batch(self, x):
         """The model's output on one batch, as a NumPy array."""
         x, _, _, _ = self._arrays(x, None, need_y=False)
-        return jax.tree.map(np.asarray, self._exe.predict_batch(self._state, x))
+        return jax.tree.map(np.asarray, self._exe.predict_batch(self._leaves, x))
 
     def _format(self, logs: dict, return_dict: bool):
         if return_dict:

@@ -23,7 +23,8 @@ __all__ = ["Executables", "DeviceData", "build_executables", "results"]
 class Executables(NamedTuple):
     """The jitted entry points of one compiled model (each caches one executable per shape).
 
-    totals: the float32 [1 + metrics, 2] accumulators of state.py (None: start from zero).
+    state: the TrainState's leaves, as a list (see build_executables); totals: the float32
+    [1 + metrics, 2] accumulators of state.py (None: start from zero).
     """
 
     train_batch: Callable   # (state, batch) -> (state, logs): this batch's values, the raw loss L_b
@@ -81,7 +82,8 @@ def _eval_chunk(program, state, totals, data, start, order, *, num_steps, tail, 
     return _scan_chunk(step, totals, data, start, order, num_steps, tail, batch_size)
 
 
-def _predict_chunk(graph, state, x, start, *, num_steps, tail, batch_size):
+def _predict_chunk(program, state, x, start, *, num_steps, tail, batch_size):
+    graph = program.graph
     outs = []
     if num_steps:
         def body(_, i):
@@ -117,15 +119,33 @@ def _test_batch(program, state, batch):
     return _batch_logs(program, totals, loss, False)
 
 
-def build_executables(program: Program) -> Executables:
-    """jit every entry point once for `program`; the state's buffers are donated in training."""
+def _predict_batch(program, state, x):
+    return predict_step(program.graph, state, x)
+
+
+def build_executables(program: Program, state_def) -> Executables:
+    """jit every entry point once for `program`; the state's buffers are donated in training.
+
+    The state crosses every jit boundary as a flat list of its leaves, rebuilt into the
+    TrainState (structure `state_def`) inside: flattening and rebuilding the nested pytree
+    at each call costs several microseconds, a tenth of a small model's train_on_batch.
+    """
+    def reads(fn):                  # fn(program, state, ...) -> outputs
+        return lambda leaves, *a, **k: fn(program, jax.tree.unflatten(state_def, leaves), *a, **k)
+
+    def updates(fn):                # fn(program, state, ...) -> (state, *outputs)
+        def flat(leaves, *a, **k):
+            state, *outs = fn(program, jax.tree.unflatten(state_def, leaves), *a, **k)
+            return (jax.tree.leaves(state), *outs)
+        return flat
+
     static = ("num_steps", "tail", "batch_size")
     return Executables(
-        train_batch=jax.jit(partial(_train_batch, program), donate_argnums=(0,)),
-        train_running=jax.jit(partial(_train_running, program), donate_argnums=(0,)),
-        test_batch=jax.jit(partial(_test_batch, program)),
-        predict_batch=jax.jit(partial(predict_step, program.graph)),
-        fit_chunk=jax.jit(partial(_fit_chunk, program), static_argnames=static, donate_argnums=(0,)),
-        eval_chunk=jax.jit(partial(_eval_chunk, program), static_argnames=static),
-        predict_chunk=jax.jit(partial(_predict_chunk, program.graph), static_argnames=static),
+        train_batch=jax.jit(updates(_train_batch), donate_argnums=(0,)),
+        train_running=jax.jit(updates(_train_running), donate_argnums=(0,)),
+        test_batch=jax.jit(reads(_test_batch)),
+        predict_batch=jax.jit(reads(_predict_batch)),
+        fit_chunk=jax.jit(updates(_fit_chunk), static_argnames=static, donate_argnums=(0,)),
+        eval_chunk=jax.jit(reads(_eval_chunk), static_argnames=static),
+        predict_chunk=jax.jit(reads(_predict_chunk), static_argnames=static),
     )

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from batchfit.engine.compiled import Executables
-from batchfit.engine.state import TrainState, read_totals, zero_totals
+from batchfit.engine.state import read_totals, zero_totals
 
 __all__ = ["FitPlan", "run_fit", "run_evaluate", "run_predict"]
 
@@ -81,9 +81,11 @@ def _learn_steps(callbacks, num_batches: int):
             cb.params["steps"] = num_batches
 
 
-def run_fit(exe: Executables, state: TrainState, source, plan: FitPlan, callbacks,
-            publish: Callable, should_stop: Callable, validate: Callable | None = None) -> TrainState:
+def run_fit(exe: Executables, state: list, source, plan: FitPlan, callbacks,
+            publish: Callable, should_stop: Callable, validate: Callable | None = None) -> list:
     """Train for epochs [initial_epoch, epochs) on `source`; `publish(state)` after every dispatch.
+
+    `state`: the TrainState as the compiled calls take it (the list of its leaves).
 
     The source prepares epoch e + 1 while the device runs epoch e (the next order of
     in-memory arrays, the next chunks of a stream); the logs of epoch e are read after that.
@@ -127,7 +129,7 @@ def _one_pass(source, steps_per_execution: int, outputs: list):
         feed.close()
 
 
-def run_evaluate(exe: Executables, state: TrainState, source, steps_per_execution: int, metric_names) -> dict:
+def run_evaluate(exe: Executables, state: list, source, steps_per_execution: int, metric_names) -> dict:
     """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights."""
     totals, losses = zero_totals(len(metric_names)), []
     for piece in _one_pass(source, steps_per_execution, losses):
@@ -138,7 +140,7 @@ def run_evaluate(exe: Executables, state: TrainState, source, steps_per_executio
     return read_totals(totals, ("loss", *metric_names))
 
 
-def run_predict(exe: Executables, state: TrainState, source, steps_per_execution: int):
+def run_predict(exe: Executables, state: list, source, steps_per_execution: int):
     """The model's outputs on one pass of `source`, as NumPy arrays (one pytree leaf per output)."""
     outs = []
     for piece in _one_pass(source, steps_per_execution, outs):
