@@ -9,7 +9,7 @@ import batchfit as bf
 def test_top_level_names():
     assert sorted(bf.__all__) == sorted([
         "Model", "NotCompiledError", "Sequential", "activations", "callbacks", "data", "layers",
-        "losses", "metrics", "optimizers", "regularizers"])
+        "load_model", "losses", "metrics", "optimizers", "regularizers"])
     for name in bf.__all__:
         assert hasattr(bf, name)
 

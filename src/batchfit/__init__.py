@@ -6,6 +6,7 @@ enable_compilation_cache()
 
 from batchfit import activations, callbacks, data, layers, losses, metrics, optimizers, regularizers
 from batchfit.model import Model, NotCompiledError, Sequential
+from batchfit.saving import load_model
 
 __version__ = "0.1.0"
 
@@ -16,6 +17,7 @@ __all__ = [
     "activations",
     "callbacks",
     "data",
+    "load_model",
     "layers",
     "losses",
     "metrics",

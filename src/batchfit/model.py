@@ -166,6 +166,10 @@ class Model:
         names = [m.name for m in metric_objs]
         if len(set(names)) != len(names) or "loss" in names:
             raise ValueError(f"Metric names must be unique and not 'loss'; got {names}.")
+        named = isinstance(optimizer, str) and isinstance(loss, str) and all(isinstance(m, str) for m in _as_list(metrics))
+        self._compile_names = dict(optimizer=optimizer, loss=loss, metrics=_as_list(metrics),  # for save()
+                                   steps_per_execution=steps_per_execution, loss_reduction=loss_reduction,
+                                   allow_nonfinite=allow_nonfinite) if named else None
         self._settings = _Settings(loss_obj, metric_objs, ("loss", *names), optimizers_lib.get(optimizer),
                                    steps_per_execution, loss_reduction == "weighted_mean", allow_nonfinite)
         if self._graph is not None:
@@ -372,6 +376,15 @@ class Model:
         return logs["loss"] if len(names) == 1 else [logs[name] for name in names]
 
     # ----- weights ---------------------------------------------------------------------
+
+    def save(self, path) -> str:
+        """Write the model to the folder `path` (JSON and .npz, no pickle); `bf.load_model(path)` reads it.
+
+        Saved: the layers, the weights, and the compile settings when they were given by name.
+        Not saved: the optimizer's state. See batchfit/saving.py.
+        """
+        from batchfit.saving import save_model
+        return save_model(self, path)
 
     def get_weights(self) -> list[np.ndarray]:
         """All weights as NumPy arrays, in Keras order (per layer: kernel, bias, ...)."""
