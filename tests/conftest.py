@@ -18,21 +18,28 @@ def linear_model(weights, bias=0.0, *, regularizer=None):
     return model
 
 
-def reference_sgd(x, y, w0, b0, lr, batch_size, epochs, weights=None, weighted_mean=False, l2=0.0):
-    """float64 NumPy: SGD on y = x @ w + b with MSE; returns batch losses per epoch and the final weights."""
+def reference_sgd(x, y, w0, b0, lr, batch_size, epochs, weights=None, weighted_mean=False, l2=0.0, accumulate=1):
+    """float64 NumPy: SGD on y = x @ w + b with MSE; returns batch losses per epoch and the final weights.
+
+    With `accumulate=k`, one update per k batches (the epoch's last group may be shorter): the
+    step of one batch made of all the group's samples, each batch's loss taken before it.
+    """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64).reshape(-1)
     w, b = np.asarray(w0, np.float64).reshape(-1).copy(), float(b0)
     sw = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
+    starts = list(range(0, len(x), batch_size))
     history = []
     for _ in range(epochs):
         losses = []
-        for start in range(0, len(x), batch_size):
-            xb, yb, wb = x[start:start + batch_size], y[start:start + batch_size], sw[start:start + batch_size]
-            denom = wb.sum() if weighted_mean else len(xb)
-            err = xb @ w + b - yb
-            losses.append(float(np.sum(wb * err**2) / denom + l2 * np.sum(w**2)))
-            g = 2 * wb * err / denom
-            w, b = w - lr * (xb.T @ g + 2 * l2 * w), b - lr * g.sum()
+        for group in (starts[i:i + accumulate] for i in range(0, len(starts), accumulate)):
+            for start in group:
+                xb, yb, wb = x[start:start + batch_size], y[start:start + batch_size], sw[start:start + batch_size]
+                denom = wb.sum() if weighted_mean else len(xb)
+                losses.append(float(np.sum(wb * (xb @ w + b - yb) ** 2) / denom + l2 * np.sum(w**2)))
+            rows = slice(group[0], group[-1] + batch_size)
+            xg, yg, wg = x[rows], y[rows], sw[rows]
+            g = 2 * wg * (xg @ w + b - yg) / (wg.sum() if weighted_mean else len(xg))
+            w, b = w - lr * (xg.T @ g + 2 * l2 * w), b - lr * g.sum()
         history.append(losses)
     return history, w, b
 

@@ -36,6 +36,7 @@ def unchanged(model, fn):
     (dict(x=X, y=Y, validation_split=-0.1), r"validation_split.*\[0, 1\)"),
     (dict(x=X, y=Y, sample_weight=np.ones(5)), r"sample_weight.*same number.*8.*5"),
     (dict(x=X, y=Y, sample_weight=np.ones((8, 2))), r"sample_weight.*\[8\]"),
+    (dict(x=X, y=Y, accumulate_steps=0), r"`accumulate_steps` must be an integer >= 1; got 0"),
 ])
 def test_fit_refuses_bad_input_before_training(model, kwargs, pattern):
     with pytest.raises((ValueError, TypeError), match=pattern):
@@ -85,10 +86,12 @@ def test_set_weights_with_wrong_shapes(model):
 
 def test_train_on_batch_before_compile_compiles_with_keras_defaults():
     m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(2,))], seed=0)
+    kernel, bias = m.get_weights()
     with pytest.warns(UserWarning, match="rmsprop.*binary_crossentropy"):
         loss = float(m.train_on_batch(np.ones((4, 2)), np.ones((4, 1))))
-    p = 1 / (1 + np.exp(-np.ones((4, 2)) @ m.get_weights()[0]))   # noqa: F841 (weights moved)
-    assert 0 < loss < 5
+    p = 1 / (1 + np.exp(-(np.ones((4, 2)) @ kernel + bias)))          # the loss before the update: BCE at y = 1
+    assert loss == pytest.approx(float(np.mean(-np.log(p))), rel=1e-5)
+    assert not np.array_equal(m.get_weights()[0], kernel)            # and rmsprop made one step
 
 
 def test_train_on_batch_checks_the_values_of_every_batch():

@@ -151,3 +151,48 @@ def test_metrics_are_sample_weighted_means():
                          verbose=0)
     assert out["mae"] == approx((1 * 0 + 3 * 1 + 0 * 1) / 4)            # sum(w*|e|) / sum(w)
     assert out["loss"] == approx((2 * (0 + 3 * 1) / 2 + 1 * 0 / 1) / 3)  # n_b-weighted batch means
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "weighted_mean"])
+@pytest.mark.parametrize("steps", [1, 2, "auto"])
+def test_gradient_accumulation_is_one_batch_of_the_whole_group(regression_data, reduction, steps):
+    x, y = regression_data                     # batches of 3, 3, 3, 1: groups {0, 1, 2} and {3} (cut by the epoch)
+    sw = np.linspace(0.5, 2.0, len(x)).astype(np.float32)
+    model = linear_model(W0, B0, regularizer=bf.regularizers.l2(0.1))
+    model.compile(optimizer=optax.sgd(LR), loss="mse", loss_reduction=reduction, steps_per_execution=steps)
+    history = model.fit(x, y, batch_size=3, epochs=2, shuffle=False, verbose=0, sample_weight=sw,
+                        accumulate_steps=3)
+    expected, w, b = reference_sgd(x, y, W0, B0, LR, 3, 2, weights=sw, weighted_mean=reduction == "weighted_mean",
+                                   l2=0.1, accumulate=3)
+    for e in range(2):
+        assert history.batch_history["loss"][e] == approx(expected[e], rel=1e-5)
+        assert history.history["loss"][e] == approx(np.dot(expected[e], [3, 3, 3, 1]) / 10, rel=1e-5)
+    assert model.get_weights()[0].ravel() == approx(w, rel=1e-5)
+    assert model.get_weights()[1] == approx([b], rel=1e-5)
+
+
+def test_accumulating_k_batches_equals_batches_k_times_larger(regression_data):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(12, 3)).astype(np.float32), rng.normal(size=(12, 1)).astype(np.float32)
+    runs = []
+    for batch_size, k in [(2, 3), (6, 1)]:
+        model = linear_model(W0, B0)
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(x, y, batch_size=batch_size, epochs=3, shuffle=False, verbose=0, accumulate_steps=k)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_accumulation_over_a_stream_matches_arrays(regression_data):
+    x, y = regression_data
+    batches = [(x[i:i + 3], y[i:i + 3]) for i in range(0, 10, 3)]           # streamed: 3, 3, 3, 1
+    weights = []
+    for data in (dict(x=x, y=y, batch_size=3), dict(x=batches)):
+        model = linear_model(W0, B0)
+        model.compile(optimizer=optax.sgd(LR), loss="mse", steps_per_execution=2)
+        model.fit(epochs=2, shuffle=False, verbose=0, accumulate_steps=3, **data)
+        weights.append(model.get_weights())
+    _, w, b = reference_sgd(x, y, W0, B0, LR, 3, 2, accumulate=3)
+    for got in weights:
+        assert got[0].ravel() == approx(w, rel=1e-5) and got[1] == approx([b], rel=1e-5)

@@ -266,7 +266,7 @@ class Model:
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
-            validation_batch_size=None, seed=None):
+            validation_batch_size=None, seed=None, accumulate_steps=1):
         """Train for `epochs` epochs; returns the `History` (see shared/API.md for the loss semantics).
 
         `x`: arrays (NumPy, JAX, pandas, a dict for a multi-input model; a NumPy memmap is
@@ -276,9 +276,14 @@ class Model:
         pass over the data, or `steps_per_epoch` batches drawn on from where the last epoch
         stopped. A generator object is consumed once, as in Keras: give it enough batches
         for every epoch (and steps_per_epoch), or pass something re-iterable.
+
+        `accumulate_steps=k`: one update per k batches, exactly the update one batch of all
+        their samples would give (sizes, sample weights and the epoch's last, shorter group
+        included); each batch's loss is measured at the group's weights.
         """
         self._require_compiled("fit")
         epochs, initial_epoch = _check_int("epochs", epochs, 0), _check_int("initial_epoch", initial_epoch, 0)
+        accumulate_steps = _check_int("accumulate_steps", accumulate_steps, 1)
         if epochs < initial_epoch:
             raise ValueError(f"`epochs` ({epochs}) must be >= `initial_epoch` ({initial_epoch}): "
                              f"epochs is the index of the last epoch + 1, as in Keras.")
@@ -293,7 +298,8 @@ class Model:
             source = self._source(x, y, sample_weight, class_weight, **options)
             val = self._validation_source(validation_data, validation_batch_size, batch_size, validation_steps)
         cbs = self._callbacks(callbacks, verbose, epochs, source.num_batches)
-        plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), tuple(self.metrics_names[1:]))
+        plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), tuple(self.metrics_names[1:]),
+                       accumulate_steps)
         validate = None
         if val is not None:
             val_steps = self._steps(val)

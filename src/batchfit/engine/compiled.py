@@ -6,7 +6,6 @@ partial last batch at its true size: one dispatch, fixed shapes, exact numbers.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -14,8 +13,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from batchfit.data.arrays import DeviceData
-from batchfit.engine.state import Batch, TrainState, zero_totals
-from batchfit.engine.step import Program, eval_step, predict_step, train_step
+from batchfit.engine.state import Batch, zero_totals
+from batchfit.engine.step import (Program, accumulate_step, apply_accumulated, eval_step, predict_step,
+                                  train_step, zero_accumulated)
 
 __all__ = ["Executables", "DeviceData", "build_executables", "results"]
 
@@ -33,6 +33,10 @@ class Executables(NamedTuple):
     predict_batch: Callable  # (state, x) -> y_pred
     fit_chunk: Callable     # (state, totals, data, start, order, *, num_steps, tail, batch_size)
                             #   -> (state, totals, report): report = the K batch losses, then totals.ravel()
+    fit_chunk_accumulate: Callable  # (state, totals, acc, data, start, order, first, *, accumulate, ...)
+                                    #   -> (state, totals, acc, report)
+    apply_accumulated: Callable     # (state, acc) -> (state, None): the update of a group cut short
+    zero_accumulated: Callable      # (state) -> an empty group
     eval_chunk: Callable    # (state, totals, data, start, order, *, ...) -> (totals, losses)
     predict_chunk: Callable  # (state, x, start, *, num_steps, tail, batch_size) -> (full, tail)
 
@@ -74,6 +78,28 @@ def _fit_chunk(program, state, totals, data, start, order, *, num_steps, tail, b
         return (s, t), loss
     (state, totals), losses = _scan_chunk(step, (state, totals), data, start, order, num_steps, tail, batch_size)
     return state, totals, jnp.concatenate([losses, totals.reshape(-1)])   # one host copy reads both
+
+
+def _fit_chunk_accumulate(program, state, totals, acc, data, start, order, first, *, accumulate, num_steps, tail,
+                          batch_size):
+    """fit_chunk with gradient accumulation: an update after every `accumulate`-th batch of the
+    epoch (batch index first + i); the group in progress is carried out in `acc`."""
+    def step(carry, batch):
+        s, t, a, j = carry
+        s, t, a, loss = accumulate_step(program, s, t, a, batch)
+        s, a = lax.cond((j + 1) % accumulate == 0, lambda: apply_accumulated(program, s, a), lambda: (s, a))
+        return (s, t, a, j + 1), loss
+    carry = (state, totals, acc, jnp.asarray(first, jnp.int32))
+    (state, totals, acc, _), losses = _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size)
+    return state, totals, acc, jnp.concatenate([losses, totals.reshape(-1)])
+
+
+def _apply_accumulated(program, state, acc):
+    return apply_accumulated(program, state, acc)[0], None
+
+
+def _zero_accumulated(program, state):
+    return zero_accumulated(state)
 
 
 def _eval_chunk(program, state, totals, data, start, order, *, num_steps, tail, batch_size):
@@ -146,6 +172,10 @@ def build_executables(program: Program, state_def) -> Executables:
         test_batch=jax.jit(reads(_test_batch)),
         predict_batch=jax.jit(reads(_predict_batch)),
         fit_chunk=jax.jit(updates(_fit_chunk), static_argnames=static, donate_argnums=(0,)),
+        fit_chunk_accumulate=jax.jit(updates(_fit_chunk_accumulate), static_argnames=static + ("accumulate",),
+                                     donate_argnums=(0,)),
+        apply_accumulated=jax.jit(updates(_apply_accumulated), donate_argnums=(0,)),
+        zero_accumulated=jax.jit(reads(_zero_accumulated)),
         eval_chunk=jax.jit(reads(_eval_chunk), static_argnames=static),
         predict_chunk=jax.jit(reads(_predict_chunk), static_argnames=static),
     )

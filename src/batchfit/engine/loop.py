@@ -25,6 +25,7 @@ class FitPlan(NamedTuple):
     initial_epoch: int
     steps_per_execution: int
     metric_names: tuple
+    accumulate_steps: int = 1     # batches per update (gradient accumulation); 1: an update per batch
 
 
 def _host_logs(report, plan: FitPlan, with_batch_loss: bool = False) -> dict:
@@ -56,21 +57,28 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
     """Dispatch one epoch's pieces; returns the state and each call's report (device arrays, read later)."""
     totals = zero_totals(len(plan.metric_names))
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
-    reports = []
+    reports, k = [], plan.accumulate_steps
+    acc = exe.zero_accumulated(state) if k > 1 else None
     for piece in feed.epoch(epoch):
         _throttle(reports, feed.max_in_flight)
         chunk = piece.chunk
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
-        state, totals, report = exe.fit_chunk(
-            state, totals, piece.data, chunk.start, piece.order,
-            num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
+        sizes = dict(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
+        if k > 1:
+            state, totals, acc, report = exe.fit_chunk_accumulate(
+                state, totals, acc, piece.data, chunk.start, piece.order, chunk.first, accumulate=k, **sizes)
+        else:
+            state, totals, report = exe.fit_chunk(state, totals, piece.data, chunk.start, piece.order, **sizes)
         reports.append(report)
         publish(state)
         if want_end:
             callbacks.on_train_batch_end(chunk.last, _host_logs(report, plan, with_batch_loss=True))
         if should_stop():
             break
+    if k > 1 and reports and (chunk.last + 1) % k:    # the epoch ends inside a group: update with it
+        state, _ = exe.apply_accumulated(state, acc)
+        publish(state)
     return state, reports
 
 

@@ -15,7 +15,8 @@ import optax
 from batchfit.engine.state import Batch, ModelGraph, TrainState
 from batchfit.layers import regularization_penalty
 
-__all__ = ["Program", "train_step", "eval_step", "predict_step"]
+__all__ = ["Program", "Accumulated", "train_step", "accumulate_step", "apply_accumulated", "zero_accumulated",
+           "eval_step", "predict_step"]
 
 
 class Program(NamedTuple):
@@ -66,6 +67,51 @@ def train_step(program: Program, state: TrainState, totals: dict, batch: Batch):
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(params, model_state, opt_state, state.step + 1)
     return new_state, _accumulate(program, totals, loss, batch, y_pred), loss
+
+
+class Accumulated(NamedTuple):
+    """A gradient-accumulation group so far: the sum over its batches of d(sum_i w_i l_i)/d(theta),
+    and its normalizer (the sum of n_b; of w_i with loss_reduction="weighted_mean")."""
+
+    grads: Any
+    count: jax.Array
+
+
+def _weighted_sum(program: Program, params, model_state, batch: Batch):
+    """sum_i w_i l_i, the part of L_b that accumulation differentiates; (L_b, normalizer, ...) as aux."""
+    module = program.graph.merge(params, model_state, True)
+    y_pred = module(batch.x)
+    per_sample = program.loss.call(batch.y, y_pred)
+    weighted = jnp.sum(per_sample) if batch.w is None else jnp.sum(batch.w * per_sample)
+    norm = jnp.sum(batch.w) if batch.w is not None and program.weighted_mean else jnp.float32(per_sample.shape[0])
+    data_loss = jnp.where(norm > 0, weighted / jnp.where(norm > 0, norm, 1.0), 0.0)
+    loss = data_loss + regularization_penalty(module)
+    _, new_model_state = program.graph.split(module)
+    return weighted, (loss, norm, y_pred, new_model_state)
+
+
+def zero_accumulated(state: TrainState) -> Accumulated:
+    return Accumulated(jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32))
+
+
+def accumulate_step(program: Program, state: TrainState, totals, acc: Accumulated, batch: Batch):
+    """One batch of a group: L_b at the group's weights, no update; its gradient sum joins `acc`."""
+    grad_fn = jax.value_and_grad(_weighted_sum, argnums=1, has_aux=True)
+    (_, (loss, norm, y_pred, model_state)), grads = grad_fn(program, state.params, state.model_state, batch)
+    acc = Accumulated(jax.tree.map(jnp.add, acc.grads, grads), acc.count + norm)
+    return state._replace(model_state=model_state), _accumulate(program, totals, loss, batch, y_pred), acc, loss
+
+
+def apply_accumulated(program: Program, state: TrainState, acc: Accumulated):
+    """The group's update: the gradient one batch of all its samples gives, sum / normalizer + dR/dtheta."""
+    def penalty(params):
+        return regularization_penalty(program.graph.merge(params, state.model_state, True))
+    safe = jnp.where(acc.count > 0, acc.count, 1.0)
+    grads = jax.tree.map(lambda g, r: jnp.where(acc.count > 0, g / safe, 0.0) + r, acc.grads,
+                         jax.grad(penalty)(state.params))
+    updates, opt_state = program.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params, state.model_state, opt_state, state.step + 1), zero_accumulated(state)
 
 
 def eval_step(program: Program, state: TrainState, totals: dict, batch: Batch):
