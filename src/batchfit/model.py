@@ -279,7 +279,8 @@ class Model:
 
         `accumulate_steps=k`: one update per k batches, exactly the update one batch of all
         their samples would give (sizes, sample weights and the epoch's last, shorter group
-        included); each batch's loss is measured at the group's weights.
+        included); each batch's loss is measured at the group's weights. BatchNormalization
+        statistics and dropout masks stay per batch.
         """
         self._require_compiled("fit")
         epochs, initial_epoch = _check_int("epochs", epochs, 0), _check_int("initial_epoch", initial_epoch, 0)
