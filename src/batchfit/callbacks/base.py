@@ -100,16 +100,23 @@ class CallbackList:
                                     or hook in getattr(cb, "_functions", ()) for cb in self.callbacks)
         return self._wants[hook]
 
-    def __getattr__(self, hook: str):
-        if not hook.startswith("on_"):
-            raise AttributeError(hook)
 
-        arity = 2 if ("epoch" in hook or "batch" in hook) else 1   # (epoch|batch, logs) or (logs)
-
-        def call(*args):
-            if hook != "on_epoch_batch_losses":       # Keras always hands over a logs dict
-                args = args[:arity - 1] + ((args[arity - 1] if len(args) >= arity else None) or {},)
+def _dispatch(hook: str):
+    """CallbackList.<hook>(...): call `hook` on every callback, in order."""
+    if hook == "on_epoch_batch_losses":
+        def call(self, *args):
             for cb in self.callbacks:
                 getattr(cb, hook)(*args)
-        setattr(self, hook, call)           # found once per hook, not per call
-        return call
+    else:
+        arity = 2 if ("epoch" in hook or "batch" in hook) else 1     # (epoch|batch, logs) or (logs)
+
+        def call(self, *args):                  # Keras always hands over a logs dict
+            args = args[:arity - 1] + ((args[arity - 1] if len(args) >= arity else None) or {},)
+            for cb in self.callbacks:
+                getattr(cb, hook)(*args)
+    call.__name__ = hook
+    return call
+
+
+for _hook in [name for name in vars(Callback) if name.startswith("on_")]:
+    setattr(CallbackList, _hook, _dispatch(_hook))
