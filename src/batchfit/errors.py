@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["describe"]
+import numpy as np
+
+__all__ = ["describe", "check_int"]
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """`value` as an int, refused (ValueError) unless it is an integer >= `minimum` (bools too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
+    return int(value)
 
 
 def describe(x) -> str:

@@ -7,7 +7,6 @@ up to date from it when it is read (and when `fit` returns).
 
 from __future__ import annotations
 
-import random
 import warnings
 from typing import Any, NamedTuple
 
@@ -30,7 +29,7 @@ from batchfit.engine.compiled import Executables, build_executables
 from batchfit.engine.loop import FitPlan, run_evaluate, run_fit, run_predict
 from batchfit.engine.state import Batch, ModelGraph, TrainState, split_module
 from batchfit.engine.step import Program
-from batchfit.errors import describe
+from batchfit.errors import check_int, describe
 
 __all__ = ["Model", "Sequential", "NotCompiledError"]
 
@@ -49,12 +48,6 @@ class _Settings(NamedTuple):
     steps_per_execution: int | str
     weighted_mean: bool
     allow_nonfinite: bool
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
-    return int(value)
 
 
 class Model:
@@ -160,7 +153,7 @@ class Model:
         if loss_reduction not in _REDUCTIONS:
             raise ValueError(f"`loss_reduction` must be one of {_REDUCTIONS}; got {loss_reduction!r}.")
         if steps_per_execution != "auto":
-            _check_int("steps_per_execution", steps_per_execution, 1)
+            check_int("steps_per_execution", steps_per_execution, 1)
         loss_obj = losses_lib.get(loss)
         metric_objs = tuple(metrics_lib.get(m, loss_obj) for m in _as_list(metrics))
         names = [m.name for m in metric_objs]
@@ -212,6 +205,10 @@ class Model:
                                  f"Check the feature shape against the model's input_shape.") from e
             self._checked.add(signature)
             self._output_shape = jax.tree.leaves(out)[0].shape
+        self._check_targets(y)
+
+    def _check_targets(self, y):
+        """The loss's checks on the values of `y` (label range), on every batch."""
         if y is not None and self._settings is not None:
             losses_lib.validate_targets(self._settings.loss, np.asarray(y), self._output_shape[-1])
 
@@ -223,7 +220,7 @@ class Model:
             allow = self._settings.allow_nonfinite
             arrays.check_finite(x, "x", allow)
             arrays.check_finite(y, "y", allow)
-            losses_lib.validate_targets(self._settings.loss, y, self._output_shape[-1])
+            self._check_targets(y)
             return x, y, None, x.shape[0]
         allow = bool(self._settings and self._settings.allow_nonfinite)
         raw_x, raw_y = x, y
@@ -283,8 +280,8 @@ class Model:
         statistics and dropout masks stay per batch.
         """
         self._require_compiled("fit")
-        epochs, initial_epoch = _check_int("epochs", epochs, 0), _check_int("initial_epoch", initial_epoch, 0)
-        accumulate_steps = _check_int("accumulate_steps", accumulate_steps, 1)
+        epochs, initial_epoch = check_int("epochs", epochs, 0), check_int("initial_epoch", initial_epoch, 0)
+        accumulate_steps = check_int("accumulate_steps", accumulate_steps, 1)
         if epochs < initial_epoch:
             raise ValueError(f"`epochs` ({epochs}) must be >= `initial_epoch` ({initial_epoch}): "
                              f"epochs is the index of the last epoch + 1, as in Keras.")
@@ -362,7 +359,7 @@ class Model:
             leaves, logs = self._exe.train_batch(self._leaves, Batch(x, y, w))
         else:
             leaves, self._running, logs = self._exe.train_running(self._leaves, self._running, Batch(x, y, w))
-        self._leaves, self._stale = leaves, True
+        self._publish(leaves)
         return self._format(logs, return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
@@ -481,6 +478,6 @@ def _as_list(metrics):
 
 
 def _seed(seed) -> int:
-    if seed is None:        # Python's generator: seeded from the OS, and again in a forked child
-        return random.getrandbits(31)
-    return _check_int("seed", seed, 0)
+    if seed is None:
+        return arrays.fresh_seed()
+    return check_int("seed", seed, 0)

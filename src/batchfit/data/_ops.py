@@ -17,11 +17,11 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from batchfit.data.arrays import epoch_order, is_memmap, read_rows, release_pages
+from batchfit.data.arrays import epoch_order, fresh_seed, is_memmap, read_rows, release_pages
 from batchfit.data.dataset import (AUTOTUNE, INFINITE_CARDINALITY, UNKNOWN_CARDINALITY, Dataset, FusedPlan,
-                                   TensorSpec, _as_tensor, _buffer_shuffle, _call, _check_count, _stack)
+                                   TensorSpec, _as_tensor, _buffer_shuffle, _call, _stack)
 from batchfit.data.prefetch import Prefetcher
-from batchfit.errors import describe
+from batchfit.errors import check_int, describe
 
 __all__ = ["fused_plan", "without_prefetch", "row_elements", "window_order", "inline_prefetch"]
 
@@ -160,8 +160,8 @@ class Shuffle(Unary):
         super().__init__(input)
         if buffer_size == AUTOTUNE:
             buffer_size = max(1, input._cardinality())
-        self.buffer_size = _check_count("buffer_size", buffer_size, 1)
-        self.seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
+        self.buffer_size = check_int("buffer_size", buffer_size, 1)
+        self.seed = fresh_seed() if seed is None else int(seed)
         self.reshuffle = reshuffle
         self._rows = input._rows
 
@@ -303,12 +303,16 @@ class Repeat(Unary):
         return n * self._count
 
 
-class Take(Unary):
+class _Counted(Unary):
+    """Take / Skip: `count` elements (-1: all), over the same rows as the input."""
+
     def __init__(self, input, count):
         super().__init__(input)
         self._count = count
         self._rows = input._rows
 
+
+class Take(_Counted):
     def _indices(self, key):
         indices = self._input._indices(key)
         return indices if self._count == -1 else indices[:self._count]
@@ -326,12 +330,7 @@ class Take(Unary):
         return self._count if n == INFINITE_CARDINALITY else min(n, self._count)
 
 
-class Skip(Unary):
-    def __init__(self, input, count):
-        super().__init__(input)
-        self._count = count
-        self._rows = input._rows
-
+class Skip(_Counted):
     def _indices(self, key):
         indices = self._input._indices(key)
         return indices[len(indices):] if self._count == -1 else indices[self._count:]

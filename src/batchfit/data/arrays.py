@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import random
 from typing import Any, NamedTuple
 
 import jax
@@ -18,8 +19,8 @@ import numpy as np
 from batchfit.errors import describe
 
 __all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
-           "plan_chunks", "epoch_order", "target_dtype", "leaves", "check_finite", "is_memmap", "release_pages", "read_rows",
-           "aligned_empty"]
+           "plan_chunks", "fresh_seed", "epoch_order", "target_dtype", "leaves", "check_finite", "is_memmap",
+           "release_pages", "read_rows", "aligned_empty"]
 
 
 class Chunk(NamedTuple):
@@ -253,6 +254,11 @@ def plan_chunks(n: int, batch_size: int, steps_per_execution: int) -> list[Chunk
 
 def num_batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
+
+
+def fresh_seed() -> int:
+    """A seed for `seed=None`: Python's generator, seeded from the OS (and again in a forked child)."""
+    return random.getrandbits(31)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

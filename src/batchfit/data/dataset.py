@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import jax
 import numpy as np
 
-from batchfit.errors import describe
+from batchfit.errors import check_int, describe
 
 __all__ = ["Dataset", "TensorSpec", "AUTOTUNE", "INFINITE_CARDINALITY", "UNKNOWN_CARDINALITY"]
 
@@ -57,12 +57,6 @@ class FusedPlan(NamedTuple):
 def _call(fn, element):
     """tf.data's calling convention: a tuple element is spread over the arguments."""
     return fn(*element) if isinstance(element, tuple) else fn(element)
-
-
-def _check_count(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
-    return int(value)
 
 
 def _as_tensor(value):
@@ -136,14 +130,14 @@ class Dataset:
     def batch(self, batch_size: int, drop_remainder: bool = False, num_parallel_calls=None,
               deterministic=None) -> "Dataset":
         """Stack `batch_size` consecutive elements; the last batch is smaller unless `drop_remainder`."""
-        return _ops.Batch(self, _check_count("batch_size", batch_size, 1), bool(drop_remainder))
+        return _ops.Batch(self, check_int("batch_size", batch_size, 1), bool(drop_remainder))
 
     def map(self, map_func: Callable, num_parallel_calls=None, deterministic=None) -> "Dataset":
         """Apply `map_func` to every element (`num_parallel_calls` threads; the order is kept)."""
         workers = 1 if num_parallel_calls is None else int(num_parallel_calls)
         if workers == AUTOTUNE:
             workers = min(32, (os.cpu_count() or 1) + 4)
-        return _ops.Map(self, map_func, _check_count("num_parallel_calls", workers, 1))
+        return _ops.Map(self, map_func, check_int("num_parallel_calls", workers, 1))
 
     def filter(self, predicate: Callable) -> "Dataset":
         """Keep the elements for which `predicate(element)` is true."""
@@ -151,20 +145,20 @@ class Dataset:
 
     def repeat(self, count: int | None = None) -> "Dataset":
         """Repeat the dataset `count` times (None or -1: forever)."""
-        count = None if count is None or count == -1 else _check_count("count", count, 0)
+        count = None if count is None or count == -1 else check_int("count", count, 0)
         return _ops.Repeat(self, count)
 
     def take(self, count: int) -> "Dataset":
         """The first `count` elements (-1: all)."""
-        return _ops.Take(self, count if count == -1 else _check_count("count", count, 0))
+        return _ops.Take(self, count if count == -1 else check_int("count", count, 0))
 
     def skip(self, count: int) -> "Dataset":
         """All but the first `count` elements (-1: skip all)."""
-        return _ops.Skip(self, count if count == -1 else _check_count("count", count, 0))
+        return _ops.Skip(self, count if count == -1 else check_int("count", count, 0))
 
     def prefetch(self, buffer_size: int) -> "Dataset":
         """Produce up to `buffer_size` elements ahead on a background thread (AUTOTUNE: 8)."""
-        depth = _AUTOTUNE_DEPTH if buffer_size == AUTOTUNE else _check_count("buffer_size", buffer_size, 0)
+        depth = _AUTOTUNE_DEPTH if buffer_size == AUTOTUNE else check_int("buffer_size", buffer_size, 0)
         return _ops.Prefetch(self, depth)
 
     def cache(self, filename: str = "") -> "Dataset":

@@ -25,7 +25,7 @@ from batchfit.data.arrays import DeviceData, Piece, epoch_order, plan_chunks
 from batchfit.data._ops import fused_plan, without_prefetch
 from batchfit.data.dataset import INFINITE_CARDINALITY, Dataset, FusedPlan
 from batchfit.data.stream import StreamSource, unpack
-from batchfit.errors import describe
+from batchfit.errors import check_int, describe
 
 __all__ = ["ArraySource", "as_source", "split_source", "is_batch_list"]
 
@@ -113,12 +113,6 @@ class _ArrayFeed:
         pass
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
-    return int(value)
-
-
 def is_batch_list(x) -> bool:
     """A list of (x, y) batches, as opposed to a nested list of numbers (an array)."""
     return (isinstance(x, list) and bool(x) and isinstance(x[0], (tuple, list))
@@ -150,7 +144,7 @@ def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=No
       need_y: False for predict. first_key: the first epoch's index (fit's initial_epoch).
     """
     if steps is not None:
-        steps = _check_int("steps_per_epoch", steps, 1)
+        steps = check_int("steps_per_epoch", steps, 1)
     kind = _kind(x)
     if kind == "arrays":
         return _from_arrays(x, y, sample_weight, class_weight, batch_size=batch_size, shuffle=shuffle,
@@ -192,7 +186,7 @@ def _refuse_array_options(x, y, sample_weight, batch_size):
 
 def _from_arrays(x, y, sample_weight=None, class_weight=None, *, batch_size=None, shuffle=False, seed=0,
                  steps=None, need_y=True, allow_nonfinite=False, first_key=0, stream=None):
-    batch_size = _check_int("batch_size", 32 if batch_size is None else batch_size, 1)
+    batch_size = check_int("batch_size", 32 if batch_size is None else batch_size, 1)
     if x is None:
         raise ValueError("`x` is required; got None.")
     if need_y and y is None:

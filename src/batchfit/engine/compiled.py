@@ -35,7 +35,7 @@ class Executables(NamedTuple):
                             #   -> (state, totals, report): report = the K batch losses, then totals.ravel()
     fit_chunk_accumulate: Callable  # (state, totals, acc, data, start, order, first, *, accumulate, ...)
                                     #   -> (state, totals, acc, report)
-    apply_accumulated: Callable     # (state, acc) -> (state, None): the update of a group cut short
+    apply_accumulated: Callable     # (state, acc) -> (state, empty acc): the update of a group cut short
     zero_accumulated: Callable      # (state) -> an empty group
     eval_chunk: Callable    # (state, totals, data, start, order, *, ...) -> (totals, losses)
     predict_chunk: Callable  # (state, x, start, *, num_steps, tail, batch_size) -> (full, tail)
@@ -92,10 +92,6 @@ def _fit_chunk_accumulate(program, state, totals, acc, data, start, order, first
     carry = (state, totals, acc, jnp.asarray(first, jnp.int32))
     (state, totals, acc, _), losses = _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size)
     return state, totals, acc, jnp.concatenate([losses, totals.reshape(-1)])
-
-
-def _apply_accumulated(program, state, acc):
-    return apply_accumulated(program, state, acc)[0], None
 
 
 def _zero_accumulated(program, state):
@@ -174,7 +170,7 @@ def build_executables(program: Program, state_def) -> Executables:
         fit_chunk=jax.jit(updates(_fit_chunk), static_argnames=static, donate_argnums=(0,)),
         fit_chunk_accumulate=jax.jit(updates(_fit_chunk_accumulate), static_argnames=static + ("accumulate",),
                                      donate_argnums=(0,)),
-        apply_accumulated=jax.jit(updates(_apply_accumulated), donate_argnums=(0,)),
+        apply_accumulated=jax.jit(updates(apply_accumulated), donate_argnums=(0,)),
         zero_accumulated=jax.jit(reads(_zero_accumulated)),
         eval_chunk=jax.jit(reads(_eval_chunk), static_argnames=static),
         predict_chunk=jax.jit(reads(_predict_chunk), static_argnames=static),

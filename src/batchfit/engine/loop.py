@@ -28,23 +28,24 @@ class FitPlan(NamedTuple):
     accumulate_steps: int = 1     # batches per update (gradient accumulation); 1: an update per batch
 
 
-def _host_logs(report, plan: FitPlan, with_batch_loss: bool = False) -> dict:
-    """The logs in a chunk's report (its batch losses, then the running totals), read on the host."""
+def _split_report(report, plan: FitPlan) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's report on the host, as float64: (its batch losses, its running totals [rows, 2])."""
     width = 2 * (1 + len(plan.metric_names))
-    report = np.asarray(report, np.float64)
-    logs = read_totals(report[-width:].reshape(-1, 2), ("loss", *plan.metric_names))
-    if with_batch_loss:
-        logs["batch_loss"] = float(report[-width - 1])
-    return logs
+    host = np.asarray(report, np.float64)
+    return host[:-width], host[-width:].reshape(-1, 2)
+
+
+def _host_logs(report, plan: FitPlan) -> dict:
+    """The running logs after a chunk, with `batch_loss`: the raw loss of its last batch."""
+    losses, totals = _split_report(report, plan)
+    return {**read_totals(totals, ("loss", *plan.metric_names)), "batch_loss": float(losses[-1])}
 
 
 def _epoch_results(reports: list, plan: FitPlan) -> tuple[dict, np.ndarray]:
-    """(the epoch's logs, every batch loss as float64) from its chunks' reports: one host copy each."""
-    width = 2 * (1 + len(plan.metric_names))
-    host = [np.asarray(r, np.float64) for r in reports]
-    logs = read_totals(host[-1][-width:].reshape(-1, 2), ("loss", *plan.metric_names))
-    losses = host[0][:-width] if len(host) == 1 else np.concatenate([h[:-width] for h in host])
-    return logs, losses
+    """(the epoch's logs, every batch loss) from its chunks' reports: one host copy each."""
+    parts = [_split_report(r, plan) for r in reports]
+    losses = parts[0][0] if len(parts) == 1 else np.concatenate([batch for batch, _ in parts])
+    return read_totals(parts[-1][1], ("loss", *plan.metric_names)), losses
 
 
 def _throttle(outputs: list, max_in_flight: int | None):
@@ -73,7 +74,7 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
         reports.append(report)
         publish(state)
         if want_end:
-            callbacks.on_train_batch_end(chunk.last, _host_logs(report, plan, with_batch_loss=True))
+            callbacks.on_train_batch_end(chunk.last, _host_logs(report, plan))
         if should_stop():
             break
     if k > 1 and reports and (chunk.last + 1) % k:    # the epoch ends inside a group: update with it

@@ -29,22 +29,30 @@ class Program(NamedTuple):
     weighted_mean: bool       # loss_reduction="weighted_mean": divide by sum(w), not B
 
 
-def _objective(program: Program, params, model_state, batch: Batch, training: bool):
-    """L_b = sum_i w_i l_i / n_b (or / sum_i w_i) + R(theta), at the weights given."""
+def _forward(program: Program, params, model_state, batch: Batch, training: bool):
+    """At the weights given: (sum_i w_i l_i, its normalizer, R(theta), y_pred, the new model state).
+
+    The normalizer is n_b, or sum_i w_i with loss_reduction="weighted_mean".
+    """
     module = program.graph.merge(params, model_state, training)
     y_pred = module(batch.x)
     per_sample = program.loss.call(batch.y, y_pred)
-    if batch.w is None:                                   # every weight 1: both reductions are the mean
-        data_loss = jnp.sum(per_sample) / per_sample.shape[0]
-    elif program.weighted_mean:
-        total_weight = jnp.sum(batch.w)
-        weighted = jnp.sum(batch.w * per_sample)
-        data_loss = jnp.where(total_weight > 0, weighted / jnp.where(total_weight > 0, total_weight, 1.0), 0.0)
-    else:
-        data_loss = jnp.sum(batch.w * per_sample) / per_sample.shape[0]
-    loss = data_loss + regularization_penalty(module)
+    weighted = jnp.sum(per_sample) if batch.w is None else jnp.sum(batch.w * per_sample)
+    norm = jnp.sum(batch.w) if batch.w is not None and program.weighted_mean else jnp.float32(per_sample.shape[0])
+    penalty = regularization_penalty(module)
     _, new_model_state = program.graph.split(module)
-    return loss, (y_pred, new_model_state)
+    return weighted, norm, penalty, y_pred, new_model_state
+
+
+def _batch_loss(weighted, norm, penalty):
+    """L_b = sum_i w_i l_i / normalizer + R(theta); the data part is 0 when every weight is 0."""
+    return jnp.where(norm > 0, weighted / jnp.where(norm > 0, norm, 1.0), 0.0) + penalty
+
+
+def _objective(program: Program, params, model_state, batch: Batch, training: bool):
+    """L_b at the weights given, with (y_pred, new model state) as aux."""
+    weighted, norm, penalty, y_pred, new_model_state = _forward(program, params, model_state, batch, training)
+    return _batch_loss(weighted, norm, penalty), (y_pred, new_model_state)
 
 
 def _accumulate(program: Program, totals, loss, batch: Batch, y_pred):
@@ -79,15 +87,8 @@ class Accumulated(NamedTuple):
 
 def _weighted_sum(program: Program, params, model_state, batch: Batch):
     """sum_i w_i l_i, the part of L_b that accumulation differentiates; (L_b, normalizer, ...) as aux."""
-    module = program.graph.merge(params, model_state, True)
-    y_pred = module(batch.x)
-    per_sample = program.loss.call(batch.y, y_pred)
-    weighted = jnp.sum(per_sample) if batch.w is None else jnp.sum(batch.w * per_sample)
-    norm = jnp.sum(batch.w) if batch.w is not None and program.weighted_mean else jnp.float32(per_sample.shape[0])
-    data_loss = jnp.where(norm > 0, weighted / jnp.where(norm > 0, norm, 1.0), 0.0)
-    loss = data_loss + regularization_penalty(module)
-    _, new_model_state = program.graph.split(module)
-    return weighted, (loss, norm, y_pred, new_model_state)
+    weighted, norm, penalty, y_pred, new_model_state = _forward(program, params, model_state, batch, True)
+    return weighted, (_batch_loss(weighted, norm, penalty), norm, y_pred, new_model_state)
 
 
 def zero_accumulated(state: TrainState) -> Accumulated:
