@@ -151,3 +151,31 @@ def test_the_articles_pipeline_stays_on_the_fused_device_path():
 def test_public_names():
     assert sorted(bf.data.__all__) == ["AUTOTUNE", "Dataset", "INFINITE_CARDINALITY", "TensorSpec",
                                        "UNKNOWN_CARDINALITY"]
+
+
+def test_epoch_orders_are_shared_read_only_and_exact():
+    """Orders are remembered (the last, and the next fit's, drawn ahead) but always equal a fresh draw."""
+    from batchfit.data import arrays
+    first = epoch_order(50, 7, 2)
+    assert not first.flags.writeable
+    for seed in range(5):                       # evicts it from the memo
+        arrays.draw_ahead(50, seed)
+    again = epoch_order(50, 7, 2)
+    np.testing.assert_array_equal(again, np.random.default_rng((7, 2)).permutation(50))
+    np.testing.assert_array_equal(again, first)
+    upcoming = arrays._next_seed
+    arrays.draw_ahead(40, 0)
+    assert arrays.fresh_seed() == upcoming                      # drawn ahead, then handed out
+    np.testing.assert_array_equal(epoch_order(40, upcoming, 0), np.random.default_rng((upcoming, 0)).permutation(40))
+
+
+def test_a_forked_child_draws_other_fresh_seeds():
+    import subprocess
+    import sys
+    code = ("import os; from batchfit.data import arrays\n"
+            "r, w = os.pipe(); pid = os.fork()\n"
+            "if pid == 0:\n    os.write(w, str(arrays.fresh_seed()).encode()); os._exit(0)\n"
+            "os.waitpid(pid, 0); child = int(os.read(r, 64)); mine = arrays.fresh_seed()\n"
+            "print(child != mine)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr

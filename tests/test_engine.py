@@ -105,7 +105,7 @@ def test_plan_chunks_cover_every_batch_once():
     assert [c.first for c in chunks] == list(range(0, 32, 5))
     assert chunks[-1] == (30, 31, 960, 1, 8)        # batch 30 full, batch 31 the 8-sample tail
     assert sum(c.num_steps * 32 + c.tail for c in chunks) == 1000
-    assert plan_chunks(5, 32, 4) == [(0, 0, 0, 0, 5)]
+    assert plan_chunks(5, 32, 4) == ((0, 0, 0, 0, 5),)
 
 
 def test_train_state_keeps_its_shapes_across_a_step(data):

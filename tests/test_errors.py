@@ -106,3 +106,25 @@ def test_train_on_batch_checks_the_values_of_every_batch():
                           (X, np.full((8, 1), np.inf, np.float32), "`y`.*8 NaN or infinite")]:
         with pytest.raises(ValueError, match=pattern):
             unchanged(m, lambda: m.train_on_batch(x, y))
+
+
+def test_fit_checks_the_values_of_arrays_passed_again():
+    """fit on the arrays of the last call skips the shape checks, never the value checks."""
+    m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
+    m.compile(optimizer="sgd", loss="binary_crossentropy")
+    x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
+    m.fit(x, y, verbose=0)
+    m.fit(x, y, verbose=0)                                    # the same objects: the quick path
+    for write, pattern in [(lambda: x.__setitem__((0, 1), np.nan), r"`x` \(float32\[8, 3\]\) contains 1 NaN"),
+                           (lambda: y.__setitem__(3, 2.0), r"binary_crossentropy needs targets in \[0, 1\].*max 2"),
+                           (lambda: y.__setitem__(3, np.inf), r"`y`.*1 NaN or infinite")]:
+        x[:], y[:] = 1.0, 1.0
+        write()
+        with pytest.raises(ValueError, match=pattern):
+            unchanged(m, lambda: m.fit(x, y, verbose=0))
+    x[:], y[:] = 1.0, 1.0
+    x.shape = (8, 3, 1)                                       # reshaped in place: checked as new
+    with pytest.raises(ValueError, match=r"cannot run on `x` \(float32\[8, 3, 1\]\)"):
+        unchanged(m, lambda: m.fit(x, y, verbose=0))
+    with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1; got 32.0"):
+        unchanged(m, lambda: m.fit(x.reshape(8, 3), y, batch_size=32.0, verbose=0))

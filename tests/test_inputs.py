@@ -196,3 +196,20 @@ def test_dicts_of_arrays_feed_a_multi_input_model():
     module = TwoInputs()                           # the first loss by hand: the initial weights on batch 0
     pred = np.asarray(module({k: v[:8] for k, v in inputs.items()}))
     assert histories[0][0][0] == pytest.approx(float(np.mean((pred - y[:8]) ** 2)), rel=1e-5)
+
+
+def test_arrays_written_in_place_between_fit_calls_are_trained_on_as_written(data):
+    """Calls on the same NumPy objects reuse their checked layout, never their values."""
+    x0, y0 = data
+    x, y = x0.copy(), y0.copy()
+    for steps_per_execution in ("auto", 4):                    # one compiled call per epoch, or several
+        again, fresh = make_model(), make_model()
+        for model in (again, fresh):
+            model.compile(optimizer="adam", loss="mse", steps_per_execution=steps_per_execution)
+        for shuffle, epoch in [(False, 0), (False, 1), (False, 2), (True, 0), (True, 1)]:
+            x[:], y[:] = x0 * (epoch + 1), y0 - epoch          # new values, same objects
+            got = again.fit(x, y, batch_size=B, epochs=2, shuffle=shuffle, seed=epoch, verbose=0)
+            want = fresh.fit(x.copy(), y.copy(), batch_size=B, epochs=2, shuffle=shuffle, seed=epoch, verbose=0)
+            np.testing.assert_array_equal(got.batch_history["loss"], want.batch_history["loss"])
+        for a, b in zip(again.get_weights(), fresh.get_weights()):
+            np.testing.assert_array_equal(a, b)

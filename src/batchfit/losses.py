@@ -351,17 +351,21 @@ def validate_targets(loss, y, num_outputs: int | None) -> None:
     Args: loss: anything `get` accepts; y: host NumPy targets [N, ...]; num_outputs: the
         size of the model output's last axis (None when unknown).
     """
-    loss = get(loss)
+    if not isinstance(loss, Loss):
+        loss = get(loss)
     if not isinstance(loss, (SparseCategoricalCrossentropy, BinaryCrossentropy)):
         return
     y = np.asarray(y)
-    if y.size == 0 or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+    if y.size == 0 or y.dtype.kind not in "biuf":
         return  # nothing numeric to check (empty, or object arrays the data layer rejects)
-    low, high = float(y.min()), float(y.max())        # NaN when any value is NaN
+    low, high = np.minimum.reduce(y, axis=None), np.maximum.reduce(y, axis=None)   # NaN when any value is NaN
+    if isinstance(loss, BinaryCrossentropy) and low >= 0 and high <= 1:
+        return                          # the common case, on every fit call: nothing more to compute
+    low, high = float(low), float(high)
     found = lambda: f"y: {describe(y)} has min {low:g} and max {high:g}"
     if isinstance(loss, SparseCategoricalCrossentropy):
         _check_sparse_labels(y, low, high, num_outputs, found)
-    elif not (low >= 0 and high <= 1):
+    else:
         raise ValueError(
             f"binary_crossentropy needs targets in [0, 1]; {found()}. For labels in {{-1, 1}} "
             "pass (y + 1) / 2; for more than two classes use sparse_categorical_crossentropy "

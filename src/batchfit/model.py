@@ -23,7 +23,7 @@ from batchfit import metrics as metrics_lib
 from batchfit import optimizers as optimizers_lib
 from batchfit.callbacks import CallbackList, History, ProgbarLogger
 from batchfit.data import arrays
-from batchfit.data.source import as_source, is_batch_list as _is_batches, split_source
+from batchfit.data.source import SeenArrays, as_source, is_batch_list as _is_batches, split_source
 from batchfit.data.stream import STREAM_MAX_STEPS, unpack
 from batchfit.engine.compiled import Executables, build_executables
 from batchfit.engine.loop import FitPlan, run_evaluate, run_fit, run_predict
@@ -76,6 +76,7 @@ class Model:
         self._running = None           # train_on_batch accumulators (reset_metrics=False)
         self._checked: set = set()     # input signatures already checked against the model
         self._last_batch = None        # (shapes, dtypes) of the last *_on_batch batch that passed every check
+        self._seen: tuple[SeenArrays, ...] = ()   # the NumPy x, y of the last sources that passed every check
         self.stop_training = False
         self.history: History | None = None
 
@@ -240,8 +241,19 @@ class Model:
         return x, y, w, n
 
     def _source(self, x, y=None, sample_weight=None, class_weight=None, *, split=0.0, **options):
-        """The input as a source (data/source.py), checked against the model once."""
+        """The input as a source (data/source.py), checked against the model once.
+
+        The NumPy x and y of the last source, passed again, have only their values checked.
+        """
         allow = bool(self._settings and self._settings.allow_nonfinite)
+        plain = not split and sample_weight is None and class_weight is None
+        for seen in self._seen if plain else ():
+            source = seen.again(x, y, options)
+            if source is not None:
+                arrays.check_finite(x, "x", allow)
+                arrays.check_finite(y, "y", allow)
+                self._check_targets(y)
+                return source
         if split:
             source, val = split_source(x, y, sample_weight, class_weight, validation_split=split,
                                        allow_nonfinite=allow, **options)
@@ -249,6 +261,9 @@ class Model:
             source, val = as_source(x, y, sample_weight, class_weight, allow_nonfinite=allow, **options), None
         self._ensure_ready(source.sample.x)
         self._check_inputs(source.sample.x, source.sample.y)
+        seen = SeenArrays.of(source, x, y, options) if plain else None
+        if seen is not None:                # two: fit's training and validation arrays
+            self._seen = (seen, *self._seen[:1])
         return (source, val) if split else source
 
     def _steps(self, source, callbacks: CallbackList | None = None) -> int:
@@ -296,7 +311,7 @@ class Model:
             source = self._source(x, y, sample_weight, class_weight, **options)
             val = self._validation_source(validation_data, validation_batch_size, batch_size, validation_steps)
         cbs = self._callbacks(callbacks, verbose, epochs, source.num_batches)
-        plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), tuple(self.metrics_names[1:]),
+        plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._settings.names[1:],
                        accumulate_steps)
         validate = None
         if val is not None:

@@ -6,6 +6,8 @@ the index of the last batch that call ran, never past the end of the epoch.
 
 from __future__ import annotations
 
+import functools
+
 __all__ = ["Callback", "LambdaCallback", "CallbackList"]
 
 _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end")
@@ -30,8 +32,8 @@ class Callback:
 
     def max_steps_per_execution(self, num_batches: int) -> int | None:
         """The largest number of fused steps this callback tolerates (None: no limit)."""
-        overridden = any(getattr(type(self), h) is not getattr(Callback, h) for h in _BATCH_HOOKS)
-        return 1 if overridden else None
+        cls = type(self)
+        return 1 if _overrides(cls, "on_train_batch_begin") or _overrides(cls, "on_train_batch_end") else None
 
     def on_train_begin(self, logs=None): pass
     def on_train_end(self, logs=None): pass
@@ -96,9 +98,15 @@ class CallbackList:
     def wants(self, hook: str) -> bool:
         """True when some callback overrides `hook` (so its logs are worth a host copy)."""
         if hook not in self._wants:
-            self._wants[hook] = any(getattr(type(cb), hook, None) is not getattr(Callback, hook)
-                                    or hook in getattr(cb, "_functions", ()) for cb in self.callbacks)
+            self._wants[hook] = any(_overrides(type(cb), hook) or hook in getattr(cb, "_functions", ())
+                                    for cb in self.callbacks)
         return self._wants[hook]
+
+
+@functools.cache
+def _overrides(cls: type, hook: str) -> bool:
+    """True when class `cls` defines its own `hook` (read once per class: fit asks on every call)."""
+    return getattr(cls, hook, None) is not getattr(Callback, hook)
 
 
 def _dispatch(hook: str):

@@ -6,6 +6,7 @@ applied by a gather inside the compiled call, so the loop over batches reads con
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -19,7 +20,7 @@ import numpy as np
 from batchfit.errors import describe
 
 __all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
-           "plan_chunks", "fresh_seed", "epoch_order", "target_dtype", "leaves", "check_finite", "is_memmap",
+           "plan_chunks", "fresh_seed", "epoch_order", "draw_ahead", "target_dtype", "leaves", "check_finite", "is_memmap",
            "release_pages", "read_rows", "aligned_empty"]
 
 
@@ -236,7 +237,8 @@ def take(tree, index):
     return jax.tree.map(lambda a: a[index], tree)
 
 
-def plan_chunks(n: int, batch_size: int, steps_per_execution: int) -> list[Chunk]:
+@functools.lru_cache(maxsize=64)
+def plan_chunks(n: int, batch_size: int, steps_per_execution: int) -> tuple[Chunk, ...]:
     """Split an epoch of n samples into compiled calls of at most `steps_per_execution` batches.
 
     >>> plan_chunks(1000, 32, 16)[-1]
@@ -249,22 +251,49 @@ def plan_chunks(n: int, batch_size: int, steps_per_execution: int) -> list[Chunk
         last = min(first + steps_per_execution, num_batches) - 1
         has_tail = tail > 0 and last == num_batches - 1
         chunks.append(Chunk(first, last, first * batch_size, last - first + 1 - has_tail, tail if has_tail else 0))
-    return chunks
+    return tuple(chunks)
 
 
 def num_batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+# The seed the next fresh_seed() returns, drawn one call ahead so that the next fit's
+# order can be drawn while the device runs this one (see draw_ahead).
+_next_seed = random.getrandbits(31)
+os.register_at_fork(after_in_child=lambda: globals().update(_next_seed=random.getrandbits(31)))
+
+# (n, seed, epoch) -> order: the orders drawn last and ahead, read-only (callers share them).
+_orders: dict = {}
+_ORDERS_KEPT = 2
+
+
 def fresh_seed() -> int:
     """A seed for `seed=None`: Python's generator, seeded from the OS (and again in a forked child)."""
-    return random.getrandbits(31)
+    global _next_seed
+    seed, _next_seed = _next_seed, random.getrandbits(31)
+    return seed
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The sample order of one epoch [n] int32, a permutation drawn from (seed, epoch).
+    """The sample order of one epoch [n] int32, a permutation drawn from (seed, epoch); read-only.
 
     Drawn on the host: NumPy's permutation of 100k indices takes about 1 ms here, while
     jax.random.permutation (or an argsort of random bits) on this CPU takes 20-45 ms.
     """
-    return np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
+    key = (n, seed, epoch)
+    order = _orders.get(key)
+    if order is None:
+        order = np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
+        order.flags.writeable = False
+        if len(_orders) >= _ORDERS_KEPT:
+            del _orders[next(iter(_orders))]
+        _orders[key] = order
+    return order
+
+
+def draw_ahead(n: int, epoch: int) -> None:
+    """Draw the order that the next fit(shuffle=True, seed=None) of n samples starting at
+    `epoch` will use. Called once the device has work: on a small model, drawing the order
+    when fit starts would cost more host time than the epoch takes on the device."""
+    epoch_order(n, _next_seed, epoch)

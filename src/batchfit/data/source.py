@@ -15,7 +15,8 @@ from __future__ import annotations
 import collections.abc
 import math
 import numbers
-from typing import Iterator
+import weakref
+from typing import Iterator, NamedTuple
 
 import jax
 import numpy as np
@@ -27,16 +28,16 @@ from batchfit.data.dataset import INFINITE_CARDINALITY, Dataset, FusedPlan
 from batchfit.data.stream import StreamSource, unpack
 from batchfit.errors import check_int, describe
 
-__all__ = ["ArraySource", "as_source", "split_source", "is_batch_list"]
+__all__ = ["ArraySource", "SeenArrays", "as_source", "split_source", "is_batch_list"]
 
 
 class ArraySource:
     """In-memory samples x [N, ...], y [N, ...], w [N], read in batches of `batch_size`."""
 
     def __init__(self, x, y, w, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 reshuffle: bool = True, drop_remainder: bool = False):
+                 reshuffle: bool = True, drop_remainder: bool = False, n: int | None = None):
         self.sample = DeviceData(x, y, w)
-        self.n = arrays.num_samples(x, y, w)
+        self.n = arrays.num_samples(x, y, w) if n is None else n
         self.batch_size, self.shuffle, self.seed, self.reshuffle = batch_size, shuffle, seed, reshuffle
         self.rows = self.n - self.n % batch_size if drop_remainder else self.n
         if self.rows == 0:
@@ -70,12 +71,51 @@ class ArraySource:
         several calls read them; for a single call, the call's own argument transfer is the
         cheapest copy there is (microseconds, against tens for device_put)."""
         if self._device is None:
-            on_host = any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(self.sample))
-            self._device = _to_device(self.sample) if num_calls > 1 and on_host else self.sample
+            on_host = num_calls > 1 and any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(self.sample))
+            self._device = _to_device(self.sample) if on_host else self.sample
         return self._device
 
 
 _to_device = jax.jit(lambda tree: tree)     # one C++ dispatch, not device_put's Python path
+
+
+class SeenArrays(NamedTuple):
+    """The NumPy x and y an ArraySource was last built on (held weakly), to build the next one fast.
+
+    A training loop calling fit(x, y) again and again on the same arrays pays for the type,
+    dtype, sample-count and model-shape checks once. Their values are not remembered: the
+    caller checks them again on every call, since NumPy arrays can be written in place.
+    """
+
+    x: weakref.ref
+    y: weakref.ref
+    shapes: tuple
+    options: tuple
+    source: tuple          # (n, batch_size, shuffle) of the source built on them
+
+    @staticmethod
+    def of(source, x, y, options: dict) -> "SeenArrays | None":
+        """What to remember of `source`, built from `x`, `y` and `options`; None unless it holds
+        plain NumPy x and y as given (no copy, no weights)."""
+        if not (isinstance(source, ArraySource) and type(x) is np.ndarray and type(y) is np.ndarray
+                and source.sample.x is x and source.sample.y is y and source.sample.w is None):
+            return None
+        return SeenArrays(weakref.ref(x), weakref.ref(y), (x.shape, x.dtype, y.shape, y.dtype), _options_key(options),
+                          (source.n, source.batch_size, source.shuffle))
+
+    def again(self, x, y, options: dict) -> "ArraySource | None":
+        """The source for `x`, `y` and `options` when they are the ones seen (with any seed), else None."""
+        if (self.x() is not x or self.y() is not y or (x.shape, x.dtype, y.shape, y.dtype) != self.shapes
+                or _options_key(options) != self.options):
+            return None
+        n, batch_size, shuffle = self.source
+        return ArraySource(x, y, None, batch_size, shuffle, options.get("seed", 0), n=n)
+
+
+def _options_key(options: dict) -> tuple:
+    """The options that shape a source (not its seed), typed: 32.0 must not pass for the 32 checked before."""
+    batch_size = options.get("batch_size")
+    return (type(batch_size), batch_size, bool(options.get("shuffle")), options.get("steps"), options.get("need_y", True))
 
 
 class _ArrayFeed:
@@ -108,6 +148,9 @@ class _ArrayFeed:
         later = self._next.get(key)
         if later is not None:
             self._order(later)             # overlaps with the device finishing this epoch
+        elif s.shuffle and s.reshuffle:    # the last epoch: guess the next fit call's first epoch
+            first = self._keys[0]
+            arrays.draw_ahead(s.n, 0 if first == 0 else key + 1)
 
     def close(self):
         pass

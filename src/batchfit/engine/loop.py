@@ -65,12 +65,14 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
         chunk = piece.chunk
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
-        sizes = dict(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         if k > 1:
             state, totals, acc, report = exe.fit_chunk_accumulate(
-                state, totals, acc, piece.data, chunk.start, piece.order, chunk.first, accumulate=k, **sizes)
+                state, totals, acc, piece.data, chunk.start, piece.order, chunk.first, accumulate=k,
+                num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         else:
-            state, totals, report = exe.fit_chunk(state, totals, piece.data, chunk.start, piece.order, **sizes)
+            state, totals, report = exe.fit_chunk(state, totals, piece.data, chunk.start, piece.order,
+                                                  num_steps=chunk.num_steps, tail=chunk.tail,
+                                                  batch_size=piece.batch_size)
         reports.append(report)
         publish(state)
         if want_end:
