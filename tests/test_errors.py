@@ -128,3 +128,16 @@ def test_fit_checks_the_values_of_arrays_passed_again():
         unchanged(m, lambda: m.fit(x, y, verbose=0))
     with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1; got 32.0"):
         unchanged(m, lambda: m.fit(x.reshape(8, 3), y, batch_size=32.0, verbose=0))
+
+
+def test_jax_arrays_passed_again_are_checked_again_after_compile():
+    """JAX arrays cannot change, so fit checks their values once; compile() (a new loss) forgets that."""
+    import jax.numpy as jnp
+    m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
+    m.compile(optimizer="sgd", loss="mse")
+    x, y = jnp.ones((8, 3)), jnp.full((8, 1), 2.0)
+    m.fit(x, y, verbose=0)
+    m.fit(x, y, verbose=0)                                    # the same arrays: nothing checked again
+    m.compile(optimizer="sgd", loss="binary_crossentropy")
+    with pytest.raises(ValueError, match=r"binary_crossentropy needs targets in \[0, 1\].*max 2"):
+        unchanged(m, lambda: m.fit(x, y, verbose=0))

@@ -121,6 +121,7 @@ class Model:
                           s.optimizer if s else None, bool(s and s.weighted_mean))
         self._exe = build_executables(program, self._state_def)
         self._running, self._last_batch = None, None
+        self._seen = ()                    # checked against the last compile()'s loss and settings
 
     def _sync_module(self):
         """Write the trained values into the module's variables (copies: the state's buffers get donated)."""
@@ -243,16 +244,20 @@ class Model:
     def _source(self, x, y=None, sample_weight=None, class_weight=None, *, split=0.0, **options):
         """The input as a source (data/source.py), checked against the model once.
 
-        The NumPy x and y of the last source, passed again, have only their values checked.
+        The NumPy x and y of the last sources, passed again, have only their values checked
+        (JAX arrays, which cannot change, nothing).
         """
         allow = bool(self._settings and self._settings.allow_nonfinite)
         plain = not split and sample_weight is None and class_weight is None
         for seen in self._seen if plain else ():
             source = seen.again(x, y, options)
             if source is not None:
-                arrays.check_finite(x, "x", allow)
-                arrays.check_finite(y, "y", allow)
-                self._check_targets(y)
+                check_x, check_y = seen.writable
+                if check_x:
+                    arrays.check_finite(x, "x", allow)
+                if check_y:
+                    arrays.check_finite(y, "y", allow)
+                    self._check_targets(y)
                 return source
         if split:
             source, val = split_source(x, y, sample_weight, class_weight, validation_split=split,

@@ -83,8 +83,9 @@ class SeenArrays(NamedTuple):
     """The NumPy x and y an ArraySource was last built on (held weakly), to build the next one fast.
 
     A training loop calling fit(x, y) again and again on the same arrays pays for the type,
-    dtype, sample-count and model-shape checks once. Their values are not remembered: the
-    caller checks them again on every call, since NumPy arrays can be written in place.
+    dtype, sample-count and model-shape checks once. The values of NumPy arrays are not
+    remembered: the caller checks them again on every call (`writable`), since NumPy arrays
+    can be written in place. JAX arrays cannot, so theirs are checked once.
     """
 
     x: weakref.ref
@@ -92,16 +93,18 @@ class SeenArrays(NamedTuple):
     shapes: tuple
     options: tuple
     source: tuple          # (n, batch_size, shuffle) of the source built on them
+    writable: tuple        # (x is NumPy, y is NumPy): whose values to check again
 
     @staticmethod
     def of(source, x, y, options: dict) -> "SeenArrays | None":
         """What to remember of `source`, built from `x`, `y` and `options`; None unless it holds
-        plain NumPy x and y as given (no copy, no weights)."""
-        if not (isinstance(source, ArraySource) and type(x) is np.ndarray and type(y) is np.ndarray
+        plain NumPy or JAX x and y as given (no copy, no weights)."""
+        if not (isinstance(source, ArraySource) and _plain(x) and _plain(y)
                 and source.sample.x is x and source.sample.y is y and source.sample.w is None):
             return None
         return SeenArrays(weakref.ref(x), weakref.ref(y), (x.shape, x.dtype, y.shape, y.dtype), _options_key(options),
-                          (source.n, source.batch_size, source.shuffle))
+                          (source.n, source.batch_size, source.shuffle),
+                          (type(x) is np.ndarray, type(y) is np.ndarray))
 
     def again(self, x, y, options: dict) -> "ArraySource | None":
         """The source for `x`, `y` and `options` when they are the ones seen (with any seed), else None."""
@@ -110,6 +113,10 @@ class SeenArrays(NamedTuple):
             return None
         n, batch_size, shuffle = self.source
         return ArraySource(x, y, None, batch_size, shuffle, options.get("seed", 0), n=n)
+
+
+def _plain(array) -> bool:
+    return type(array) is np.ndarray or isinstance(array, jax.Array)
 
 
 def _options_key(options: dict) -> tuple:
