@@ -87,3 +87,22 @@ def test_history_is_returned_and_kept_on_the_model():
     history = model.fit(X, Y, batch_size=5, epochs=2, verbose=0)
     assert model.history is history and history.epoch == [0, 1]
     assert [len(b) for b in history.batch_history["loss"]] == [2, 2]
+
+
+def test_hooks_of_subclasses_instances_and_mixed_lists_fire_in_list_order():
+    """Only hooks a callback defines are called, from its class or set on the instance, in list order."""
+    events = []
+
+    class EpochEnds(bf.callbacks.Callback):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def on_epoch_end(self, epoch, logs=None):
+            events.append(f"{self.name} end {epoch} loss={'loss' in logs}")
+
+    plain = bf.callbacks.Callback()
+    plain.on_epoch_begin = lambda epoch, logs=None: events.append(f"plain begin {epoch} {logs}")
+    compiled().fit(X, Y, batch_size=4, epochs=2, verbose=0, callbacks=[EpochEnds("a"), plain, EpochEnds("b")])
+    assert events == ["plain begin 0 {}", "a end 0 loss=True", "b end 0 loss=True",
+                      "plain begin 1 {}", "a end 1 loss=True", "b end 1 loss=True"]

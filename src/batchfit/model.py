@@ -341,10 +341,11 @@ class Model:
 
     def _callbacks(self, callbacks, verbose, epochs, num_batches) -> CallbackList:
         verbose = 1 if verbose == "auto" else int(verbose)
-        user = list(callbacks or [])
+        user = list(callbacks) if callbacks else []
         self.history = next((cb for cb in user if isinstance(cb, History)), None) or History()
         extra = [ProgbarLogger(verbose)] if verbose else []
-        all_cbs = [cb for cb in user if cb is not self.history] + extra + [self.history]
+        all_cbs = [cb for cb in user if cb is not self.history] + extra + [self.history] if user or extra \
+            else [self.history]
         params = {"epochs": epochs, "steps": num_batches, "verbose": verbose}
         return CallbackList(all_cbs, model=self, params=params)
 
