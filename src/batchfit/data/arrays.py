@@ -20,8 +20,8 @@ import numpy as np
 from batchfit.errors import describe
 
 __all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
-           "plan_chunks", "fresh_seed", "epoch_order", "draw_ahead", "target_dtype", "leaves", "check_finite", "is_memmap",
-           "release_pages", "read_rows", "aligned_empty"]
+           "plan_chunks", "fresh_seed", "epoch_order", "draw_ahead", "target_dtype", "leaves", "check_finite",
+           "is_memmap", "release_pages", "read_rows", "aligned_empty"]
 
 
 class Chunk(NamedTuple):

@@ -80,7 +80,7 @@ _to_device = jax.jit(lambda tree: tree)     # one C++ dispatch, not device_put's
 
 
 class SeenArrays(NamedTuple):
-    """The NumPy x and y an ArraySource was last built on (held weakly), to build the next one fast.
+    """The NumPy or JAX x and y an ArraySource was last built on (held weakly), to build the next one fast.
 
     A training loop calling fit(x, y) again and again on the same arrays pays for the type,
     dtype, sample-count and model-shape checks once. The values of NumPy arrays are not
@@ -122,7 +122,8 @@ def _plain(array) -> bool:
 def _options_key(options: dict) -> tuple:
     """The options that shape a source (not its seed), typed: 32.0 must not pass for the 32 checked before."""
     batch_size = options.get("batch_size")
-    return (type(batch_size), batch_size, bool(options.get("shuffle")), options.get("steps"), options.get("need_y", True))
+    return (type(batch_size), batch_size, bool(options.get("shuffle")), options.get("steps"),
+            options.get("need_y", True))
 
 
 class _ArrayFeed:
