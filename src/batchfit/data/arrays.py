@@ -20,8 +20,8 @@ import numpy as np
 from batchfit.errors import describe
 
 __all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
-           "plan_chunks", "fresh_seed", "epoch_order", "draw_ahead", "target_dtype", "leaves", "check_finite",
-           "is_memmap", "release_pages", "read_rows", "aligned_empty"]
+           "plan_chunks", "fresh_seed", "is_fresh", "epoch_order", "draw_ahead", "target_dtype", "leaves",
+           "check_finite", "is_memmap", "release_pages", "read_rows", "aligned_empty"]
 
 
 class Chunk(NamedTuple):
@@ -263,16 +263,24 @@ def num_batches(n: int, batch_size: int) -> int:
 _next_seed = random.getrandbits(31)
 os.register_at_fork(after_in_child=lambda: globals().update(_next_seed=random.getrandbits(31)))
 
+_last_seed = None
+
 # (n, seed, epoch) -> order: the orders drawn last and ahead, read-only (callers share them).
+# Only small epochs are kept: on big ones a permutation is a sliver of the epoch's time.
 _orders: dict = {}
-_ORDERS_KEPT = 2
+_ORDERS_KEPT, _ORDERS_MAX_N = 2, 1 << 20
 
 
 def fresh_seed() -> int:
     """A seed for `seed=None`: Python's generator, seeded from the OS (and again in a forked child)."""
-    global _next_seed
-    seed, _next_seed = _next_seed, random.getrandbits(31)
-    return seed
+    global _next_seed, _last_seed
+    _last_seed, _next_seed = _next_seed, random.getrandbits(31)
+    return _last_seed
+
+
+def is_fresh(seed: int) -> bool:
+    """True when `seed` is the last one fresh_seed() handed out (the caller was given seed=None)."""
+    return seed == _last_seed
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -286,9 +294,10 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     if order is None:
         order = np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
         order.flags.writeable = False
-        if len(_orders) >= _ORDERS_KEPT:
-            del _orders[next(iter(_orders))]
-        _orders[key] = order
+        if n <= _ORDERS_MAX_N:
+            if len(_orders) >= _ORDERS_KEPT:
+                del _orders[next(iter(_orders))]
+            _orders[key] = order
     return order
 
 
@@ -296,4 +305,5 @@ def draw_ahead(n: int, epoch: int) -> None:
     """Draw the order that the next fit(shuffle=True, seed=None) of n samples starting at
     `epoch` will use. Called once the device has work: on a small model, drawing the order
     when fit starts would cost more host time than the epoch takes on the device."""
-    epoch_order(n, _next_seed, epoch)
+    if n <= _ORDERS_MAX_N:
+        epoch_order(n, _next_seed, epoch)

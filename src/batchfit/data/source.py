@@ -156,8 +156,8 @@ class _ArrayFeed:
         later = self._next.get(key)
         if later is not None:
             self._order(later)             # overlaps with the device finishing this epoch
-        elif s.shuffle and s.reshuffle:    # the last epoch: guess the next fit call's first epoch
-            first = self._keys[0]
+        elif s.shuffle and s.reshuffle and arrays.is_fresh(s.seed):   # the last epoch of fit(seed=None):
+            first = self._keys[0]                                      # guess the next call's first epoch
             arrays.draw_ahead(s.n, 0 if first == 0 else key + 1)
 
     def close(self):
