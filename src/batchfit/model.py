@@ -76,7 +76,7 @@ class Model:
         self._running = None           # train_on_batch accumulators (reset_metrics=False)
         self._checked: set = set()     # input signatures already checked against the model
         self._last_batch = None        # (shapes, dtypes) of the last *_on_batch batch that passed every check
-        self._seen: tuple[SeenArrays, ...] = ()   # the NumPy x, y of the last sources that passed every check
+        self._seen: tuple[SeenArrays, ...] = ()   # the x, y of the last sources that passed every check
         self.stop_training = False
         self.history: History | None = None
 
@@ -214,15 +214,21 @@ class Model:
         if y is not None and self._settings is not None:
             losses_lib.validate_targets(self._settings.loss, np.asarray(y), self._output_shape[-1])
 
+    def _check_values(self, x, y, check_x=True, check_y=True):
+        """The checks on the values of arrays whose layout was checked before: NaN / inf, label range."""
+        allow = self._settings.allow_nonfinite
+        if check_x:
+            arrays.check_finite(x, "x", allow)
+        if check_y:
+            arrays.check_finite(y, "y", allow)
+            self._check_targets(y)
+
     def _arrays(self, x, y, sample_weight=None, class_weight=None, need_y=True):
         """One batch for *_on_batch, checked. A batch shaped like the last one (plain NumPy
         arrays of the same shapes and dtypes, no weights) has only its values checked."""
         if (type(x) is np.ndarray and type(y) is np.ndarray and sample_weight is None and class_weight is None
                 and (x.shape, x.dtype, y.shape, y.dtype) == self._last_batch):
-            allow = self._settings.allow_nonfinite
-            arrays.check_finite(x, "x", allow)
-            arrays.check_finite(y, "y", allow)
-            self._check_targets(y)
+            self._check_values(x, y)
             return x, y, None, x.shape[0]
         allow = bool(self._settings and self._settings.allow_nonfinite)
         raw_x, raw_y = x, y
@@ -247,18 +253,13 @@ class Model:
         The NumPy x and y of the last sources, passed again, have only their values checked
         (JAX arrays, which cannot change, nothing).
         """
-        allow = bool(self._settings and self._settings.allow_nonfinite)
         plain = not split and sample_weight is None and class_weight is None
         for seen in self._seen if plain else ():
             source = seen.again(x, y, options)
             if source is not None:
-                check_x, check_y = seen.writable
-                if check_x:
-                    arrays.check_finite(x, "x", allow)
-                if check_y:
-                    arrays.check_finite(y, "y", allow)
-                    self._check_targets(y)
+                self._check_values(x, y, *seen.writable)
                 return source
+        allow = bool(self._settings and self._settings.allow_nonfinite)
         if split:
             source, val = split_source(x, y, sample_weight, class_weight, validation_split=split,
                                        allow_nonfinite=allow, **options)
@@ -344,8 +345,7 @@ class Model:
         user = list(callbacks) if callbacks else []
         self.history = next((cb for cb in user if isinstance(cb, History)), None) or History()
         extra = [ProgbarLogger(verbose)] if verbose else []
-        all_cbs = [cb for cb in user if cb is not self.history] + extra + [self.history] if user or extra \
-            else [self.history]
+        all_cbs = [cb for cb in user if cb is not self.history] + extra + [self.history]
         params = {"epochs": epochs, "steps": num_batches, "verbose": verbose}
         return CallbackList(all_cbs, model=self, params=params)
 
