@@ -141,3 +141,47 @@ def test_jax_arrays_passed_again_are_checked_again_after_compile():
     m.compile(optimizer="sgd", loss="binary_crossentropy")
     with pytest.raises(ValueError, match=r"binary_crossentropy needs targets in \[0, 1\].*max 2"):
         unchanged(m, lambda: m.fit(x, y, verbose=0))
+
+
+@pytest.mark.parametrize("steps_per_execution, fit_kwargs", [
+    ("auto", dict()),                                   # quiet: the compiled call checks, refuses
+    ("auto", dict(batch_size=2, epochs=2)),
+    ("auto", dict(batch_size=2, accumulate_steps=3)),   # refused before the group's last update
+    (2, dict(batch_size=2)),                            # several calls an epoch: the first is read first
+    ("auto", dict(callbacks=[bf.callbacks.Callback()])),   # callbacks: checked on the host
+])
+def test_arrays_refused_on_a_later_call_leave_no_trace(steps_per_execution, fit_kwargs):
+    """Bad values written into arrays fit has seen: the error of the host checks, and the model,
+    its optimizer state and model.history exactly as if the call had not been made."""
+    def make():
+        m = bf.Sequential([bf.layers.Dense(4, activation="relu", input_shape=(3,)),
+                           bf.layers.Dense(1, activation="sigmoid")], seed=0)
+        m.compile(optimizer="adam", loss="binary_crossentropy", steps_per_execution=steps_per_execution)
+        return m
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(9, 3)).astype(np.float32), (rng.random((9, 1)) > 0.5).astype(np.float32)
+    m, twin = make(), make()
+    for model in (m, twin):
+        model.fit(x, y, verbose=0, seed=1, **fit_kwargs)
+        model.fit(x, y, verbose=0, seed=2, **fit_kwargs)
+    history, leaves = m.history, [np.array(leaf) for leaf in m._leaves]
+    host_checks = []
+    real = m._check_values
+    m._check_values = lambda *a: host_checks.append(1) or real(*a)
+    for write, pattern in [(lambda: x.__setitem__((4, 2), np.nan), r"`x` \(float32\[9, 3\]\) contains 1 NaN"),
+                           (lambda: y.__setitem__(8, 2.0), r"binary_crossentropy needs targets in \[0, 1\]")]:
+        saved = x.copy(), y.copy()
+        write()
+        with pytest.raises(ValueError, match=pattern):
+            m.fit(x, y, verbose=0, seed=3, **fit_kwargs)
+        x[:], y[:] = saved
+        assert m.history is history
+        for a, b in zip(leaves, m._leaves):             # weights, optimizer moments, step count
+            np.testing.assert_array_equal(a, np.asarray(b))
+    for model in (m, twin):
+        model.fit(x, y, verbose=0, seed=3, **fit_kwargs)
+    quiet = "callbacks" not in fit_kwargs                # quiet: checked on the host only once refused
+    assert len(host_checks) == (2 if quiet else 3)
+    for a, b in zip(m.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert m.history.history["loss"] == twin.history.history["loss"]

@@ -12,7 +12,7 @@ from pytest import approx
 from batchfit import losses
 from batchfit.losses import (
     BinaryCrossentropy, CategoricalCrossentropy, Huber, Loss, LossFunctionWrapper,
-    MeanAbsoluteError, MeanSquaredError, SparseCategoricalCrossentropy, get, validate_targets)
+    MeanAbsoluteError, MeanSquaredError, SparseCategoricalCrossentropy, get, targets_ok, validate_targets)
 
 EPS = 1e-7
 RNG = np.random.default_rng(0)
@@ -349,3 +349,30 @@ def test_validate_targets_rejects_binary_targets_outside_0_1():
         validate_targets("binary_crossentropy", np.array([-1.0, 1.0, 1.0]), 1)
     with pytest.raises(ValueError, match="max 2"):
         validate_targets("bce", np.array([0, 1, 2]), 1)
+
+
+def test_targets_ok_on_the_device_agrees_with_validate_targets():
+    """fit checks the targets of arrays passed again inside its compiled call: same verdicts as the host."""
+    import jax
+    nan, inf = np.nan, np.inf
+    cases = [(loss, np.array(y, dtype), k)
+             for loss in ("binary_crossentropy", "sparse_categorical_crossentropy", "mse")
+             for dtype in (np.float32, np.int32)
+             for k in (1, 3, None)
+             for y in ([0, 1, 1], [0, 2, 1], [1, 2, 3], [-1, 0, 1], [0, 3, 1], [], [[0], [2]])]
+    cases += [(loss, np.array(y, np.float32), k)
+              for loss in ("binary_crossentropy", "sparse_categorical_crossentropy", "mse")
+              for k in (1, 3)
+              for y in ([0.0, 0.5, 1.0], [0.0, nan, 1.0], [0.0, inf], [-inf, 0.0], [1.0, 1.0 + 1e-6], [2.0, 0.0])]
+    cases += [("binary_crossentropy", np.array([True, False]), 1)]
+    verdicts = []
+    for loss, y, k in cases:
+        try:
+            validate_targets(loss, y, k)
+            host = True
+        except ValueError:
+            host = False
+        device = bool(jax.jit(lambda v: targets_ok(get(loss), v, k))(y))
+        verdicts.append((loss, y.tolist(), k, host, device))
+    assert [v for v in verdicts if v[3] != v[4]] == []
+    assert {v[3] for v in verdicts} == {True, False}          # both verdicts are exercised

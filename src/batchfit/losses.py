@@ -372,6 +372,21 @@ def validate_targets(loss, y, num_outputs: int | None) -> None:
             "with one output unit per class.")
 
 
+def targets_ok(loss: Loss, y, num_outputs: int | None):
+    """validate_targets as a traced bool: True exactly when validate_targets(loss, y, num_outputs)
+    passes (fit checks the values of arrays it has seen before on the device, in its compiled call)."""
+    if not isinstance(loss, (SparseCategoricalCrossentropy, BinaryCrossentropy)):
+        return jnp.bool_(True)
+    ok = y >= 0                                               # False for NaN
+    if isinstance(loss, BinaryCrossentropy):
+        return jnp.all(ok & (y <= 1))
+    if num_outputs:
+        ok = ok & (y < num_outputs)
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        ok = ok & jnp.isfinite(y) & (y == jnp.round(y))
+    return jnp.all(ok)
+
+
 def _check_sparse_labels(y, low: float, high: float, num_outputs: int | None, found) -> None:
     """Sparse labels must be whole numbers in [0, num_outputs)."""
     valid = (f"[0, {num_outputs}) for a model with {num_outputs} outputs" if num_outputs

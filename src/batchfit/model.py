@@ -26,7 +26,7 @@ from batchfit.data import arrays
 from batchfit.data.source import SeenArrays, as_source, is_batch_list as _is_batches, split_source
 from batchfit.data.stream import STREAM_MAX_STEPS, unpack
 from batchfit.engine.compiled import Executables, build_executables
-from batchfit.engine.loop import FitPlan, run_evaluate, run_fit, run_predict
+from batchfit.engine.loop import DataRefused, FitPlan, run_evaluate, run_fit, run_predict
 from batchfit.engine.state import Batch, ModelGraph, TrainState, split_module
 from batchfit.engine.step import Program
 from batchfit.errors import check_int, describe
@@ -247,17 +247,19 @@ class Model:
             self._last_batch = (x.shape, x.dtype, y.shape, y.dtype)
         return x, y, w, n
 
-    def _source(self, x, y=None, sample_weight=None, class_weight=None, *, split=0.0, **options):
+    def _source(self, x, y=None, sample_weight=None, class_weight=None, *, split=0.0, defer=False, **options):
         """The input as a source (data/source.py), checked against the model once.
 
         The NumPy x and y of the last sources, passed again, have only their values checked
-        (JAX arrays, which cannot change, nothing).
+        (JAX arrays, which cannot change, nothing); with `defer`, the caller checks them
+        (`source.unchecked`).
         """
         plain = not split and sample_weight is None and class_weight is None
         for seen in self._seen if plain else ():
             source = seen.again(x, y, options)
             if source is not None:
-                self._check_values(x, y, *seen.writable)
+                if not defer:
+                    self._check_values(x, y, *source.unchecked)
                 return source
         allow = bool(self._settings and self._settings.allow_nonfinite)
         if split:
@@ -314,9 +316,10 @@ class Model:
             source, val = self._source(x, y, sample_weight, class_weight, split=validation_split,
                                        validation_batch_size=validation_batch_size, **options)
         else:
-            source = self._source(x, y, sample_weight, class_weight, **options)
+            source = self._source(x, y, sample_weight, class_weight, defer=True, **options)
             val = self._validation_source(validation_data, validation_batch_size, batch_size, validation_steps)
-        cbs = self._callbacks(callbacks, verbose, epochs, source.num_batches)
+        check = self._values_left(source, quiet=not callbacks and verbose == 0)
+        previous, cbs = self.history, self._callbacks(callbacks, verbose, epochs, source.num_batches)
         plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._settings.names[1:],
                        accumulate_steps)
         validate = None
@@ -324,12 +327,33 @@ class Model:
             val_steps = self._steps(val)
             validate = lambda s: run_evaluate(self._exe, s, val, val_steps, plan.metric_names)
         self.stop_training = False
-        leaves = run_fit(self._exe, self._leaves, source, plan, cbs, self._publish,
-                         lambda: self.stop_training, validate)
+        try:
+            leaves = run_fit(self._exe, self._leaves, source, plan, cbs, self._publish,
+                             lambda: self.stop_training, validate, check)
+        except DataRefused:                # no step ran; the host checks say why
+            self.history = previous
+            self._check_values(x, y, *source.unchecked)     # raises the reason
+            raise ValueError("fit refused `x` or `y`: their values failed the checks of its compiled call, "
+                             "and pass them now. Was the data written to while fit ran?") from None
         self._publish(leaves)
         if self._module_is_users:          # a Sequential's module is only reached through .module
             self._sync_module()
         return self.history
+
+    def _values_left(self, source, quiet: bool) -> int:
+        """The value checks of arrays passed again (`source.unchecked`), as the bits of
+        compiled._data_ok for fit's first compiled call to run, or run here (then 0).
+
+        On a quiet fit (no callbacks, verbose=0) the compiled call checks the values itself and
+        refuses them without running a step: in Python, right after the device ran, these few
+        reductions cost a tenth of a small model's epoch. Callbacks would see the train begin
+        before the refusal, so with callbacks they run here, before anything else."""
+        check_x, check_y = getattr(source, "unchecked", (False, False))   # a stream checks its own batches
+        if not quiet:
+            self._check_values(source.sample.x, source.sample.y, check_x, check_y)
+            return 0
+        allow = self._settings.allow_nonfinite
+        return (check_x and not allow) | (check_y and not allow) << 1 | check_y << 2
 
     def _validation_source(self, data, batch_size, fit_batch_size, steps):
         """`validation_data`: (x, y[, sample_weight]) arrays, or a Dataset / iterable of batches."""

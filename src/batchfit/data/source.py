@@ -34,6 +34,8 @@ __all__ = ["ArraySource", "SeenArrays", "as_source", "split_source", "is_batch_l
 class ArraySource:
     """In-memory samples x [N, ...], y [N, ...], w [N], read in batches of `batch_size`."""
 
+    unchecked = (False, False)     # (x, y): whose values are still to be checked (SeenArrays.again)
+
     def __init__(self, x, y, w, batch_size: int, shuffle: bool = False, seed: int = 0,
                  reshuffle: bool = True, drop_remainder: bool = False, n: int | None = None):
         self.sample = DeviceData(x, y, w)
@@ -107,12 +109,16 @@ class SeenArrays(NamedTuple):
                           (type(x) is np.ndarray, type(y) is np.ndarray))
 
     def again(self, x, y, options: dict) -> "ArraySource | None":
-        """The source for `x`, `y` and `options` when they are the ones seen (with any seed), else None."""
+        """The source for `x`, `y` and `options` when they are the ones seen (with any seed), else None.
+
+        Its `unchecked` is `writable`: the caller checks those values before training on them."""
         if (self.x() is not x or self.y() is not y or (x.shape, x.dtype, y.shape, y.dtype) != self.shapes
                 or _options_key(options) != self.options):
             return None
         n, batch_size, shuffle = self.source
-        return ArraySource(x, y, None, batch_size, shuffle, options.get("seed", 0), n=n)
+        source = ArraySource(x, y, None, batch_size, shuffle, options.get("seed", 0), n=n)
+        source.unchecked = self.writable
+        return source
 
 
 def _plain(array) -> bool:

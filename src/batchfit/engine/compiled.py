@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from batchfit import losses as losses_lib
 from batchfit.data.arrays import DeviceData
 from batchfit.engine.state import Batch, zero_totals
 from batchfit.engine.step import (Program, accumulate_step, apply_accumulated, eval_step, predict_step,
@@ -31,9 +32,10 @@ class Executables(NamedTuple):
     train_running: Callable  # (state, totals | None, batch) -> (state, totals, logs): running means
     test_batch: Callable    # (state, batch) -> logs
     predict_batch: Callable  # (state, x) -> y_pred
-    fit_chunk: Callable     # (state, totals, data, start, order, *, num_steps, tail, batch_size)
-                            #   -> (state, totals, report): report = the K batch losses, then totals.ravel()
-    fit_chunk_accumulate: Callable  # (state, totals, acc, data, start, order, first, *, accumulate, ...)
+    fit_chunk: Callable     # (state, totals, data, start, order, check, *, num_steps, tail, batch_size)
+                            #   -> (state, totals, report): report = the K batch losses, totals.ravel(), ok;
+                            #   check: the value checks to run on data first (_data_ok); ok 0.0: refused, no step
+    fit_chunk_accumulate: Callable  # (state, totals, acc, data, start, order, check, first, *, accumulate, ...)
                                     #   -> (state, totals, acc, report)
     apply_accumulated: Callable     # (state, acc) -> (state, empty acc): the update of a group cut short
     zero_accumulated: Callable      # (state) -> an empty group
@@ -52,36 +54,82 @@ def _slice(tree, start, size):
     return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), tree)
 
 
-def _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size):
-    """Run `step(carry, batch) -> (carry, out)` over num_steps full batches, then the tail.
+def _loop(step, carry, count: int, run):
+    """lax.scan(step, carry, arange(count)), or no step at all when the traced bool `run` is False
+    (the carry comes back as it was, the outputs are zeros). None: always run, a plain scan.
+    With `run`, the step's output is one scalar (the batch loss), stacked as float32."""
+    indices = jnp.arange(count, dtype=jnp.int32)
+    if run is None:
+        return lax.scan(step, carry, indices)
+
+    def steps(c):                      # the scan, run once or never
+        done, c, _ = c
+        c, outs = lax.scan(step, c, indices)
+        return done + 1, c, outs.astype(jnp.float32)
+    # A while loop updates its carry in place (a cond around the scan copies the state), and
+    # the scan inside keeps its static trip count (a dynamic one makes XLA's loop slower).
+    _, carry, outs = lax.while_loop(lambda c: c[0] < run.astype(jnp.int32), steps,
+                                    (jnp.int32(0), carry, jnp.zeros(count, jnp.float32)))
+    return carry, outs
+
+
+def _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size, run=None):
+    """Run `step(carry, batch) -> (carry, out)` over num_steps full batches, then the tail;
+    none of them when `run` (a traced bool) is False.
 
     The rows are contiguous from `start`, or (a shuffled epoch) gathered by `order` once,
     so every batch is a contiguous slice either way.
     """
     if order is not None:
         data, start = jax.tree.map(lambda a: jnp.take(a, order, axis=0), data), 0
+    elif run is not None:    # copied out of the argument first: slicing batches from an argument inside
+        data, start = _slice(data, start, num_steps * batch_size + tail), 0   # _loop's while is slower
     outs = []
     if num_steps:
-        def body(c, i):
-            return step(c, Batch(*_slice(data, start + i * batch_size, batch_size)))
-        carry, full = lax.scan(body, carry, jnp.arange(num_steps, dtype=jnp.int32))
+        carry, full = _loop(lambda c, i: step(c, Batch(*_slice(data, start + i * batch_size, batch_size))),
+                            carry, num_steps, run)
         outs.append(full)
     if tail:
-        carry, last = step(carry, Batch(*_slice(data, start + num_steps * batch_size, tail)))
-        outs.append(jax.tree.map(lambda a: a[None], last))
+        carry, last = _loop(lambda c, _: step(c, Batch(*_slice(data, start + num_steps * batch_size, tail))),
+                            carry, 1, run)
+        outs.append(last)
     return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
-def _fit_chunk(program, state, totals, data, start, order, *, num_steps, tail, batch_size):
+def _all_finite(tree):
+    """True when every float leaf of `tree` is free of NaN and inf (integer leaves always are)."""
+    checks = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def _data_ok(program, state, data, check):
+    """The value checks the host left to this call, as a traced bool: `check` bit 1 x finite,
+    2 y finite, 4 y valid targets for the loss (losses.targets_ok). Computed only when asked."""
+    def checked():
+        outputs = jax.eval_shape(lambda x: predict_step(program.graph, state, x), data.x)
+        valid = losses_lib.targets_ok(program.loss, data.y, jax.tree.leaves(outputs)[0].shape[-1])
+        return ((_all_finite(data.x) | (check & 1 == 0)) & (_all_finite(data.y) | (check & 2 == 0))
+                & (valid | (check & 4 == 0)))
+    return lax.cond(check != 0, checked, lambda: jnp.bool_(True))
+
+
+def _fit_chunk(program, state, totals, data, start, order, check, *, num_steps, tail, batch_size):
     def step(carry, batch):
         s, t, loss = train_step(program, *carry, batch)
         return (s, t), loss
-    (state, totals), losses = _scan_chunk(step, (state, totals), data, start, order, num_steps, tail, batch_size)
-    return state, totals, jnp.concatenate([losses, totals.reshape(-1)])   # one host copy reads both
+    run = _data_ok(program, state, data, check)
+    (state, totals), losses = _scan_chunk(step, (state, totals), data, start, order, num_steps, tail, batch_size,
+                                          run)
+    return state, totals, _report(losses, totals, run)
 
 
-def _fit_chunk_accumulate(program, state, totals, acc, data, start, order, first, *, accumulate, num_steps, tail,
-                          batch_size):
+def _report(losses, totals, run):
+    """One array the host reads in one copy: the K batch losses, totals.ravel(), then 1.0 (0.0: refused)."""
+    return jnp.concatenate([losses, totals.reshape(-1), run.astype(jnp.float32)[None]])
+
+
+def _fit_chunk_accumulate(program, state, totals, acc, data, start, order, check, first, *, accumulate, num_steps,
+                          tail, batch_size):
     """fit_chunk with gradient accumulation: an update after every `accumulate`-th batch of the
     epoch (batch index first + i); the group in progress is carried out in `acc`."""
     def step(carry, batch):
@@ -90,8 +138,9 @@ def _fit_chunk_accumulate(program, state, totals, acc, data, start, order, first
         s, a = lax.cond((j + 1) % accumulate == 0, lambda: apply_accumulated(program, s, a), lambda: (s, a))
         return (s, t, a, j + 1), loss
     carry = (state, totals, acc, jnp.asarray(first, jnp.int32))
-    (state, totals, acc, _), losses = _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size)
-    return state, totals, acc, jnp.concatenate([losses, totals.reshape(-1)])
+    run = _data_ok(program, state, data, check)
+    (state, totals, acc, _), losses = _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size, run)
+    return state, totals, acc, _report(losses, totals, run)
 
 
 def _zero_accumulated(program, state):

@@ -15,7 +15,11 @@ import numpy as np
 from batchfit.engine.compiled import Executables
 from batchfit.engine.state import read_totals, zero_totals
 
-__all__ = ["FitPlan", "run_fit", "run_evaluate", "run_predict"]
+__all__ = ["FitPlan", "DataRefused", "run_fit", "run_evaluate", "run_predict"]
+
+
+class DataRefused(Exception):
+    """The compiled call refused its data: the value checks it was asked to run failed, and no step ran."""
 
 
 class FitPlan(NamedTuple):
@@ -29,10 +33,14 @@ class FitPlan(NamedTuple):
 
 
 def _split_report(report, plan: FitPlan) -> tuple[np.ndarray, np.ndarray]:
-    """A chunk's report on the host, as float64: (its batch losses, its running totals [rows, 2])."""
-    width = 2 * (1 + len(plan.metric_names))
+    """A chunk's report on the host, as float64: (its batch losses, its running totals [rows, 2]).
+
+    Raises DataRefused when the call refused its data (the report's last value is 0)."""
+    width = 2 * (1 + len(plan.metric_names)) + 1
     host = np.asarray(report, np.float64)
-    return host[:-width], host[-width:].reshape(-1, 2)
+    if not host[-1]:
+        raise DataRefused()
+    return host[:-width], host[-width:-1].reshape(-1, 2)
 
 
 def _host_logs(report, plan: FitPlan) -> dict:
@@ -54,23 +62,29 @@ def _throttle(outputs: list, max_in_flight: int | None):
         jax.block_until_ready(outputs[-max_in_flight])
 
 
-def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, publish, should_stop):
-    """Dispatch one epoch's pieces; returns the state and each call's report (device arrays, read later)."""
+def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, publish, should_stop, check=0):
+    """Dispatch one epoch's pieces; returns the state and each call's report (device arrays, read later).
+
+    `check`: the value checks the first call runs on its data first (compiled._data_ok); that
+    call's report is read before any other call is dispatched."""
     totals = zero_totals(len(plan.metric_names))
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
     reports, k = [], plan.accumulate_steps
     acc = exe.zero_accumulated(state) if k > 1 else None
     for piece in feed.epoch(epoch):
         _throttle(reports, feed.max_in_flight)
+        if check and reports:                  # the checked call is read (DataRefused) before the next
+            _split_report(reports[0], plan)
+            check = 0
         chunk = piece.chunk
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
         if k > 1:
             state, totals, acc, report = exe.fit_chunk_accumulate(
-                state, totals, acc, piece.data, chunk.start, piece.order, chunk.first, accumulate=k,
+                state, totals, acc, piece.data, chunk.start, piece.order, check, chunk.first, accumulate=k,
                 num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         else:
-            state, totals, report = exe.fit_chunk(state, totals, piece.data, chunk.start, piece.order,
+            state, totals, report = exe.fit_chunk(state, totals, piece.data, chunk.start, piece.order, check,
                                                   num_steps=chunk.num_steps, tail=chunk.tail,
                                                   batch_size=piece.batch_size)
         reports.append(report)
@@ -80,6 +94,8 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
         if should_stop():
             break
     if k > 1 and reports and (chunk.last + 1) % k:    # the epoch ends inside a group: update with it
+        if check:
+            _split_report(reports[0], plan)
         state, _ = exe.apply_accumulated(state, acc)
         publish(state)
     return state, reports
@@ -93,10 +109,12 @@ def _learn_steps(callbacks, num_batches: int):
 
 
 def run_fit(exe: Executables, state: list, source, plan: FitPlan, callbacks,
-            publish: Callable, should_stop: Callable, validate: Callable | None = None) -> list:
+            publish: Callable, should_stop: Callable, validate: Callable | None = None, check: int = 0) -> list:
     """Train for epochs [initial_epoch, epochs) on `source`; `publish(state)` after every dispatch.
 
-    `state`: the TrainState as the compiled calls take it (the list of its leaves).
+    `state`: the TrainState as the compiled calls take it (the list of its leaves). `check`:
+    value checks (compiled._data_ok bits) the first compiled call runs on the source's arrays;
+    DataRefused when they fail, with no step run and the state published unchanged.
 
     The source prepares epoch e + 1 while the device runs epoch e (the next order of
     in-memory arrays, the next chunks of a stream); the logs of epoch e are read after that.
@@ -108,7 +126,8 @@ def run_fit(exe: Executables, state: list, source, plan: FitPlan, callbacks,
     try:
         for epoch in epochs:
             callbacks.on_epoch_begin(epoch)
-            state, reports = _run_epoch(exe, state, feed, epoch, plan, callbacks, publish, should_stop)
+            state, reports = _run_epoch(exe, state, feed, epoch, plan, callbacks, publish, should_stop, check)
+            check = 0
             if not reports:
                 warnings.warn(f"The input ran out of data at epoch {epoch}; training stops. A generator is "
                               f"consumed once: pass a re-iterable input (a list, a bf.data.Dataset) or "
