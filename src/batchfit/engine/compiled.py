@@ -54,28 +54,10 @@ def _slice(tree, start, size):
     return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), tree)
 
 
-def _loop(step, carry, count: int, run):
-    """lax.scan(step, carry, arange(count)), or no step at all when the traced bool `run` is False
-    (the carry comes back as it was, the outputs are zeros). None: always run, a plain scan.
-    With `run`, the step's output is one scalar (the batch loss), stacked as float32."""
-    indices = jnp.arange(count, dtype=jnp.int32)
-    if run is None:
-        return lax.scan(step, carry, indices)
-
-    def steps(c):                      # the scan, run once or never
-        done, c, _ = c
-        c, outs = lax.scan(step, c, indices)
-        return done + 1, c, outs.astype(jnp.float32)
-    # A while loop updates its carry in place (a cond around the scan copies the state), and
-    # the scan inside keeps its static trip count (a dynamic one makes XLA's loop slower).
-    _, carry, outs = lax.while_loop(lambda c: c[0] < run.astype(jnp.int32), steps,
-                                    (jnp.int32(0), carry, jnp.zeros(count, jnp.float32)))
-    return carry, outs
-
-
 def _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size, run=None):
     """Run `step(carry, batch) -> (carry, out)` over num_steps full batches, then the tail;
-    none of them when `run` (a traced bool) is False.
+    none of them when `run` (a traced bool) is False (the carry comes back as it was, the
+    outputs are zeros; with `run`, each step's output is one scalar, stacked as float32).
 
     The rows are contiguous from `start`, or (a shuffled epoch) gathered by `order` once,
     so every batch is a contiguous slice either way.
@@ -83,17 +65,30 @@ def _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size, ru
     if order is not None:
         data, start = jax.tree.map(lambda a: jnp.take(a, order, axis=0), data), 0
     elif run is not None:    # copied out of the argument first: slicing batches from an argument inside
-        data, start = _slice(data, start, num_steps * batch_size + tail), 0   # _loop's while is slower
-    outs = []
-    if num_steps:
-        carry, full = _loop(lambda c, i: step(c, Batch(*_slice(data, start + i * batch_size, batch_size))),
-                            carry, num_steps, run)
-        outs.append(full)
-    if tail:
-        carry, last = _loop(lambda c, _: step(c, Batch(*_slice(data, start + num_steps * batch_size, tail))),
-                            carry, 1, run)
-        outs.append(last)
-    return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+        data, start = _slice(data, start, num_steps * batch_size + tail), 0   # the while below is slower
+
+    def chunk(carry):
+        outs = []
+        if num_steps:
+            carry, full = lax.scan(lambda c, i: step(c, Batch(*_slice(data, start + i * batch_size, batch_size))),
+                                   carry, jnp.arange(num_steps, dtype=jnp.int32))
+            outs.append(full)
+        if tail:
+            carry, last = step(carry, Batch(*_slice(data, start + num_steps * batch_size, tail)))
+            outs.append(jax.tree.map(lambda a: a[None], last))
+        return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+    if run is None:
+        return chunk(carry)
+
+    def once(c):                       # the chunk, run once or never
+        done, c, _ = c
+        c, outs = chunk(c)
+        return done + 1, c, outs.astype(jnp.float32)
+    # A while loop updates its carry in place (a cond around the scan copies the state), and
+    # the scan inside keeps its static trip count (a dynamic one makes XLA's loop slower).
+    _, carry, outs = lax.while_loop(lambda c: c[0] < run.astype(jnp.int32), once,
+                                    (jnp.int32(0), carry, jnp.zeros(num_steps + (tail > 0), jnp.float32)))
+    return carry, outs
 
 
 def _all_finite(tree):
