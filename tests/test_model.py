@@ -1,5 +1,9 @@
 """The Model shell: predict, weights, the cached train_on_batch step, lazy results."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -102,3 +106,26 @@ def test_a_users_module_is_written_back_when_fit_returns_and_never_shares_donate
     model.set_weights([w * 0 for w in model.get_weights()])
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)       # zero weights, zero targets: nothing moves
     np.testing.assert_array_equal(module.kernel.get_value(), np.zeros((3, 1)))
+
+
+def test_a_second_process_finds_every_program_in_the_compilation_cache(tmp_path):
+    """The cache is on by default: a second process that builds the same model with a fresh
+    seed (other weights) and fits it compiles nothing new. The seed is the init program's
+    argument, not a constant in it, so that program is the same in every process."""
+    code = ("import numpy as np, batchfit as bf\n"
+            "m = bf.Sequential([bf.layers.Dense(4, activation='relu', input_shape=(3,)), bf.layers.Dense(1)])\n"
+            "m.compile(optimizer='adam', loss='mse')\n"
+            "x = np.linspace(0, 1, 30, dtype=np.float32).reshape(10, 3)\n"
+            "m.fit(x, x[:, :1], batch_size=4, verbose=0)\n"
+            "print(repr(m.get_weights()[0].tolist()))\n")
+    env = {**os.environ, "BATCHFIT_COMPILATION_CACHE": "1", "BATCHFIT_CACHE_DIR": str(tmp_path)}
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip(), sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith("-atime"))
+    weights_1, cached_1 = run()
+    weights_2, cached_2 = run()
+    assert weights_1 != weights_2                          # fresh seeds: other initial weights
+    assert any(name.startswith("jit_construct-") for name in cached_1), cached_1
+    assert cached_2 == cached_1                            # nothing compiled in the second process

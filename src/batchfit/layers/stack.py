@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -65,8 +66,8 @@ def build_stack(layers, input_shape=None, seed: int = 0) -> Stack:
         raise TypeError(f"`seed` must be an int; got {seed!r}. Pass e.g. seed=0.")
     shape = _initial_shape(layers, input_shape)
 
-    def construct():
-        rngs = nnx.Rngs(params=int(seed), dropout=int(seed) + 1)
+    def construct(seeds):
+        rngs = nnx.Rngs(params=jax.random.key(seeds[0]), dropout=jax.random.key(seeds[1]))
         modules, current = [], shape
         for index, layer in enumerate(layers):
             _check_declared(layer, index, current)
@@ -77,7 +78,11 @@ def build_stack(layers, input_shape=None, seed: int = 0) -> Stack:
 
     # One compiled program draws every initial weight: eagerly, each random and fill op of
     # each shape would be compiled on its own (about 0.4 s of a fresh process's first fit).
-    stack = nnx.jit(construct)()
+    # The seeds are its argument, not constants in it: a model built with a fresh seed is then
+    # the same program in every process, found in the compilation cache. jax.random.key of a
+    # Python int keeps its low 32 bits, as this uint32 does.
+    seeds = np.array([int(seed) % 2**32, (int(seed) + 1) % 2**32], np.uint32)
+    stack = nnx.jit(construct)(seeds)
     stack.eval()
     return stack
 
