@@ -185,3 +185,20 @@ def test_arrays_refused_on_a_later_call_leave_no_trace(steps_per_execution, fit_
     for a, b in zip(m.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert m.history.history["loss"] == twin.history.history["loss"]
+
+
+def test_a_refusal_the_host_checks_cannot_explain_still_raises_and_trains_nothing():
+    """The compiled call refuses values the host checks then pass (data written while fit ran):
+    a ValueError that says so, and the weights and history untouched."""
+    m = bf.Sequential([bf.layers.Dense(1, input_shape=(3,))], seed=0)
+    m.compile(optimizer="adam", loss="mse")
+    x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
+    m.fit(x, y, verbose=0)
+    history, weights = m.history, m.get_weights()
+    x[0, 0] = np.inf
+    m._check_values = lambda *a: None                 # as if x were clean again by the time it looks
+    with pytest.raises(ValueError, match=r"failed the checks inside its compiled call, but pass them now"):
+        m.fit(x, y, verbose=0)
+    assert m.history is history
+    for a, b in zip(weights, m.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -333,8 +333,8 @@ class Model:
         except DataRefused:                # no step ran; the host checks say why
             self.history = previous
             self._check_values(x, y, *source.unchecked)     # raises the reason
-            raise ValueError("fit refused `x` or `y`: their values failed the checks of its compiled call, "
-                             "and pass them now. Was the data written to while fit ran?") from None
+            raise ValueError("fit refused `x` or `y`: their values failed the checks inside its compiled call, "
+                             "but pass them now. Was the data written to while fit ran?") from None
         self._publish(leaves)
         if self._module_is_users:          # a Sequential's module is only reached through .module
             self._sync_module()
