@@ -1,6 +1,6 @@
 """batchfit's benchmark suite (issue 4): every system timed in the same run, interleaved.
 
-    python benchmarks/run.py                 # the full suite, about 10 minutes on 2 cores
+    python benchmarks/run.py                 # the full suite, 10-15 minutes on 2 cores
     python benchmarks/run.py --quick         # a smaller, faster check (under 2 minutes)
     python benchmarks/run.py --workloads seed1,seed2 --systems batchfit,floor --out /tmp/b
 
