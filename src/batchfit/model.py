@@ -23,10 +23,10 @@ from batchfit import metrics as metrics_lib
 from batchfit import optimizers as optimizers_lib
 from batchfit.callbacks import CallbackList, History, ProgbarLogger
 from batchfit.data import arrays
-from batchfit.data.source import SeenArrays, as_source, is_batch_list as _is_batches, split_source
+from batchfit.data.source import ArraySource, SeenArrays, as_source, is_batch_list as _is_batches, split_source
 from batchfit.data.stream import STREAM_MAX_STEPS, unpack
 from batchfit.engine.compiled import Executables, build_executables
-from batchfit.engine.loop import DataRefused, FitPlan, run_evaluate, run_fit, run_predict
+from batchfit.engine.loop import DataRefused, FitPlan, run_evaluate, run_fit, run_predict, run_quiet
 from batchfit.engine.state import Batch, ModelGraph, TrainState, split_module
 from batchfit.engine.step import Program
 from batchfit.errors import check_int, describe
@@ -48,6 +48,15 @@ class _Settings(NamedTuple):
     steps_per_execution: int | str
     weighted_mean: bool
     allow_nonfinite: bool
+
+
+class _Repeat(NamedTuple):
+    """The last quiet fit call on plain arrays, kept so that the same call again skips its setup."""
+
+    call: tuple            # its arguments (_fit_call), but the seed
+    seen: SeenArrays       # its x and y (held weakly), their layout and source
+    plan: FitPlan
+    check: int             # the value checks of those arrays when passed again (compiled._data_ok bits)
 
 
 class Model:
@@ -77,6 +86,7 @@ class Model:
         self._checked: set = set()     # input signatures already checked against the model
         self._last_batch = None        # (shapes, dtypes) of the last *_on_batch batch that passed every check
         self._seen: tuple[SeenArrays, ...] = ()   # the x, y of the last sources that passed every check
+        self._repeat: _Repeat | None = None       # the last quiet fit, to replay
         self.stop_training = False
         self.history: History | None = None
 
@@ -121,7 +131,7 @@ class Model:
                           s.optimizer if s else None, bool(s and s.weighted_mean))
         self._exe = build_executables(program, self._state_def)
         self._running, self._last_batch = None, None
-        self._seen = ()                    # checked against the last compile()'s loss and settings
+        self._seen, self._repeat = (), None   # checked against the last compile()'s loss and settings
 
     def _sync_module(self):
         """Write the trained values into the module's variables (copies: the state's buffers get donated)."""
@@ -303,6 +313,13 @@ class Model:
         statistics and dropout masks stay per batch.
         """
         self._require_compiled("fit")
+        quiet = not callbacks and verbose == 0
+        call = _fit_call(batch_size, epochs, initial_epoch, shuffle) if quiet and _plain_fit(
+            validation_split, validation_data, class_weight, sample_weight, steps_per_epoch, accumulate_steps) else None
+        repeat = self._repeat
+        if call is not None and repeat is not None and repeat.call == call and repeat.seen.holds(x, y):
+            source = repeat.seen.rebuild(x, y, _seed(seed))     # the same call again: only the values to check
+            return self._fit_quietly(source, repeat.plan, repeat.check, x, y)
         epochs, initial_epoch = check_int("epochs", epochs, 0), check_int("initial_epoch", initial_epoch, 0)
         accumulate_steps = check_int("accumulate_steps", accumulate_steps, 1)
         if epochs < initial_epoch:
@@ -318,7 +335,14 @@ class Model:
         else:
             source = self._source(x, y, sample_weight, class_weight, defer=True, **options)
             val = self._validation_source(validation_data, validation_batch_size, batch_size, validation_steps)
-        check = self._values_left(source, quiet=not callbacks and verbose == 0)
+        check = self._values_left(source, quiet)
+        if call is not None and isinstance(source, ArraySource):   # no callback, validation or accumulation
+            plan = FitPlan(epochs, initial_epoch, self._steps(source), self._settings.names[1:])
+            history = self._fit_quietly(source, plan, check, x, y)
+            if self._seen and self._seen[0].holds(x, y):
+                seen = self._seen[0]
+                self._repeat = _Repeat(call, seen, plan, self._check_bits(*seen.writable))
+            return history
         previous, cbs = self.history, self._callbacks(callbacks, verbose, epochs, source.num_batches)
         plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._settings.names[1:],
                        accumulate_steps)
@@ -326,11 +350,31 @@ class Model:
         if val is not None:
             val_steps = self._steps(val)
             validate = lambda s: run_evaluate(self._exe, s, val, val_steps, plan.metric_names)
+        return self._train(lambda: run_fit(self._exe, self._leaves, source, plan, cbs, self._publish,
+                                           lambda: self.stop_training, validate, check), previous, x, y, source)
+
+    def _fit_quietly(self, source: ArraySource, plan: FitPlan, check: int, x, y) -> History:
+        """fit with no callback, no validation and an update per batch, on in-memory arrays
+        (engine.loop.run_quiet). A call that repeats the last one (the same arrays and
+        arguments, any seed: model._repeat) comes straight here, with only the values of
+        NumPy arrays to check again (in the first compiled call): on a small model, fit's
+        setup would cost a tenth of the epoch."""
+        previous, history = self.history, History()
+        history.set_model(self)
+        history.set_params({"epochs": plan.epochs, "steps": source.num_batches, "verbose": 0})
+        self.history = history
+        return self._train(lambda: run_quiet(self._exe, self._leaves, source, plan, history, self._publish, check),
+                           previous, x, y, source)
+
+    def _train(self, run, previous, x, y, source) -> History:
+        """`run()` the training loop and publish its state; returns the History.
+
+        When the compiled call refuses the data (DataRefused: no step ran), `model.history`
+        goes back to `previous` and the host checks raise the reason."""
         self.stop_training = False
         try:
-            leaves = run_fit(self._exe, self._leaves, source, plan, cbs, self._publish,
-                             lambda: self.stop_training, validate, check)
-        except DataRefused:                # no step ran; the host checks say why
+            leaves = run()
+        except DataRefused:
             self.history = previous
             self._check_values(x, y, *source.unchecked)     # raises the reason
             raise ValueError("fit refused `x` or `y`: their values failed the checks inside its compiled call, "
@@ -352,6 +396,10 @@ class Model:
         if not quiet:
             self._check_values(source.sample.x, source.sample.y, check_x, check_y)
             return 0
+        return self._check_bits(check_x, check_y)
+
+    def _check_bits(self, check_x: bool, check_y: bool) -> int:
+        """compiled._data_ok's bits for the value checks of x and / or y."""
         allow = self._settings.allow_nonfinite
         return (check_x and not allow) | (check_y and not allow) << 1 | check_y << 2
 
@@ -520,6 +568,17 @@ def _as_list(metrics):
     if metrics is None:
         return []
     return list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+
+
+def _fit_call(batch_size, epochs, initial_epoch, shuffle) -> tuple:
+    """The arguments a quiet fit repeats, typed: 32.0 must not pass for the 32 checked before."""
+    return batch_size, epochs, initial_epoch, bool(shuffle), type(batch_size), type(epochs), type(initial_epoch)
+
+
+def _plain_fit(validation_split, validation_data, class_weight, sample_weight, steps_per_epoch, accumulate) -> bool:
+    """True when fit's other arguments are their defaults (a fit that _fit_quietly can run)."""
+    return (type(validation_split) in (int, float) and validation_split == 0 and validation_data is None
+            and class_weight is None and sample_weight is None and steps_per_epoch is None and accumulate == 1)
 
 
 def _seed(seed) -> int:

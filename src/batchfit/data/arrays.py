@@ -33,6 +33,10 @@ class Chunk(NamedTuple):
     num_steps: int   # full batches fused with lax.scan
     tail: int        # size of the partial last batch run after them (0: none)
 
+    def rows(self, order, batch_size: int):
+        """This chunk's part of an epoch order (None: the rows are in order)."""
+        return None if order is None else order[self.start:self.start + self.num_steps * batch_size + self.tail]
+
 
 class DeviceData(NamedTuple):
     """Samples on the device: x (array or dict) [N, ...], y [N, ...], w [N] (y, w None to predict)."""
@@ -238,6 +242,7 @@ def take(tree, index):
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)      # fit asks on every call, with the same few arguments
 def plan_chunks(n: int, batch_size: int, steps_per_execution: int) -> tuple[Chunk, ...]:
     """Split an epoch of n samples into compiled calls of at most `steps_per_execution` batches.
 

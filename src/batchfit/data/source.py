@@ -47,6 +47,7 @@ class ArraySource:
                              f"Use a smaller batch size or drop_remainder=False.")
         self.num_batches = math.ceil(self.rows / batch_size)
         self._device = None
+        self._order = None         # (epoch key, its order): the last one drawn
 
     def split(self, fraction: float) -> tuple["ArraySource", "ArraySource"]:
         """(the first 1 - fraction of the samples, the last fraction), Keras's validation_split."""
@@ -67,6 +68,24 @@ class ArraySource:
 
     def feed(self, keys, steps_per_execution: int) -> "_ArrayFeed":
         return _ArrayFeed(self, list(keys), steps_per_execution)
+
+    def order(self, key: int) -> np.ndarray | None:
+        """The sample order of epoch `key` (None: in order), drawn once: int32 [n], read-only."""
+        if not self.shuffle:
+            return None
+        key = key if self.reshuffle else 0
+        if self._order is None or self._order[0] != key:
+            self._order = (key, epoch_order(self.n, self.seed, key))
+        return self._order[1]
+
+    def draw_next(self, key: int, later: int | None, first: int) -> None:
+        """Call once the device has epoch `key` to run: draws the order of epoch `later`, or
+        after the last epoch (`later` None) of fit(seed=None), the one the next fit call
+        starting like this one (at epoch `first`) will most likely use."""
+        if later is not None:
+            self.order(later)
+        elif self.shuffle and self.reshuffle and arrays.is_fresh(self.seed):
+            arrays.draw_ahead(self.n, 0 if first == 0 else key + 1)
 
     def data(self, num_calls: int) -> DeviceData:
         """The samples to hand the compiled calls: NumPy arrays go to the device once when
@@ -108,15 +127,22 @@ class SeenArrays(NamedTuple):
                           (source.n, source.batch_size, source.shuffle),
                           (type(x) is np.ndarray, type(y) is np.ndarray))
 
+    def holds(self, x, y) -> bool:
+        """True when `x` and `y` are the arrays seen, with the same shapes and dtypes."""
+        return self.x() is x and self.y() is y and (x.shape, x.dtype, y.shape, y.dtype) == self.shapes
+
     def again(self, x, y, options: dict) -> "ArraySource | None":
         """The source for `x`, `y` and `options` when they are the ones seen (with any seed), else None.
 
         Its `unchecked` is `writable`: the caller checks those values before training on them."""
-        if (self.x() is not x or self.y() is not y or (x.shape, x.dtype, y.shape, y.dtype) != self.shapes
-                or _options_key(options) != self.options):
+        if not self.holds(x, y) or _options_key(options) != self.options:
             return None
+        return self.rebuild(x, y, options.get("seed", 0))
+
+    def rebuild(self, x, y, seed: int) -> "ArraySource":
+        """The source on `x`, `y` (the arrays seen: `holds`) drawing its epoch orders from `seed`."""
         n, batch_size, shuffle = self.source
-        source = ArraySource(x, y, None, batch_size, shuffle, options.get("seed", 0), n=n)
+        source = ArraySource(x, y, None, batch_size, shuffle, seed, n=n)
         source.unchecked = self.writable
         return source
 
@@ -141,30 +167,13 @@ class _ArrayFeed:
         self._source, self._keys = source, keys
         self._next = dict(zip(keys, keys[1:]))
         self._chunks = plan_chunks(source.rows, source.batch_size, steps_per_execution)
-        self._orders = {}
-
-    def _order(self, key):
-        s = self._source
-        if not s.shuffle:
-            return None
-        key = key if s.reshuffle else 0
-        if key not in self._orders:
-            self._orders = {key: epoch_order(s.n, s.seed, key)}
-        return self._orders[key]
 
     def epoch(self, key) -> Iterator[Piece]:
         s = self._source
-        order, data = self._order(key), s.data(len(self._chunks) * len(self._keys))
+        order, data = s.order(key), s.data(len(self._chunks) * len(self._keys))
         for chunk in self._chunks:
-            rows = None if order is None else order[chunk.start:chunk.start + chunk.num_steps * s.batch_size
-                                                    + chunk.tail]
-            yield Piece(chunk, data, s.batch_size, rows)
-        later = self._next.get(key)
-        if later is not None:
-            self._order(later)             # overlaps with the device finishing this epoch
-        elif s.shuffle and s.reshuffle and arrays.is_fresh(s.seed):   # the last epoch of fit(seed=None):
-            first = self._keys[0]                                      # guess the next call's first epoch
-            arrays.draw_ahead(s.n, 0 if first == 0 else key + 1)
+            yield Piece(chunk, data, s.batch_size, chunk.rows(order, s.batch_size))
+        s.draw_next(key, self._next.get(key), self._keys[0])     # overlaps with the device running
 
     def close(self):
         pass

@@ -6,6 +6,7 @@ partial last batch at its true size: one dispatch, fixed shapes, exact numbers.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -32,7 +33,7 @@ class Executables(NamedTuple):
     train_running: Callable  # (state, totals | None, batch) -> (state, totals, logs): running means
     test_batch: Callable    # (state, batch) -> logs
     predict_batch: Callable  # (state, x) -> y_pred
-    fit_chunk: Callable     # (state, totals, data, start, order, check, *, num_steps, tail, batch_size)
+    fit_chunk: Callable     # (*, num_steps, tail, batch_size) -> jitted (state, totals, data, start, order, check)
                             #   -> (state, totals, report): report = the K batch losses, totals.ravel(), ok;
                             #   check: the value checks to run on data first (_data_ok); ok 0.0: refused, no step
     fit_chunk_accumulate: Callable  # (state, totals, acc, data, start, order, check, first, *, accumulate, ...)
@@ -195,6 +196,8 @@ def build_executables(program: Program, state_def) -> Executables:
     The state crosses every jit boundary as a flat list of its leaves, rebuilt into the
     TrainState (structure `state_def`) inside: flattening and rebuilding the nested pytree
     at each call costs several microseconds, a tenth of a small model's train_on_batch.
+    For the same reason fit_chunk is one jit per chunk shape, not one with static keyword
+    arguments (those add about 10 us to every dispatch).
     """
     def reads(fn):                  # fn(program, state, ...) -> outputs
         return lambda leaves, *a, **k: fn(program, jax.tree.unflatten(state_def, leaves), *a, **k)
@@ -205,13 +208,20 @@ def build_executables(program: Program, state_def) -> Executables:
             return (jax.tree.leaves(state), *outs)
         return flat
 
+    def per_shape(fn):              # fit's hot call: jitted without static keyword arguments (below)
+        @functools.lru_cache(maxsize=None)
+        def shaped(*, num_steps, tail, batch_size):
+            return jax.jit(functools.partial(updates(fn), num_steps=num_steps, tail=tail, batch_size=batch_size),
+                           donate_argnums=(0,))
+        return shaped
+
     static = ("num_steps", "tail", "batch_size")
     return Executables(
         train_batch=jax.jit(updates(_train_batch), donate_argnums=(0,)),
         train_running=jax.jit(updates(_train_running), donate_argnums=(0,)),
         test_batch=jax.jit(reads(_test_batch)),
         predict_batch=jax.jit(reads(_predict_batch)),
-        fit_chunk=jax.jit(updates(_fit_chunk), static_argnames=static, donate_argnums=(0,)),
+        fit_chunk=per_shape(_fit_chunk),
         fit_chunk_accumulate=jax.jit(updates(_fit_chunk_accumulate), static_argnames=static + ("accumulate",),
                                      donate_argnums=(0,)),
         apply_accumulated=jax.jit(updates(apply_accumulated), donate_argnums=(0,)),

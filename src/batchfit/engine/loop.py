@@ -6,16 +6,42 @@ and only when a callback wants per-batch logs; otherwise once per epoch.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
 
+from batchfit.data.arrays import plan_chunks
 from batchfit.engine.compiled import Executables
 from batchfit.engine.state import read_totals, zero_totals
 
-__all__ = ["FitPlan", "DataRefused", "run_fit", "run_evaluate", "run_predict"]
+# The small ints and zero totals the compiled calls take are kept on the device: a Python int
+# or NumPy argument is copied to the device on every call, several us each, on a call that
+# runs a small model's whole epoch in a few hundred.
+_DEVICE_INTS: dict = {}
+_DEVICE_INTS_KEPT = 4096
+
+
+def _on_device(value: int):
+    """`value` as an int32 device scalar, made once (past _DEVICE_INTS_KEPT values: an np.int32,
+    the same signature to jit)."""
+    found = _DEVICE_INTS.get(value)
+    if found is None:
+        found = np.int32(value)
+        if len(_DEVICE_INTS) < _DEVICE_INTS_KEPT:
+            found = _DEVICE_INTS[value] = jax.device_put(found)
+    return found
+
+
+@functools.cache
+def _zero_totals(num_metrics: int):
+    """state.zero_totals on the device (the compiled calls never donate their totals)."""
+    return jax.device_put(zero_totals(num_metrics))
+
+
+__all__ = ["FitPlan", "DataRefused", "run_fit", "run_quiet", "run_evaluate", "run_predict"]
 
 
 class DataRefused(Exception):
@@ -32,14 +58,19 @@ class FitPlan(NamedTuple):
     accumulate_steps: int = 1     # batches per update (gradient accumulation); 1: an update per batch
 
 
-def _split_report(report, plan: FitPlan) -> tuple[np.ndarray, np.ndarray]:
-    """A chunk's report on the host, as float64: (its batch losses, its running totals [rows, 2]).
-
-    Raises DataRefused when the call refused its data (the report's last value is 0)."""
-    width = 2 * (1 + len(plan.metric_names)) + 1
-    host = np.asarray(report, np.float64)
+def _read_report(report) -> np.ndarray:
+    """A chunk's report on the host (waits for the call); DataRefused when the call refused its
+    data (the report's last value is 0)."""
+    host = np.asarray(report)
     if not host[-1]:
         raise DataRefused()
+    return host
+
+
+def _split_report(report, plan: FitPlan) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's report on the host, as float64: (its batch losses, its running totals [rows, 2])."""
+    width = 2 * (1 + len(plan.metric_names)) + 1
+    host = np.asarray(_read_report(report), np.float64)
     return host[:-width], host[-width:-1].reshape(-1, 2)
 
 
@@ -51,7 +82,11 @@ def _host_logs(report, plan: FitPlan) -> dict:
 
 def _epoch_results(reports: list, plan: FitPlan) -> tuple[dict, np.ndarray]:
     """(the epoch's logs, every batch loss) from its chunks' reports: one host copy each."""
-    parts = [_split_report(r, plan) for r in reports]
+    return _epoch_logs([_split_report(r, plan) for r in reports], plan)
+
+
+def _epoch_logs(parts: list, plan: FitPlan) -> tuple[dict, np.ndarray]:
+    """_epoch_results from the reports on the host (_split_report)."""
     losses = parts[0][0] if len(parts) == 1 else np.concatenate([batch for batch, _ in parts])
     return read_totals(parts[-1][1], ("loss", *plan.metric_names)), losses
 
@@ -67,8 +102,9 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
 
     `check`: the value checks the first call runs on its data first (compiled._data_ok); that
     call's report is read before any other call is dispatched."""
-    totals = zero_totals(len(plan.metric_names))
-    want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
+    totals = _zero_totals(len(plan.metric_names))
+    want_begin = callbacks is not None and callbacks.wants("on_train_batch_begin")
+    want_end = callbacks is not None and callbacks.wants("on_train_batch_end")
     reports, k = [], plan.accumulate_steps
     acc = exe.zero_accumulated(state) if k > 1 else None
     for piece in feed.epoch(epoch):
@@ -81,12 +117,12 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
             callbacks.on_train_batch_begin(chunk.first)
         if k > 1:
             state, totals, acc, report = exe.fit_chunk_accumulate(
-                state, totals, acc, piece.data, chunk.start, piece.order, check, chunk.first, accumulate=k,
+                state, totals, acc, piece.data, _on_device(chunk.start), piece.order, _on_device(check),
+                _on_device(chunk.first), accumulate=k,
                 num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         else:
-            state, totals, report = exe.fit_chunk(state, totals, piece.data, chunk.start, piece.order, check,
-                                                  num_steps=chunk.num_steps, tail=chunk.tail,
-                                                  batch_size=piece.batch_size)
+            state, totals, report = _fit_chunk(exe, state, totals, piece.data, chunk, piece.order, check,
+                                               piece.batch_size)
         reports.append(report)
         publish(state)
         if want_end:
@@ -99,6 +135,11 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
         state, _ = exe.apply_accumulated(state, acc)
         publish(state)
     return state, reports
+
+
+def _fit_chunk(exe: Executables, state, totals, data, chunk, rows, check: int, batch_size: int):
+    run = exe.fit_chunk(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size)
+    return run(state, totals, data, _on_device(chunk.start), rows, _on_device(check))
 
 
 def _learn_steps(callbacks, num_batches: int):
@@ -147,6 +188,45 @@ def run_fit(exe: Executables, state: list, source, plan: FitPlan, callbacks,
     return state
 
 
+def run_quiet(exe: Executables, state: list, source, plan: FitPlan, history, publish: Callable,
+              check: int = 0) -> list:
+    """run_fit on in-memory arrays (an ArraySource) with no callback but `history`, no validation
+    and an update per batch: the same compiled calls and the same History, with nothing in
+    between. On a small model, each layer of run_fit (hooks, feed, pieces, per-epoch logs)
+    costs microseconds run cold right after the device, and together a tenth of the epoch.
+
+    Epoch e's reports are read once epoch e + 1 is dispatched (the checked call's, before the
+    next dispatch); the History takes them in when it is first read. What can be done before
+    the last read is: while the device runs, it costs nothing.
+    """
+    epochs, size = range(plan.initial_epoch, plan.epochs), source.batch_size
+    chunks = plan_chunks(source.rows, size, plan.steps_per_execution)
+    data, zeros = source.data(len(chunks) * len(epochs)), _zero_totals(len(plan.metric_names))
+    history.on_train_begin()
+    reports, hosts, k = [], [], len(chunks)
+    for epoch in epochs:
+        order, totals = source.order(epoch), zeros
+        for chunk in chunks:
+            if check and reports:          # the checked call is read (DataRefused) before the next
+                _read_report(reports[0])
+                check = 0
+            state, totals, report = _fit_chunk(exe, state, totals, data, chunk, chunk.rows(order, size), check, size)
+            reports.append(report)
+            publish(state)
+        source.draw_next(epoch, epoch + 1 if epoch + 1 < plan.epochs else None, plan.initial_epoch)
+        hosts += [_read_report(report) for report in reports[len(hosts):-k]]   # the epoch before
+    history.on_epochs_later([(epoch, functools.partial(_quiet_results, hosts, i * k, (i + 1) * k, plan))
+                             for i, epoch in enumerate(epochs)])
+    hosts += [_read_report(report) for report in reports[len(hosts):]]      # waits; DataRefused
+    return state
+
+
+def _quiet_results(hosts: list, start: int, end: int, plan: FitPlan) -> tuple[dict, dict]:
+    """(logs, batch losses) of the epoch whose reports are hosts[start:end] (run_quiet)."""
+    logs, batch_losses = _epoch_logs([_split_report(host, plan) for host in hosts[start:end]], plan)
+    return logs, {"loss": batch_losses}
+
+
 def _one_pass(source, steps_per_execution: int, outputs: list):
     """The pieces of one pass over `source`, throttled on `outputs` (the caller's dispatch results)."""
     key = source.next_key()
@@ -161,10 +241,10 @@ def _one_pass(source, steps_per_execution: int, outputs: list):
 
 def run_evaluate(exe: Executables, state: list, source, steps_per_execution: int, metric_names) -> dict:
     """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights."""
-    totals, losses = zero_totals(len(metric_names)), []
+    totals, losses = _zero_totals(len(metric_names)), []
     for piece in _one_pass(source, steps_per_execution, losses):
         chunk = piece.chunk
-        totals, chunk_losses = exe.eval_chunk(state, totals, piece.data, chunk.start, piece.order,
+        totals, chunk_losses = exe.eval_chunk(state, totals, piece.data, _on_device(chunk.start), piece.order,
                                               num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         losses.append(chunk_losses)
     return read_totals(totals, ("loss", *metric_names))
@@ -174,6 +254,7 @@ def run_predict(exe: Executables, state: list, source, steps_per_execution: int)
     """The model's outputs on one pass of `source`, as NumPy arrays (one pytree leaf per output)."""
     outs = []
     for piece in _one_pass(source, steps_per_execution, outs):
-        outs.append(exe.predict_chunk(state, piece.data.x, piece.chunk.start, num_steps=piece.chunk.num_steps,
+        outs.append(exe.predict_chunk(state, piece.data.x, _on_device(piece.chunk.start),
+                                      num_steps=piece.chunk.num_steps,
                                       tail=piece.chunk.tail, batch_size=piece.batch_size))
     return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *outs)
