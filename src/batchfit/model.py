@@ -53,7 +53,7 @@ class _Settings(NamedTuple):
 class _Repeat(NamedTuple):
     """The last quiet fit call on plain arrays, kept so that the same call again skips its setup."""
 
-    call: tuple            # its arguments (_fit_call), but the seed
+    call: tuple            # its arguments (_quiet_call), but the seed
     seen: SeenArrays       # its x and y (held weakly), their layout and source
     plan: FitPlan
     check: int             # the value checks of those arrays when passed again (compiled._data_ok bits)
@@ -314,8 +314,8 @@ class Model:
         """
         self._require_compiled("fit")
         quiet = not callbacks and verbose == 0
-        call = _fit_call(batch_size, epochs, initial_epoch, shuffle) if quiet and _plain_fit(
-            validation_split, validation_data, class_weight, sample_weight, steps_per_epoch, accumulate_steps) else None
+        call = _quiet_call(batch_size, epochs, initial_epoch, shuffle, validation_split, validation_data, class_weight,
+                           sample_weight, steps_per_epoch, accumulate_steps) if quiet else None
         repeat = self._repeat
         if call is not None and repeat is not None and repeat.call == call and repeat.seen.holds(x, y):
             source = repeat.seen.rebuild(x, y, _seed(seed))     # the same call again: only the values to check
@@ -570,15 +570,14 @@ def _as_list(metrics):
     return list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
 
 
-def _fit_call(batch_size, epochs, initial_epoch, shuffle) -> tuple:
-    """The arguments a quiet fit repeats, typed: 32.0 must not pass for the 32 checked before."""
-    return batch_size, epochs, initial_epoch, bool(shuffle), type(batch_size), type(epochs), type(initial_epoch)
-
-
-def _plain_fit(validation_split, validation_data, class_weight, sample_weight, steps_per_epoch, accumulate) -> bool:
-    """True when fit's other arguments are their defaults (a fit that _fit_quietly can run)."""
-    return (type(validation_split) in (int, float) and validation_split == 0 and validation_data is None
-            and class_weight is None and sample_weight is None and steps_per_epoch is None and accumulate == 1)
+def _quiet_call(batch_size, epochs, initial_epoch, shuffle, validation_split, validation_data, class_weight,
+                sample_weight, steps_per_epoch, accumulate) -> tuple | None:
+    """The arguments of a quiet fit that _fit_quietly can run (the others at their defaults), typed:
+    32.0 must not pass for the 32 checked before. None for any other fit."""
+    if (type(validation_split) in (int, float) and validation_split == 0 and validation_data is None
+            and class_weight is None and sample_weight is None and steps_per_epoch is None and accumulate == 1):
+        return batch_size, epochs, initial_epoch, bool(shuffle), type(batch_size), type(epochs), type(initial_epoch)
+    return None
 
 
 def _seed(seed) -> int:
