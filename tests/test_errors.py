@@ -49,6 +49,24 @@ def test_nonfinite_allowed_on_request():
     assert np.isnan(float(m.train_on_batch(np.array([[np.nan]]), np.array([[1.0]]))))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_the_finite_check_counts_exactly_and_takes_huge_finite_values(dtype):
+    from batchfit.data.arrays import check_finite
+    big = np.finfo(dtype).max
+    check_finite(np.full((6, 4), big, dtype)[:, ::2], "x")         # finite, though its squares overflow
+    check_finite(np.asfortranarray(np.full((3, 5), -big, dtype)), "x")
+    check_finite(np.zeros((0, 3), dtype), "x")
+    rng = np.random.default_rng(0)
+    for bad in (np.nan, np.inf, -np.inf):
+        a = rng.normal(size=(7, 5)).astype(dtype)
+        a[rng.random((7, 5)) < 0.3] = bad
+        view = a[::2, 1:]                                            # strided: copied, not misread
+        expected = int(np.size(view) - np.count_nonzero(np.isfinite(view)))
+        if expected:
+            with pytest.raises(ValueError, match=rf"contains {expected} NaN or infinite"):
+                check_finite(view, "x")
+
+
 def test_sparse_labels_outside_the_class_range():
     m = bf.Sequential([bf.layers.Dense(3, activation="softmax", input_shape=(2,))], seed=0)
     m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
