@@ -126,6 +126,38 @@ def test_train_on_batch_checks_the_values_of_every_batch():
             unchanged(m, lambda: m.train_on_batch(x, y))
 
 
+@pytest.mark.parametrize("loss, outputs, good, bad", [
+    ("sparse_categorical_crossentropy", 3, np.array([0, 1, 2, 1], np.int32),
+     [(np.array([0, 1, 3, 1], np.int32), r"labels in \[0, 3\).*max 3"),
+      (np.array([0, -1, 2, 1], np.int32), r"min -1")]),
+    ("mse", 2, np.ones((4, 2), np.float32),
+     [(np.array([[1, np.nan]] * 4, np.float32), r"`y`.*4 NaN or infinite"),
+      (np.array([[1, -np.inf]] * 4, np.float32), r"`y`.*4 NaN or infinite")]),
+])
+def test_the_quick_value_tests_refuse_what_the_full_checks_refuse(loss, outputs, good, bad):
+    m = bf.Sequential([bf.layers.Dense(outputs, input_shape=(3,))], seed=0)
+    m.compile(optimizer="sgd", loss=loss)
+    x = np.ones((4, 3), np.float32)
+    m.train_on_batch(x, good)
+    m.test_on_batch(x, good)
+    assert m._last_batch is not None                        # the next batches take the quick path
+    for y, pattern in bad:                                  # shaped like the last batch: the quick path
+        for call in (m.train_on_batch, m.test_on_batch):
+            with pytest.raises(ValueError, match=pattern):
+                unchanged(m, lambda: call(x, y))
+
+
+def test_huge_finite_values_pass_the_full_checks_where_the_quick_test_proves_nothing():
+    m = bf.Sequential([bf.layers.Dense(1, input_shape=(3,))], seed=0)
+    m.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((4, 3), np.float32), np.ones((4, 1), np.float32)
+    m.train_on_batch(x, y)
+    kernel = m.get_weights()[0]
+    x[0, 0] = 1e20                                          # finite; its square is not, in float32
+    loss = float(m.train_on_batch(x, y))
+    assert loss > 1e30 and not np.array_equal(m.get_weights()[0], kernel)       # trained, not refused
+
+
 def test_fit_checks_the_values_of_arrays_passed_again():
     """fit on the arrays of the last call skips the shape checks, never the value checks."""
     m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)

@@ -376,3 +376,33 @@ def test_targets_ok_on_the_device_agrees_with_validate_targets():
         verdicts.append((loss, y.tolist(), k, host, device))
     assert [v for v in verdicts if v[3] != v[4]] == []
     assert {v[3] for v in verdicts} == {True, False}          # both verdicts are exercised
+
+
+@pytest.mark.parametrize("name", ["binary_crossentropy", "sparse_categorical_crossentropy"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8])
+def test_the_quick_target_test_proves_only_what_the_full_checks_accept(name, dtype):
+    """quick_target_test True must mean validate_targets and the finite check pass; on clean
+    targets it should say True (the fast path), on every kind of bad one False."""
+    from batchfit.data.arrays import check_finite
+    loss, outputs = losses.get(name), 3
+    test = losses.quick_target_test(loss, np.dtype(dtype), outputs)
+
+    def full_ok(y):
+        try:
+            losses.validate_targets(loss, y, outputs)
+            check_finite(y, "y")
+            return True
+        except ValueError:
+            return False
+    high = 1 if name == "binary_crossentropy" else outputs - 1
+    clean = [[0, high], [high] * 4, [0] * 3, [0.5, 1] if name == "binary_crossentropy" else [1]]
+    bad = [[0, high + 1], [-1, 0], [0, np.nan], [np.inf, 0], [-np.inf], [0.5, 2.5], [-0.0, 1], [1e30]]
+    for values in clean + bad:
+        with np.errstate(invalid="ignore", over="ignore"):
+            y = np.array(values).astype(dtype)
+        if test(y):
+            assert full_ok(y), (values, y)
+    for values in clean:
+        y = np.array(values).astype(dtype)
+        if full_ok(y) and (np.dtype(dtype).kind != "f" or name == "binary_crossentropy"):
+            assert test(y), (values, y)            # whole-number labels of float dtype may take the full path

@@ -372,6 +372,34 @@ def validate_targets(loss, y, num_outputs: int | None) -> None:
             "with one output unit per class.")
 
 
+def quick_target_test(loss: Loss, dtype: np.dtype, num_outputs: int | None) -> Callable | None:
+    """For host targets of `dtype`: a test `y -> bool` that, when True, proves `validate_targets`
+    passes and every value is finite (a False proves nothing: run the full checks). None when
+    the loss checks nothing, for the caller's own finite test.
+
+    One reduction, over the bits read as unsigned integers of the same size: non-negative
+    floats order as their bits, below NaN and inf, and negative numbers (-0.0 too) read as
+    huge. So binary crossentropy's targets lie in [0, 1] and are finite when their largest
+    bits are at most 1.0's, and sparse crossentropy's integer labels lie in [0, num_outputs)
+    when their largest, read unsigned, is below num_outputs.
+    """
+    if not isinstance(loss, (BinaryCrossentropy, SparseCategoricalCrossentropy)):
+        return None
+    if dtype.kind not in "iuf" or not dtype.isnative:
+        return _unproven
+    bits, high = np.dtype(f"u{dtype.itemsize}"), np.maximum.reduce
+    if isinstance(loss, BinaryCrossentropy):
+        one = np.ones((), dtype).view(bits)[()]
+        return lambda y: high(y.view(bits), None) <= one
+    if dtype.kind != "f" and num_outputs:
+        return lambda y: high(y.view(bits), None) < num_outputs
+    return _unproven
+
+
+def _unproven(y) -> bool:
+    return False
+
+
 def targets_ok(loss: Loss, y, num_outputs: int | None):
     """validate_targets as a traced bool: True exactly when validate_targets(loss, y, num_outputs)
     passes (fit checks the values of arrays it has seen before on the device, in its compiled call)."""

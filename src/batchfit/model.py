@@ -85,6 +85,7 @@ class Model:
         self._running = None           # train_on_batch accumulators (reset_metrics=False)
         self._checked: set = set()     # input signatures already checked against the model
         self._last_batch = None        # (shapes, dtypes) of the last *_on_batch batch that passed every check
+        self._quick_tests = (None, None)   # its value tests for the batches after it (_value_tests)
         self._seen: tuple[SeenArrays, ...] = ()   # the x, y of the last sources that passed every check
         self._repeat: _Repeat | None = None       # the last quiet fit, to replay
         self.stop_training = False
@@ -238,7 +239,7 @@ class Model:
         arrays of the same shapes and dtypes, no weights) has only its values checked."""
         if (type(x) is np.ndarray and type(y) is np.ndarray and sample_weight is None and class_weight is None
                 and (x.shape, x.dtype, y.shape, y.dtype) == self._last_batch):
-            self._check_values(x, y)
+            self._recheck(x, y)
             return x, y, None, x.shape[0]
         allow = bool(self._settings and self._settings.allow_nonfinite)
         raw_x, raw_y = x, y
@@ -255,7 +256,23 @@ class Model:
         if (x is raw_x and y is raw_y and type(x) is np.ndarray and type(y) is np.ndarray and w is None
                 and self._settings is not None):
             self._last_batch = (x.shape, x.dtype, y.shape, y.dtype)
+            self._quick_tests = self._value_tests(x.dtype, y.dtype)
         return x, y, w, n
+
+    def _value_tests(self, x_dtype, y_dtype) -> tuple:
+        """Fast tests of x and y values (each None, or `a -> bool`: True proves its checks pass),
+        for the batches after this one: one or two NumPy reductions per array."""
+        allow, loss = self._settings.allow_nonfinite, self._settings.loss
+        targets = losses_lib.quick_target_test(loss, y_dtype, self._output_shape[-1])
+        return (arrays.quick_finite_test(x_dtype, allow),
+                targets if targets is not None else arrays.quick_finite_test(y_dtype, allow))
+
+    def _recheck(self, x, y):
+        """The value checks of a batch laid out like the last one: the quick tests, and where they
+        prove nothing the full checks, which raise with the reason."""
+        test_x, test_y = self._quick_tests
+        if not ((test_x is None or test_x(x)) and (test_y is None or test_y(y))):
+            self._check_values(x, y)
 
     def _source(self, x, y=None, sample_weight=None, class_weight=None, *, split=0.0, defer=False, **options):
         """The input as a source (data/source.py), checked against the model once.
@@ -446,13 +463,20 @@ class Model:
         """
         if self._settings is None:
             self._compile_defaults()
-        x, y, w, _ = self._arrays(x, y, sample_weight, class_weight)
+        if (type(x) is np.ndarray and type(y) is np.ndarray and sample_weight is None and class_weight is None
+                and (x.shape, x.dtype, y.shape, y.dtype) == self._last_batch):    # _arrays and _recheck, inlined:
+            test_x, test_y = self._quick_tests                                     # the hot path
+            if not ((test_x is None or test_x(x)) and (test_y is None or test_y(y))):
+                self._check_values(x, y)
+            w = None
+        else:
+            x, y, w, _ = self._arrays(x, y, sample_weight, class_weight)
         if reset_metrics:
             self._running = None
             leaves, logs = self._exe.train_batch(self._leaves, Batch(x, y, w))
         else:
             leaves, self._running, logs = self._exe.train_running(self._leaves, self._running, Batch(x, y, w))
-        self._publish(leaves)
+        self._leaves, self._stale = leaves, True           # _publish
         return self._format(logs, return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
