@@ -146,6 +146,36 @@ def test_quiet_fits_and_their_repeats_train_exactly_as_the_general_loop(data, mo
     assert quiet.history is histories[-1][0]
 
 
+def _unaligned(a):
+    """A copy of `a` whose data starts 16 bytes past a 64-byte boundary (JAX copies such arrays)."""
+    raw = np.empty(a.nbytes + 80, np.uint8)
+    start = (-raw.ctypes.data % 64) + 16
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_repeated_fits_read_arrays_written_in_place(data, shuffle):
+    """A quiet fit called again on the same NumPy arrays copies them into its own aligned
+    buffers (source.Stage) on every call: what was written in place in between is what
+    trains, as on a model that gets fresh copies every call."""
+    x0, y0 = data
+    x, y = _unaligned(x0), _unaligned(y0)
+    assert x.ctypes.data % 64 and y.ctypes.data % 64
+    staged, fresh = mlp(), mlp()
+    for m in (staged, fresh):
+        m.compile(optimizer="adam", loss="binary_crossentropy")
+    for step in range(4):
+        staged.fit(x, y, batch_size=32, shuffle=shuffle, seed=step, verbose=0)
+        fresh.fit(x.copy(), y.copy(), batch_size=32, shuffle=shuffle, seed=step, verbose=0)
+        x *= 1.5                                        # in place, between calls
+        y[step] = 1.0 - y[step]
+    assert staged._repeat is not None and staged._repeat.seen.stage._buffers    # the staged path ran
+    for a, b in zip(staged.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_repeated_quiet_call_refuses_what_a_first_call_refuses(data):
     """A call like the last one but for a value's type, or on arrays reshaped in place, is
     checked again: the same errors as on a fresh model, and the weights untouched."""

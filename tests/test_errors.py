@@ -252,3 +252,20 @@ def test_a_refusal_the_host_checks_cannot_explain_still_raises_and_trains_nothin
     assert m.history is history
     for a, b in zip(weights, m.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_fit_trains_on_huge_finite_values_whose_sums_overflow():
+    """The value checks prove finiteness by a sum first; a sum that overflows on finite values
+    falls back to the exact test, on the host (first call) and on the device (calls again)."""
+    m = bf.Sequential([bf.layers.Dense(1, input_shape=(3,))], seed=0)
+    m.compile(optimizer=bf.optimizers.SGD(learning_rate=0.0), loss="mae")
+    x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
+    x[:4, 0] = 3e38                                         # each finite; their sum (and squares) are not
+    before = m.get_weights()
+    for _ in range(3):                                      # the first call, then the quick repeats
+        m.fit(x, y, batch_size=8, verbose=0)
+    assert m._repeat is not None and len(m.history.history["loss"]) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))   # lr 0: trained, unchanged
+    x[5, 1] = np.nan
+    with pytest.raises(ValueError, match=r"`x` \(float32\[8, 3\]\) contains 1 NaN"):
+        m.fit(x, y, batch_size=8, verbose=0)
