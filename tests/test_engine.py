@@ -1,5 +1,6 @@
 """Equivalences and invariants of the one-step engine."""
 
+import gc
 import jax
 import numpy as np
 import optax
@@ -174,6 +175,9 @@ def test_repeated_fits_read_arrays_written_in_place(data, shuffle):
     assert staged._repeat is not None and staged._repeat.seen.stage._buffers    # the staged path ran
     for a, b in zip(staged.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(a, b)
+    del x, y
+    gc.collect()
+    assert staged._repeat.seen.x() is None             # the stage keeps copies, never the user's arrays
 
 
 def test_a_repeated_quiet_call_refuses_what_a_first_call_refuses(data):

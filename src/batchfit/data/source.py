@@ -107,6 +107,9 @@ class ArraySource:
 _to_device = jax.jit(lambda tree: tree)     # one C++ dispatch, not device_put's Python path
 
 
+_AS_IS = "as is"
+
+
 class Stage:
     """Aligned host buffers that the same NumPy arrays are copied into on every call.
 
@@ -120,18 +123,23 @@ class Stage:
     MAX_BYTES = 64 * 2**20      # arrays larger than this are handed over as they are (no second copy kept)
 
     def __init__(self):
-        self._buffers: dict = {}
+        self._buffers: dict = {}   # name -> its buffer, or _AS_IS (never the array: SeenArrays holds it weakly)
 
     def put(self, name: str, array):
-        """`array`, or (a NumPy array JAX would copy) its copy in this stage's buffer `name`."""
-        if (type(array) is not np.ndarray or array.nbytes > self.MAX_BYTES
-                or (array.ctypes.data % 64 == 0 and array.flags.c_contiguous)):
-            return array
+        """`array`, or (a NumPy array JAX would copy) its copy in this stage's buffer `name`.
+        A stage serves the arrays of one SeenArrays, so what each name gets is decided once."""
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.shape != array.shape or buffer.dtype != array.dtype:
-            raw = np.empty(array.nbytes + 64, np.uint8)
-            start = -raw.ctypes.data % 64
-            buffer = self._buffers[name] = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+        if buffer is None:
+            if (type(array) is not np.ndarray or array.nbytes > self.MAX_BYTES
+                    or (array.ctypes.data % 64 == 0 and array.flags.c_contiguous)):
+                buffer = _AS_IS
+            else:
+                raw = np.empty(array.nbytes + 64, np.uint8)
+                start = -raw.ctypes.data % 64
+                buffer = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+            self._buffers[name] = buffer
+        if buffer is _AS_IS:
+            return array
         np.copyto(buffer, array)
         return buffer
 
