@@ -261,7 +261,7 @@ class Model:
 
     def _value_tests(self, x_dtype, y_dtype) -> tuple:
         """Fast tests of x and y values (each None, or `a -> bool`: True proves its checks pass),
-        for the batches after this one: one or two NumPy reductions per array."""
+        for the batches after this one: one NumPy call per array."""
         allow, loss = self._settings.allow_nonfinite, self._settings.loss
         targets = losses_lib.quick_target_test(loss, y_dtype, self._output_shape[-1])
         return (arrays.quick_finite_test(x_dtype, allow),
@@ -464,10 +464,8 @@ class Model:
         if self._settings is None:
             self._compile_defaults()
         if (type(x) is np.ndarray and type(y) is np.ndarray and sample_weight is None and class_weight is None
-                and (x.shape, x.dtype, y.shape, y.dtype) == self._last_batch):    # _arrays and _recheck, inlined:
-            test_x, test_y = self._quick_tests                                     # the hot path
-            if not ((test_x is None or test_x(x)) and (test_y is None or test_y(y))):
-                self._check_values(x, y)
+                and (x.shape, x.dtype, y.shape, y.dtype) == self._last_batch):    # _arrays' quick path, inlined
+            self._recheck(x, y)
             w = None
         else:
             x, y, w, _ = self._arrays(x, y, sample_weight, class_weight)
@@ -476,7 +474,7 @@ class Model:
             leaves, logs = self._exe.train_batch(self._leaves, Batch(x, y, w))
         else:
             leaves, self._running, logs = self._exe.train_running(self._leaves, self._running, Batch(x, y, w))
-        self._leaves, self._stale = leaves, True           # _publish
+        self._publish(leaves)
         return self._format(logs, return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):

@@ -100,11 +100,19 @@ def release_pages(array) -> None:
         pass
 
 
+_vdot = getattr(np.vdot, "_implementation", np.vdot)     # the C function, past __array_function__
+
+
+def _squares_finite(array) -> bool:
+    """True proves every value finite: a finite sum of squares (NaN and inf propagate). False
+    proves nothing (an overflow of finite values). One BLAS call, cheaper than a ufunc reduction."""
+    return math.isfinite(_vdot(array, array))
+
+
 def check_finite(array: np.ndarray, name: str, allow_nonfinite: bool = False) -> None:
     """Refuse NaN and inf in a float array (a no-op for integer arrays or with `allow_nonfinite`)."""
-    if allow_nonfinite or array.dtype.kind != "f" or math.isfinite(np.vdot(array, array)):
-        return          # a finite sum of squares proves every value finite (NaN and inf propagate; an
-                        # overflow counts below); one BLAS call, cheaper than a ufunc reduction
+    if allow_nonfinite or array.dtype.kind != "f" or _squares_finite(array):
+        return
     bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
     if bad:
         raise ValueError(
@@ -115,10 +123,7 @@ def check_finite(array: np.ndarray, name: str, allow_nonfinite: bool = False) ->
 def quick_finite_test(dtype: np.dtype, allow_nonfinite: bool = False) -> Callable | None:
     """For arrays of `dtype`: a test `a -> bool` that, when True, proves `check_finite` passes (a
     False proves nothing: run it). None when there is nothing to check."""
-    if allow_nonfinite or dtype.kind != "f":
-        return None
-    isfinite, vdot = math.isfinite, getattr(np.vdot, "_implementation", np.vdot)   # C, past __array_function__
-    return lambda a: isfinite(vdot(a, a))
+    return None if allow_nonfinite or dtype.kind != "f" else _squares_finite
 
 
 def _as_array(value, name: str, allow_nonfinite: bool):

@@ -215,7 +215,6 @@ def run_quiet(exe: Executables, state: list, source, plan: FitPlan, history, pub
         source.draw_next(epoch, epoch + 1 if epoch + 1 < plan.epochs else None, plan.initial_epoch)
         hosts += [_read_report(report) for report in reports[len(hosts):-k]]   # the epoch before
     history.on_train_begin()
-    totals = order = None                  # freed while the device runs
     history.on_epochs_later([(epoch, functools.partial(_quiet_results, hosts, i * k, (i + 1) * k, plan))
                              for i, epoch in enumerate(epochs)])
     hosts += [_read_report(report) for report in reports[len(hosts):]]      # waits; DataRefused
