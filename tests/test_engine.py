@@ -93,10 +93,13 @@ def test_step_is_traced_once_and_dispatches_are_counted(data):
     model = mlp()
     model.compile(optimizer="adam", loss=loss, steps_per_execution=3)
     calls = []
-    real = model._exe.fit_chunk if model._exe else None
     model.fit(x[:10], y[:10], epochs=1, verbose=0)  # builds the executables
     real = model._exe.fit_chunk
-    model._exe = model._exe._replace(fit_chunk=lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def counted(**shape):                           # the jitted call of one chunk shape, counting its dispatches
+        run = real(**shape)
+        return lambda *a: calls.append(1) or run(*a)
+    model._exe = model._exe._replace(fit_chunk=counted)
     traces.clear()
     model.fit(x, y, batch_size=32, epochs=4, verbose=0)
     assert len(calls) == 4 * 3                      # ceil(7 batches / 3) dispatches per epoch
@@ -158,8 +161,9 @@ def _unaligned(a):
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_repeated_fits_read_arrays_written_in_place(data, shuffle):
-    """A quiet fit called again on the same NumPy arrays copies them into its own aligned
-    buffers (source.Stage) on every call: what was written in place in between is what
+    """A quiet fit called again on the same NumPy arrays copies them (and a shuffled epoch's
+    order) into its own aligned buffers (source.Stage) on every call, which the compiled call
+    reads through jax.Arrays on their memory: what was written in place in between is what
     trains, as on a model that gets fresh copies every call."""
     x0, y0 = data
     x, y = _unaligned(x0), _unaligned(y0)
@@ -172,7 +176,11 @@ def test_repeated_fits_read_arrays_written_in_place(data, shuffle):
         fresh.fit(x.copy(), y.copy(), batch_size=32, shuffle=shuffle, seed=step, verbose=0)
         x *= 1.5                                        # in place, between calls
         y[step] = 1.0 - y[step]
-    assert staged._repeat is not None and staged._repeat.seen.stage._buffers    # the staged path ran
+    buffers = staged._repeat.seen.stage._buffers
+    assert set(buffers) == ({"x", "y", "order"} if shuffle else {"x", "y"})      # the staged path ran
+    if jax.default_backend() == "cpu":          # and read the buffers through jax.Arrays on their memory
+        for host, read in buffers.values():
+            assert isinstance(read, jax.Array) and read.unsafe_buffer_pointer() == host.ctypes.data
     for a, b in zip(staged.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(a, b)
     del x, y

@@ -26,7 +26,8 @@ from batchfit.data import arrays
 from batchfit.data.source import ArraySource, SeenArrays, as_source, is_batch_list as _is_batches, split_source
 from batchfit.data.stream import STREAM_MAX_STEPS, unpack
 from batchfit.engine.compiled import Executables, build_executables
-from batchfit.engine.loop import DataRefused, FitPlan, run_evaluate, run_fit, run_predict, run_quiet
+from batchfit.engine.loop import (DataRefused, FitPlan, QuietPlan, prepare_quiet, run_evaluate, run_fit,
+                                  run_predict, run_quiet)
 from batchfit.engine.state import Batch, ModelGraph, TrainState, split_module
 from batchfit.engine.step import Program
 from batchfit.errors import check_int, describe
@@ -55,8 +56,7 @@ class _Repeat(NamedTuple):
 
     call: tuple            # its arguments (_quiet_call), but the seed
     seen: SeenArrays       # its x and y (held weakly), their layout and source
-    plan: FitPlan
-    check: int             # the value checks of those arrays when passed again (compiled._data_ok bits)
+    quiet: QuietPlan       # its plan, with the value checks of those arrays when passed again
 
 
 class Model:
@@ -336,7 +336,7 @@ class Model:
         repeat = self._repeat
         if call is not None and repeat is not None and repeat.call == call and repeat.seen.holds(x, y):
             source = repeat.seen.rebuild(x, y, _seed(seed))     # the same call again: only the values to check
-            return self._fit_quietly(source, repeat.plan, repeat.check, x, y)
+            return self._fit_quietly(source, repeat.quiet, x, y)
         epochs, initial_epoch = check_int("epochs", epochs, 0), check_int("initial_epoch", initial_epoch, 0)
         accumulate_steps = check_int("accumulate_steps", accumulate_steps, 1)
         if epochs < initial_epoch:
@@ -355,10 +355,12 @@ class Model:
         check = self._values_left(source, quiet)
         if call is not None and isinstance(source, ArraySource):   # no callback, validation or accumulation
             plan = FitPlan(epochs, initial_epoch, self._steps(source), self._settings.names[1:])
-            history = self._fit_quietly(source, plan, check, x, y)
+            history = self._fit_quietly(source, prepare_quiet(self._exe, plan, source.rows, source.batch_size, check),
+                                        x, y)
             if self._seen and self._seen[0].holds(x, y):
                 seen = self._seen[0]
-                self._repeat = _Repeat(call, seen, plan, self._check_bits(*seen.writable))
+                again = prepare_quiet(self._exe, plan, source.rows, source.batch_size, self._check_bits(*seen.writable))
+                self._repeat = _Repeat(call, seen, again)
             return history
         previous, cbs = self.history, self._callbacks(callbacks, verbose, epochs, source.num_batches)
         plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._settings.names[1:],
@@ -370,7 +372,7 @@ class Model:
         return self._train(lambda: run_fit(self._exe, self._leaves, source, plan, cbs, self._publish,
                                            lambda: self.stop_training, validate, check), previous, x, y, source)
 
-    def _fit_quietly(self, source: ArraySource, plan: FitPlan, check: int, x, y) -> History:
+    def _fit_quietly(self, source: ArraySource, quiet: QuietPlan, x, y) -> History:
         """fit with no callback, no validation and an update per batch, on in-memory arrays
         (engine.loop.run_quiet). A call that repeats the last one (the same arrays and
         arguments, any seed: model._repeat) comes straight here, with only the values of
@@ -378,9 +380,9 @@ class Model:
         setup would cost a tenth of the epoch."""
         previous, history = self.history, History()
         history.set_model(self)
-        history.set_params({"epochs": plan.epochs, "steps": source.num_batches, "verbose": 0})
+        history.set_params({"epochs": quiet.plan.epochs, "steps": source.num_batches, "verbose": 0})
         self.history = history
-        return self._train(lambda: run_quiet(self._exe, self._leaves, source, plan, history, self._publish, check),
+        return self._train(lambda: run_quiet(quiet, self._leaves, source, history, self._publish),
                            previous, x, y, source)
 
     def _train(self, run, previous, x, y, source) -> History:

@@ -35,7 +35,10 @@ class Chunk(NamedTuple):
 
     def rows(self, order, batch_size: int):
         """This chunk's part of an epoch order (None: the rows are in order)."""
-        return None if order is None else order[self.start:self.start + self.num_steps * batch_size + self.tail]
+        if order is None:
+            return None
+        end = self.start + self.num_steps * batch_size + self.tail
+        return order if self.start == 0 and end == len(order) else order[self.start:end]
 
 
 class DeviceData(NamedTuple):

@@ -49,6 +49,7 @@ class ArraySource:
         self.num_batches = math.ceil(self.rows / batch_size)
         self._device = None
         self._order = None         # (epoch key, its order): the last one drawn
+        self._staged = None        # the stage of data(), for the order of its single call
 
     def split(self, fraction: float) -> tuple["ArraySource", "ArraySource"]:
         """(the first 1 - fraction of the samples, the last fraction), Keras's validation_split."""
@@ -70,13 +71,15 @@ class ArraySource:
     def feed(self, keys, steps_per_execution: int) -> "_ArrayFeed":
         return _ArrayFeed(self, list(keys), steps_per_execution)
 
-    def order(self, key: int) -> np.ndarray | None:
-        """The sample order of epoch `key` (None: in order), drawn once: int32 [n], read-only."""
+    def order(self, key: int):
+        """The sample order of epoch `key` (None: in order), drawn once: int32 [n], read-only
+        (after data() staged the arrays, its copy in the stage, as the compiled call reads it)."""
         if not self.shuffle:
             return None
         key = key if self.reshuffle else 0
         if self._order is None or self._order[0] != key:
-            self._order = (key, epoch_order(self.n, self.seed, key))
+            order = epoch_order(self.n, self.seed, key)
+            self._order = (key, order if self._staged is None else self._staged.put("order", order))
         return self._order[1]
 
     def draw_next(self, key: int, later: int | None, first: int) -> None:
@@ -91,14 +94,16 @@ class ArraySource:
     def data(self, num_calls: int) -> DeviceData:
         """The samples to hand the compiled calls: NumPy arrays go to the device once when
         several calls read them; for a single call, the call's own argument transfer is the
-        cheapest copy there is (microseconds, against tens for device_put)."""
+        cheapest copy there is (microseconds, against tens for device_put), or for arrays
+        passed again, the copy into their stage (Stage), which then takes the epoch order too."""
         if self._device is None:
             on_host = num_calls > 1 and any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(self.sample))
             if on_host:
                 self._device = _to_device(self.sample)
             elif self.stage is not None:
-                self._device = self.sample._replace(x=self.stage.put("x", self.sample.x),
-                                                    y=self.stage.put("y", self.sample.y))
+                self._device = DeviceData(self.stage.put("x", self.sample.x), self.stage.put("y", self.sample.y),
+                                          self.sample.w)
+                self._staged = self.stage
             else:
                 self._device = self.sample
         return self._device
@@ -111,37 +116,51 @@ _AS_IS = "as is"
 
 
 class Stage:
-    """Aligned host buffers that the same NumPy arrays are copied into on every call.
+    """Host buffers that the same NumPy arrays are copied into on every call, read by the
+    compiled call as JAX arrays.
 
-    A compiled call reads a NumPy argument in place when its data is 64-byte aligned; else
-    JAX copies it into fresh memory on every call, which costs several times a copy into a
-    buffer already mapped (about 2 ms a call for 4 MB here, 5-10% of the second article's
-    epoch). The copy is made on every call, so arrays written in place are read as they are
-    now; the buffers are rewritten only by the next call, after this one has finished.
+    A NumPy argument costs a compiled call tens of microseconds (JAX wraps it afresh on
+    every call, and copies it into fresh memory unless its data is 64-byte aligned: about
+    2 ms a call for 4 MB here, 5-10% of the second article's epoch). On the CPU a
+    jax.Array made once on an aligned buffer reads that buffer's memory, so the call costs
+    what a JAX argument costs, and the copy into the buffer is what the call reads. The
+    copy is made on every call, so arrays written in place are read as they are now; the
+    buffers are rewritten only by the next call, after this one has finished.
     """
 
     MAX_BYTES = 64 * 2**20      # arrays larger than this are handed over as they are (no second copy kept)
+    SMALL_BYTES = 2**20         # aligned arrays up to this size are copied too: the copy costs less than the wrap
 
     def __init__(self):
-        self._buffers: dict = {}   # name -> its buffer, or _AS_IS (never the array: SeenArrays holds it weakly)
+        self._buffers: dict = {}   # name -> (host buffer, what the call reads), or _AS_IS (never the user's array)
 
     def put(self, name: str, array):
-        """`array`, or (a NumPy array JAX would copy) its copy in this stage's buffer `name`.
-        A stage serves the arrays of one SeenArrays, so what each name gets is decided once."""
+        """What the compiled call is to read for `array`: `array` itself, or its copy in this
+        stage's buffer `name`. A stage serves the arrays of one SeenArrays, so what each name
+        gets is decided once."""
         buffer = self._buffers.get(name)
         if buffer is None:
-            if (type(array) is not np.ndarray or array.nbytes > self.MAX_BYTES
-                    or (array.ctypes.data % 64 == 0 and array.flags.c_contiguous)):
-                buffer = _AS_IS
-            else:
-                raw = np.empty(array.nbytes + 64, np.uint8)
-                start = -raw.ctypes.data % 64
-                buffer = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
-            self._buffers[name] = buffer
+            buffer = self._buffers[name] = _stage_buffer(array, self.MAX_BYTES, self.SMALL_BYTES)
         if buffer is _AS_IS:
             return array
-        np.copyto(buffer, array)
-        return buffer
+        host, read = buffer
+        np.copyto(host, array)
+        return read
+
+
+def _stage_buffer(array, max_bytes: int, small_bytes: int):
+    """Stage.put's buffer for `array`: (a 64-byte aligned copy, the jax.Array on its memory,
+    or the copy itself where a jax.Array would be a copy of it: an accelerator, a dtype JAX
+    converts), or _AS_IS for an array handed over as it is (not NumPy, too large, or aligned
+    and too large for a copy to pay)."""
+    if (type(array) is not np.ndarray or array.nbytes > max_bytes
+            or (array.ctypes.data % 64 == 0 and array.flags.c_contiguous and array.nbytes > small_bytes)):
+        return _AS_IS
+    raw = np.empty(array.nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    host = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    read = jax.device_put(host)
+    return host, (read if read.unsafe_buffer_pointer() == host.ctypes.data else host)
 
 
 class SeenArrays(NamedTuple):

@@ -41,7 +41,8 @@ def _zero_totals(num_metrics: int):
     return jax.device_put(zero_totals(num_metrics))
 
 
-__all__ = ["FitPlan", "DataRefused", "run_fit", "run_quiet", "run_evaluate", "run_predict"]
+__all__ = ["FitPlan", "QuietPlan", "DataRefused", "run_fit", "prepare_quiet", "run_quiet", "run_evaluate",
+           "run_predict"]
 
 
 class DataRefused(Exception):
@@ -188,8 +189,26 @@ def run_fit(exe: Executables, state: list, source, plan: FitPlan, callbacks,
     return state
 
 
-def run_quiet(exe: Executables, state: list, source, plan: FitPlan, history, publish: Callable,
-              check: int = 0) -> list:
+class QuietPlan(NamedTuple):
+    """What run_quiet needs besides the data and the state, prepared once (prepare_quiet): a
+    fit call repeated on the same arrays (model._Repeat) looks nothing up again."""
+
+    plan: FitPlan
+    batch_size: int
+    calls: tuple          # one (chunk, its compiled call, chunk.start on the device) per compiled call of an epoch
+    zeros: object         # the totals each epoch starts from, on the device
+    check: int            # the value checks of the first call (compiled._data_ok bits)
+    check_bits: object    # `check` on the device
+
+
+def prepare_quiet(exe: Executables, plan: FitPlan, rows: int, batch_size: int, check: int = 0) -> QuietPlan:
+    """run_quiet's plan for epochs of `rows` samples in batches of `batch_size`."""
+    calls = tuple((chunk, exe.fit_chunk(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size),
+                   _on_device(chunk.start)) for chunk in plan_chunks(rows, batch_size, plan.steps_per_execution))
+    return QuietPlan(plan, batch_size, calls, _zero_totals(len(plan.metric_names)), check, _on_device(check))
+
+
+def run_quiet(quiet: QuietPlan, state: list, source, history, publish: Callable) -> list:
     """run_fit on in-memory arrays (an ArraySource) with no callback but `history`, no validation
     and an update per batch: the same compiled calls and the same History, with nothing in
     between. On a small model, each layer of run_fit (hooks, feed, pieces, per-epoch logs)
@@ -199,21 +218,22 @@ def run_quiet(exe: Executables, state: list, source, plan: FitPlan, history, pub
     next dispatch); the History takes them in when it is first read. What can be done before
     the last read is: while the device runs, it costs nothing.
     """
-    epochs, size = range(plan.initial_epoch, plan.epochs), source.batch_size
-    chunks = plan_chunks(source.rows, size, plan.steps_per_execution)
-    data, zeros = source.data(len(chunks) * len(epochs)), _zero_totals(len(plan.metric_names))
-    reports, hosts, k = [], [], len(chunks)
+    plan, size, calls = quiet.plan, quiet.batch_size, quiet.calls
+    epochs, k = range(plan.initial_epoch, plan.epochs), len(calls)
+    data, check, bits = source.data(k * len(epochs)), quiet.check, quiet.check_bits
+    reports, hosts = [], []
     for epoch in epochs:
-        order, totals = source.order(epoch), zeros
-        for chunk in chunks:
+        order, totals = source.order(epoch), quiet.zeros
+        for chunk, run, start in calls:
             if check and reports:          # the checked call is read (DataRefused) before the next
                 _read_report(reports[0])
-                check = 0
-            state, totals, report = _fit_chunk(exe, state, totals, data, chunk, chunk.rows(order, size), check, size)
+                check, bits = 0, _on_device(0)
+            state, totals, report = run(state, totals, data, start, chunk.rows(order, size), bits)
             reports.append(report)
             publish(state)
         source.draw_next(epoch, epoch + 1 if epoch + 1 < plan.epochs else None, plan.initial_epoch)
-        hosts += [_read_report(report) for report in reports[len(hosts):-k]]   # the epoch before
+        if len(reports) > k:
+            hosts += [_read_report(report) for report in reports[len(hosts):-k]]   # the epoch before
     history.on_train_begin()
     history.on_epochs_later([(epoch, functools.partial(_quiet_results, hosts, i * k, (i + 1) * k, plan))
                              for i, epoch in enumerate(epochs)])
