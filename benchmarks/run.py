@@ -13,7 +13,8 @@ floor and the jitted-step loop; PyTorch; Keras 3 on TensorFlow), so no framework
 threads or imports touch another's. Per workload, every system's first call (trace and
 compile) is timed apart, then warm-up calls fix how many calls make one timed repeat
 (about --repeat-seconds of work), then the repeats go round-robin over all systems,
-starting at a different system each round, so that machine noise hits all of them alike.
+starting at a different system each round, so that machine noise hits all of them alike (at
+least --repeats rounds, more on a workload whose rounds are short: repeats_for).
 Reported: the median over the repeats of the time per call, divided by the steps (batches)
 per call. Fit-like calls are one epoch (`fit(x, y, epochs=1)`, what users call) and end
 with their losses on the host; `*_epochs` rows are one `fit(epochs=R)` divided by R.
@@ -188,9 +189,10 @@ def time_workload(name: str, workers: dict, args, errors: list) -> list[dict]:
             warm = min(warm, run(s, 1) or warm)
         minimum = 3 if s["key"].split("[")[0].endswith("_epochs") else 1
         s["calls_per_repeat"] = max(minimum, min(5000, math.ceil(args.repeat_seconds / max(warm, 1e-9))))
+        s["round_s"] = s["calls_per_repeat"] * warm + (args.settle if s["framework"] != "jax" else 0.0)
         s["repeat_s"] = []
         emit({"event": "first_call", **{k: s[k] for k in ("workload", "key", "first_call_s", "calls_per_repeat")}})
-    for r in range(args.repeats):
+    for r in range(repeats_for(systems, args)):
         for i in range(len(systems)):
             s = systems[(i + r) % len(systems)]
             seconds = run(s, s["calls_per_repeat"])
@@ -207,6 +209,14 @@ def time_workload(name: str, workers: dict, args, errors: list) -> list[dict]:
     for framework in {s["framework"] for s in systems}:
         workers[framework].request("teardown")
     return systems
+
+
+def repeats_for(systems: list, args) -> int:
+    """Rounds for one workload: --repeats, or more (up to --max-repeats) while they take at most
+    --rounds-seconds. On a small workload a round takes seconds, and a median over more of its
+    noisy repeats moves less from run to run."""
+    round_s = sum(s["round_s"] for s in systems)
+    return max(args.repeats, min(args.max_repeats, int(args.rounds_seconds / max(round_s, 1e-9))))
 
 
 def machine_info(workers: dict) -> dict:
@@ -260,6 +270,10 @@ def parse_args(argv=None):
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
     p.add_argument("--systems", default=",".join(GROUPS), help=f"comma list of groups: {', '.join(GROUPS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per system (default 9; quick 5)")
+    p.add_argument("--max-repeats", type=int, default=None,
+                   help="timed repeats per system on a workload whose rounds are short (default 25; quick 5)")
+    p.add_argument("--rounds-seconds", type=float, default=60.0,
+                   help="a workload gets more than --repeats rounds while they take at most this long (default 60)")
     p.add_argument("--repeat-seconds", type=float, default=None,
                    help="work per timed repeat, in seconds (default 0.1; quick 0.02)")
     p.add_argument("--settle", type=float, default=0.2,
@@ -273,6 +287,7 @@ def parse_args(argv=None):
     if unknown or args.groups - set(GROUPS):
         p.error(f"unknown workloads {unknown} or systems {sorted(args.groups - set(GROUPS))}")
     args.repeats = args.repeats or (5 if args.quick else 9)
+    args.max_repeats = max(args.repeats, args.max_repeats or (5 if args.quick else 25))
     args.repeat_seconds = args.repeat_seconds or (0.02 if args.quick else 0.1)
     return args
 
@@ -311,7 +326,8 @@ def main(argv=None):
             missing[framework] = f"worker failed to start: {str(e)[-300:]}"
             del workers[framework]
     results = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "quick": args.quick,
-               "repeats": args.repeats, "repeat_seconds": args.repeat_seconds, "missing": missing,
+               "repeats": args.repeats, "max_repeats": args.max_repeats, "rounds_seconds": args.rounds_seconds,
+               "repeat_seconds": args.repeat_seconds, "missing": missing,
                "machine": machine_info(workers), "systems": [], "floor_checks": {}, "profiles": [], "errors": []}
     emit({"event": "machine", **results["machine"], "missing": missing})
     try:
