@@ -10,8 +10,9 @@ Nothing here asserts anything about time.
 
 Method: each framework runs in its own worker process (JAX: batchfit, the hand-written
 floor and the jitted-step loop; PyTorch; Keras 3 on TensorFlow), so no framework's
-threads or imports touch another's. Per workload, every system's first call (trace and
-compile) is timed apart, then warm-up calls fix how many calls make one timed repeat
+threads or imports touch another's. Per workload the JAX systems' rounds run first, then
+PyTorch's and Keras's (a Keras call slows the JAX systems after it: time_workload).
+Per workload, every system's first call (trace and compile) is timed apart, then warm-up calls fix how many calls make one timed repeat
 (about --repeat-seconds of work), then the repeats go round-robin over all systems,
 starting at a different system each round, so that machine noise hits all of them alike (at
 least --repeats rounds, more on a workload whose rounds are short: repeats_for).
@@ -192,15 +193,21 @@ def time_workload(name: str, workers: dict, args, errors: list) -> list[dict]:
         s["round_s"] = s["calls_per_repeat"] * warm + (args.settle if s["framework"] != "jax" else 0.0)
         s["repeat_s"] = []
         emit({"event": "first_call", **{k: s[k] for k in ("workload", "key", "first_call_s", "calls_per_repeat")}})
-    for r in range(repeats_for(systems, args)):
-        for i in range(len(systems)):
-            s = systems[(i + r) % len(systems)]
-            seconds = run(s, s["calls_per_repeat"])
-            if seconds is None:
-                continue
-            s["repeat_s"].append(seconds / s["calls_per_repeat"])
-            emit({"event": "repeat", "workload": name, "key": s["key"], "repeat": r,
-                  "us_per_step": 1e6 * s["repeat_s"][-1] / s["steps"]})
+    # The JAX systems' rounds first, then PyTorch's and Keras's: right after a Keras call the JAX
+    # worker's systems ran up to 1.6x slower for a while, even after a 1 s pause and an untimed
+    # call (the first article's floor: 7.5 us/step in a run without Keras, 11-12 with it), which
+    # biased whichever JAX systems came next in a round.
+    phases = [[s for s in systems if s["framework"] == "jax"], [s for s in systems if s["framework"] != "jax"]]
+    for phase in phases:
+        for r in range(repeats_for(phase, args)):
+            for i in range(len(phase)):
+                s = phase[(i + r) % len(phase)]
+                seconds = run(s, s["calls_per_repeat"])
+                if seconds is None:
+                    continue
+                s["repeat_s"].append(seconds / s["calls_per_repeat"])
+                emit({"event": "repeat", "workload": name, "key": s["key"], "repeat": r,
+                      "us_per_step": 1e6 * s["repeat_s"][-1] / s["steps"]})
     systems = [s for s in systems if s["repeat_s"]]
     for s in systems:
         per_step = [1e6 * t / s["steps"] for t in s["repeat_s"]]
