@@ -1,4 +1,5 @@
-"""In-process A/B of one `fit(x, y, epochs=1)` call on the first article's workload, against the floor.
+"""In-process A/B on the first article's workload: one `fit(x, y, epochs=1)` call against the floor,
+and a pass of `train_on_batch` over the 31 full batches against the hand-written jit(step) loop.
 
 The suite (run.py) times each system in turn; at ~250 us a call, a slow drift of the machine
 moves one system's median by more than the gap being measured. This script alternates 100-call
@@ -12,6 +13,7 @@ import statistics
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,6 +40,44 @@ def main(rounds: int = 25, calls: int = 100) -> None:
                 "numpy, in order": fit("numpy, in order", x, y, False),
                 "jax arrays, in order": fit("jax arrays, in order", xd, yd, False),
                 "numpy, shuffled": fit("numpy, shuffled", x, y, True)}
+    loops = {}
+    for read in (True, False):
+        what = "loss read" if read else "loss not read"
+        loops[f"jit(step) loop, {what}"] = _loop(_hand_step(w, models["numpy, in order"].get_weights()),
+                                                 x, y, w.batch_size, read)
+        loops[f"train_on_batch, {what}"] = _loop(batchfit_model(w).train_on_batch, x, y, w.batch_size, read)
+    times = _alternate(variants, rounds, calls)
+    _report(times, "floor (in order)", "the floor", "call")
+    times = _alternate(loops, rounds, calls // 10)
+    for what in ("loss read", "loss not read"):
+        _report({k: v for k, v in times.items() if k.endswith(", " + what)}, f"jit(step) loop, {what}",
+                "jit(step)", "pass")
+
+
+def _hand_step(w, weights):
+    step = baselines.jitted_step(w)
+    holder = {"state": baselines.init_state(weights)}
+
+    def run(xb, yb):
+        holder["state"], loss = step(holder["state"], xb, yb)
+        return loss
+    return run
+
+
+def _loop(step, x, y, batch_size, read):
+    slices = [slice(i, i + batch_size) for i in range(0, len(x) - batch_size + 1, batch_size)]
+
+    def run():
+        for sl in slices:
+            loss = step(x[sl], y[sl])
+            if read:
+                float(loss)
+        jax.block_until_ready(loss)
+    return run
+
+
+def _alternate(variants: dict, rounds: int, calls: int) -> dict:
+    """Per variant, the mean time of one call in each round; rounds alternate `calls`-call blocks."""
     for run in variants.values():
         for _ in range(3):
             run()
@@ -48,10 +88,14 @@ def main(rounds: int = 25, calls: int = 100) -> None:
             for _ in range(calls):
                 run()
             times[name].append((time.perf_counter() - start) / calls * 1e6)
-    base = times["floor (in order)"]
+    return times
+
+
+def _report(times: dict, base_name: str, base_label: str, unit: str) -> None:
+    base = times[base_name]
     for name, t in times.items():
         ratio = statistics.median(a / b for a, b in zip(t, base))
-        print(f"{name:22s} {statistics.median(t):7.0f} us/call   per-round ratio to the floor {ratio:.3f}")
+        print(f"{name:32s} {statistics.median(t):7.0f} us/{unit}   per-round ratio to {base_label} {ratio:.3f}")
 
 
 if __name__ == "__main__":

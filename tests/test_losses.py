@@ -397,12 +397,13 @@ def test_the_quick_target_test_proves_only_what_the_full_checks_accept(name, dty
     high = 1 if name == "binary_crossentropy" else outputs - 1
     clean = [[0, high], [high] * 4, [0] * 3, [0.5, 1] if name == "binary_crossentropy" else [1]]
     bad = [[0, high + 1], [-1, 0], [0, np.nan], [np.inf, 0], [-np.inf], [0.5, 2.5], [-0.0, 1], [1e30]]
-    for values in clean + bad:
-        with np.errstate(invalid="ignore", over="ignore"):
-            y = np.array(values).astype(dtype)
-        if test(y):
-            assert full_ok(y), (values, y)
-    for values in clean:
-        y = np.array(values).astype(dtype)
-        if full_ok(y) and (np.dtype(dtype).kind != "f" or name == "binary_crossentropy"):
-            assert test(y), (values, y)            # whole-number labels of float dtype may take the full path
+    for size in (None, 300):                    # a batch's few targets, and more than the list path takes
+        for values in clean + bad:
+            with np.errstate(invalid="ignore", over="ignore"):
+                y = np.resize(np.array(values).astype(dtype), size or len(values))
+            if test(y):
+                assert full_ok(y), (values, y)
+        for values in clean:
+            y = np.resize(np.array(values).astype(dtype), size or len(values))
+            if full_ok(y) and (np.dtype(dtype).kind != "f" or name == "binary_crossentropy"):
+                assert test(y), (values, y)        # whole-number labels of float dtype may take the full path
