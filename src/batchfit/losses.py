@@ -342,6 +342,11 @@ def get(identifier) -> Loss:
         f"losses; got {describe(identifier)}. Pass e.g. loss='binary_crossentropy'.")
 
 
+def checks_targets(loss) -> bool:
+    """Whether `loss` (a Loss) has checks on the values of its targets (validate_targets)."""
+    return isinstance(loss, (SparseCategoricalCrossentropy, BinaryCrossentropy))
+
+
 def validate_targets(loss, y, num_outputs: int | None) -> None:
     """Check host targets `y` against `loss` once, before training; raise ValueError.
 
@@ -353,7 +358,7 @@ def validate_targets(loss, y, num_outputs: int | None) -> None:
     """
     if not isinstance(loss, Loss):
         loss = get(loss)
-    if not isinstance(loss, (SparseCategoricalCrossentropy, BinaryCrossentropy)):
+    if not checks_targets(loss):
         return
     y = np.asarray(y)
     if y.size == 0 or y.dtype.kind not in "biuf":
@@ -383,7 +388,7 @@ def quick_target_test(loss: Loss, dtype: np.dtype, num_outputs: int | None) -> C
     bits are at most 1.0's, and sparse crossentropy's integer labels lie in [0, num_outputs)
     when their largest, read unsigned, is below num_outputs.
     """
-    if not isinstance(loss, (BinaryCrossentropy, SparseCategoricalCrossentropy)):
+    if not checks_targets(loss):
         return None
     if dtype.kind not in "iuf" or not dtype.isnative:
         return _unproven
@@ -412,7 +417,7 @@ def _unproven(y) -> bool:
 def targets_ok(loss: Loss, y, num_outputs: int | None):
     """validate_targets as a traced bool: True exactly when validate_targets(loss, y, num_outputs)
     passes (fit checks the values of arrays it has seen before on the device, in its compiled call)."""
-    if not isinstance(loss, (SparseCategoricalCrossentropy, BinaryCrossentropy)):
+    if not checks_targets(loss):
         return jnp.bool_(True)
     ok = y >= 0                                               # False for NaN
     if isinstance(loss, BinaryCrossentropy):

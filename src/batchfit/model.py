@@ -418,9 +418,9 @@ class Model:
         return self._check_bits(check_x, check_y)
 
     def _check_bits(self, check_x: bool, check_y: bool) -> int:
-        """compiled._data_ok's bits for the value checks of x and / or y."""
-        allow = self._settings.allow_nonfinite
-        return (check_x and not allow) | (check_y and not allow) << 1 | check_y << 2
+        """compiled._data_ok's bits for the value checks of x and / or y (0: nothing to check)."""
+        allow, targets = self._settings.allow_nonfinite, losses_lib.checks_targets(self._settings.loss)
+        return (check_x and not allow) | (check_y and not allow) << 1 | (check_y and targets) << 2
 
     def _validation_source(self, data, batch_size, fit_batch_size, steps):
         """`validation_data`: (x, y[, sample_weight]) arrays, or a Dataset / iterable of batches."""
