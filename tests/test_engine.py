@@ -106,33 +106,6 @@ def test_step_is_traced_once_and_dispatches_are_counted(data):
     assert len(traces) == 2                         # one trace per chunk shape: [3 full], [1 full + tail]
 
 
-def test_only_the_first_call_of_a_repeated_quiet_fit_runs_the_value_checks(data):
-    """A fit call's values are checked by the host, so its compiled calls carry no checks; the
-    same NumPy arrays passed again are checked inside the repeat's first compiled call, which
-    is compiled with them and trains as the one without them."""
-    x, y = data
-    model, twin = mlp(), mlp()                      # the twin has nothing to check: allow_nonfinite, MSE
-    for m, allow in ((model, False), (twin, True)):
-        m.compile(optimizer="adam", loss="mse", steps_per_execution=3, allow_nonfinite=allow)
-        m.fit(x[:10], y[:10], epochs=1, seed=0, verbose=0)  # builds the executables
-    real, made = model._exe.fit_chunk, []
-
-    def recorded(**shape):                          # the jitted call of one chunk, recording its dispatches
-        run = real(**shape)
-        return lambda *a: made.append(shape.get("checked", False)) or run(*a)
-    model._exe = model._exe._replace(fit_chunk=recorded)
-    model.fit(x, y, batch_size=32, epochs=2, seed=3, verbose=0)
-    assert made == [False] * 6                      # 2 epochs of ceil(7 batches / 3) calls
-    made.clear()
-    model.fit(x, y, batch_size=32, epochs=2, seed=4, verbose=0)
-    assert model._repeat is not None and made == [True] + [False] * 5
-    for seed in (3, 4):
-        twin.fit(x, y, batch_size=32, epochs=2, seed=seed, verbose=0)
-    assert twin._repeat is not None and twin._repeat.quiet.check == 0
-    for a, b in zip(model.get_weights(), twin.get_weights()):
-        np.testing.assert_array_equal(a, b)
-
-
 class _EpochEnd(bf.callbacks.Callback):
     """Only an epoch hook: fit takes its general loop (run_fit), fused as a quiet fit is."""
 
@@ -235,6 +208,19 @@ def test_a_repeated_quiet_call_refuses_what_a_first_call_refuses(data):
         model.fit(x, np.concatenate([y, y]), batch_size=32, verbose=0)
     for a, b in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_repeat_checks_on_the_device_only_what_the_loss_and_settings_ask(data):
+    """The same NumPy arrays passed again are checked in the first compiled call: NaN / inf
+    (bits 1, 2) unless allow_nonfinite, the label range (bit 4) only for a loss that has one."""
+    x, y = data
+    for loss, allow, bits in [("mse", True, 0), ("mse", False, 3), ("binary_crossentropy", True, 4),
+                              ("binary_crossentropy", False, 7)]:
+        model = mlp()
+        model.compile(optimizer="adam", loss=loss, allow_nonfinite=allow)
+        for _ in range(2):
+            model.fit(x, y, batch_size=32, seed=0, verbose=0)
+        assert model._repeat.quiet.check == bits, (loss, allow)
 
 
 def test_device_ints_past_their_cache_give_the_same_numbers_and_no_new_trace(data, monkeypatch):

@@ -33,11 +33,9 @@ class Executables(NamedTuple):
     train_running: Callable  # (state, totals | None, batch) -> (state, totals, logs): running means
     test_batch: Callable    # (state, batch) -> logs
     predict_batch: Callable  # (state, x) -> y_pred
-    fit_chunk: Callable     # (*, num_steps, tail, batch_size, checked=False) -> jitted
-                            #   (state, totals, data, start, order, check) -> (state, totals, report):
-                            #   report = the K batch losses, totals.ravel(), ok. A `checked` call runs the value
-                            #   checks `check` asks for (_data_ok) first; ok 0.0: they failed, no step ran.
-                            #   Without `checked`, `check` is ignored.
+    fit_chunk: Callable     # (*, num_steps, tail, batch_size) -> jitted (state, totals, data, start, order, check)
+                            #   -> (state, totals, report): report = the K batch losses, totals.ravel(), ok;
+                            #   check: the value checks to run on data first (_data_ok); ok 0.0: refused, no step
     fit_chunk_accumulate: Callable  # (state, totals, acc, data, start, order, check, first, *, accumulate, ...)
                                     #   -> (state, totals, acc, report)
     apply_accumulated: Callable     # (state, acc) -> (state, empty acc): the update of a group cut short
@@ -97,46 +95,37 @@ def _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size, ru
 def _all_finite(tree):
     """True when every float leaf of `tree` is free of NaN and inf (integer leaves always are).
 
-    One sum per leaf proves it: NaN and inf propagate through a sum, and the values are scaled
-    by 2**-100 first, so that no sum of finite values can overflow (a float32 leaf would need
-    over 1e30 elements), with no fallback to test every value.
+    A finite sum proves its array finite (NaN and inf propagate) at half the cost of testing
+    every value; only a sum that is not (NaN, inf, or an overflow of finite values) is
+    followed by the exact test.
     """
     floats = [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
-    sums = [jnp.sum(a.astype(jnp.promote_types(a.dtype, jnp.float32)) * 2.0 ** -100) for a in floats]
-    return jnp.all(jnp.isfinite(jnp.stack(sums))) if sums else jnp.bool_(True)
+    if not floats:
+        return jnp.bool_(True)
+    sums = [jnp.isfinite(jnp.sum(a, dtype=jnp.promote_types(a.dtype, jnp.float32))) for a in floats]
+    return lax.cond(jnp.all(jnp.stack(sums)), lambda: jnp.bool_(True),
+                    lambda: jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in floats])))
 
 
 def _data_ok(program, state, data, check):
-    """The value checks the host left to a fit call, as a traced bool: `check` bit 1 x finite,
-    2 y finite, 4 y valid targets for the loss (losses.targets_ok)."""
-    outputs = jax.eval_shape(lambda x: predict_step(program.graph, state, x), data.x)
-    valid = losses_lib.targets_ok(program.loss, data.y, jax.tree.leaves(outputs)[0].shape[-1])
-    return ((_all_finite(data.x) | (check & 1 == 0)) & (_all_finite(data.y) | (check & 2 == 0))
-            & (valid | (check & 4 == 0)))
+    """The value checks the host left to this call, as a traced bool: `check` bit 1 x finite,
+    2 y finite, 4 y valid targets for the loss (losses.targets_ok). Computed only when asked."""
+    def checked():
+        outputs = jax.eval_shape(lambda x: predict_step(program.graph, state, x), data.x)
+        valid = losses_lib.targets_ok(program.loss, data.y, jax.tree.leaves(outputs)[0].shape[-1])
+        return ((_all_finite(data.x) | (check & 1 == 0)) & (_all_finite(data.y) | (check & 2 == 0))
+                & (valid | (check & 4 == 0)))
+    return lax.cond(check != 0, checked, lambda: jnp.bool_(True))
 
 
-def _checked_run(program, state, data, check):
-    """_data_ok when `check` asks for anything, else True. Inside a lax.cond even where `check`
-    is never 0: without it, a shuffled epoch of the first article's model ran about 6% slower."""
-    return lax.cond(check != 0, lambda: _data_ok(program, state, data, check), lambda: jnp.bool_(True))
-
-
-def _fit_chunk(program, state, totals, data, start, order, check, *, num_steps, tail, batch_size, checked):
-    """`checked`: the program runs the value checks, and the steps only when they pass.
-
-    Only the first call of a quiet fit on NumPy arrays passed again has checks to run (the
-    host checks the arrays of a fit call that does not repeat the last), so a chunk shape
-    compiles without them first, and with them when that call comes. On the first article's
-    model, they and the loop that gates the steps cost the program 0.15-0.2 s of its 0.7 s
-    compile (medians of fresh processes), which every first fit call would otherwise pay.
-    """
+def _fit_chunk(program, state, totals, data, start, order, check, *, num_steps, tail, batch_size):
     def step(carry, batch):
         s, t, loss = train_step(program, *carry, batch)
         return (s, t), loss
-    run = _checked_run(program, state, data, check) if checked else None
+    run = _data_ok(program, state, data, check)
     (state, totals), losses = _scan_chunk(step, (state, totals), data, start, order, num_steps, tail, batch_size,
                                           run)
-    return state, totals, _report(losses.astype(jnp.float32), totals, jnp.bool_(True) if run is None else run)
+    return state, totals, _report(losses, totals, run)
 
 
 def _report(losses, totals, run):
@@ -154,7 +143,7 @@ def _fit_chunk_accumulate(program, state, totals, acc, data, start, order, check
         s, a = lax.cond((j + 1) % accumulate == 0, lambda: apply_accumulated(program, s, a), lambda: (s, a))
         return (s, t, a, j + 1), loss
     carry = (state, totals, acc, jnp.asarray(first, jnp.int32))
-    run = _checked_run(program, state, data, check)
+    run = _data_ok(program, state, data, check)
     (state, totals, acc, _), losses = _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size, run)
     return state, totals, acc, _report(losses, totals, run)
 
@@ -230,9 +219,9 @@ def build_executables(program: Program, state_def) -> Executables:
 
     def per_shape(fn):              # fit's hot call: jitted without static keyword arguments (below)
         @functools.lru_cache(maxsize=None)
-        def shaped(*, num_steps, tail, batch_size, checked=False):
-            return jax.jit(functools.partial(updates(fn), num_steps=num_steps, tail=tail, batch_size=batch_size,
-                                             checked=checked), donate_argnums=(0,))
+        def shaped(*, num_steps, tail, batch_size):
+            return jax.jit(functools.partial(updates(fn), num_steps=num_steps, tail=tail, batch_size=batch_size),
+                           donate_argnums=(0,))
         return shaped
 
     static = ("num_steps", "tail", "batch_size")

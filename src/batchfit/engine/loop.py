@@ -139,7 +139,7 @@ def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, p
 
 
 def _fit_chunk(exe: Executables, state, totals, data, chunk, rows, check: int, batch_size: int):
-    run = exe.fit_chunk(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size, checked=bool(check))
+    run = exe.fit_chunk(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size)
     return run(state, totals, data, _on_device(chunk.start), rows, _on_device(check))
 
 
@@ -199,18 +199,13 @@ class QuietPlan(NamedTuple):
     zeros: object         # the totals each epoch starts from, on the device
     check: int            # the value checks of the first call (compiled._data_ok bits)
     check_bits: object    # `check` on the device
-    checked: object       # with `check`: the first call's compiled call that runs the checks (else None)
 
 
 def prepare_quiet(exe: Executables, plan: FitPlan, rows: int, batch_size: int, check: int = 0) -> QuietPlan:
     """run_quiet's plan for epochs of `rows` samples in batches of `batch_size`."""
     calls = tuple((chunk, exe.fit_chunk(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size),
                    _on_device(chunk.start)) for chunk in plan_chunks(rows, batch_size, plan.steps_per_execution))
-    checked = None
-    if check and calls:
-        first = calls[0][0]
-        checked = exe.fit_chunk(num_steps=first.num_steps, tail=first.tail, batch_size=batch_size, checked=True)
-    return QuietPlan(plan, batch_size, calls, _zero_totals(len(plan.metric_names)), check, _on_device(check), checked)
+    return QuietPlan(plan, batch_size, calls, _zero_totals(len(plan.metric_names)), check, _on_device(check))
 
 
 def run_quiet(quiet: QuietPlan, state: list, source, history, publish: Callable) -> list:
@@ -233,8 +228,6 @@ def run_quiet(quiet: QuietPlan, state: list, source, history, publish: Callable)
             if check and reports:          # the checked call is read (DataRefused) before the next
                 _read_report(reports[0])
                 check, bits = 0, _on_device(0)
-            if check:
-                run = quiet.checked
             state, totals, report = run(state, totals, data, start, chunk.rows(order, size), bits)
             reports.append(report)
             publish(state)
