@@ -13,12 +13,12 @@ import statistics
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import baselines  # noqa: E402
+from systems import _loop  # noqa: E402
 from workloads import WORKLOADS, batchfit_model, make_data  # noqa: E402
 
 
@@ -43,9 +43,10 @@ def main(rounds: int = 25, calls: int = 100) -> None:
     loops = {}
     for read in (True, False):
         what = "loss read" if read else "loss not read"
-        loops[f"jit(step) loop, {what}"] = _loop(_hand_step(w, models["numpy, in order"].get_weights()),
-                                                 x, y, w.batch_size, read)
-        loops[f"train_on_batch, {what}"] = _loop(batchfit_model(w).train_on_batch, x, y, w.batch_size, read)
+        hand = _hand_step(w, models["numpy, in order"].get_weights())
+        loops[f"jit(step) loop, {what}"] = _loop(hand, x, y, w.batch_size, len(x) // w.batch_size, read)
+        loops[f"train_on_batch, {what}"] = _loop(batchfit_model(w).train_on_batch, x, y, w.batch_size,
+                                                 len(x) // w.batch_size, read)
     times = _alternate(variants, rounds, calls)
     _report(times, "floor (in order)", "the floor", "call")
     times = _alternate(loops, rounds, calls // 10)
@@ -61,18 +62,6 @@ def _hand_step(w, weights):
     def run(xb, yb):
         holder["state"], loss = step(holder["state"], xb, yb)
         return loss
-    return run
-
-
-def _loop(step, x, y, batch_size, read):
-    slices = [slice(i, i + batch_size) for i in range(0, len(x) - batch_size + 1, batch_size)]
-
-    def run():
-        for sl in slices:
-            loss = step(x[sl], y[sl])
-            if read:
-                float(loss)
-        jax.block_until_ready(loss)
     return run
 
 
