@@ -40,13 +40,12 @@ def main(rounds: int = 25, calls: int = 100) -> None:
                 "numpy, in order": fit("numpy, in order", x, y, False),
                 "jax arrays, in order": fit("jax arrays, in order", xd, yd, False),
                 "numpy, shuffled": fit("numpy, shuffled", x, y, True)}
-    loops = {}
+    loops, steps = {}, len(x) // w.batch_size
     for read in (True, False):
         what = "loss read" if read else "loss not read"
         hand = _hand_step(w, models["numpy, in order"].get_weights())
-        loops[f"jit(step) loop, {what}"] = _loop(hand, x, y, w.batch_size, len(x) // w.batch_size, read)
-        loops[f"train_on_batch, {what}"] = _loop(batchfit_model(w).train_on_batch, x, y, w.batch_size,
-                                                 len(x) // w.batch_size, read)
+        loops[f"jit(step) loop, {what}"] = _loop(hand, x, y, w.batch_size, steps, read)
+        loops[f"train_on_batch, {what}"] = _loop(batchfit_model(w).train_on_batch, x, y, w.batch_size, steps, read)
     times = _alternate(variants, rounds, calls)
     _report(times, "floor (in order)", "the floor", "call")
     times = _alternate(loops, rounds, calls // 10)

@@ -392,12 +392,12 @@ def quick_target_test(loss: Loss, dtype: np.dtype, num_outputs: int | None) -> C
         return None
     if dtype.kind not in "iuf" or not dtype.isnative:
         return _unproven
-    bits, high = np.dtype(f"u{dtype.itemsize}"), _largest
+    bits = np.dtype(f"u{dtype.itemsize}")
     if isinstance(loss, BinaryCrossentropy):
         one = int(np.ones((), dtype).view(bits)[()])
-        return lambda y: high(y.view(bits)) <= one
+        return lambda y: _largest(y.view(bits)) <= one
     if dtype.kind != "f" and num_outputs:
-        return lambda y: high(y.view(bits)) < num_outputs
+        return lambda y: _largest(y.view(bits)) < num_outputs
     return _unproven
 
 
