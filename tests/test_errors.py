@@ -255,8 +255,9 @@ def test_a_refusal_the_host_checks_cannot_explain_still_raises_and_trains_nothin
 
 
 def test_fit_trains_on_huge_finite_values_whose_sums_overflow():
-    """The value checks prove finiteness by a sum first; a sum that overflows on finite values
-    falls back to the exact test, on the host (first call) and on the device (calls again)."""
+    """On the host (first call) the value checks prove finiteness by a sum first and fall back
+    to the exact test when it overflows on finite values; on the device (calls again) they sum
+    a * 0, which no finite value overflows."""
     m = bf.Sequential([bf.layers.Dense(1, input_shape=(3,))], seed=0)
     m.compile(optimizer=bf.optimizers.SGD(learning_rate=0.0), loss="mae")
     x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
@@ -269,3 +270,21 @@ def test_fit_trains_on_huge_finite_values_whose_sums_overflow():
     x[5, 1] = np.nan
     with pytest.raises(ValueError, match=r"`x` \(float32\[8, 3\]\) contains 1 NaN"):
         m.fit(x, y, batch_size=8, verbose=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int32])
+def test_the_device_finite_check_is_exact_for_the_largest_values(dtype):
+    """compiled._num_nonfinite: 0 for any finite array (even all at the dtype's max, whose plain
+    sum overflows), NaN once a single value is NaN, inf or -inf; integer arrays are always finite."""
+    import jax
+    from batchfit.engine.compiled import _num_nonfinite
+    count = jax.jit(_num_nonfinite)
+    big = np.full((1000, 3), np.finfo(dtype).max if dtype != np.int32 else 2**31 - 1, dtype)
+    assert float(count((big, -big))) == 0.0
+    assert float(count(np.zeros((0, 3), dtype))) == 0.0
+    if dtype == np.int32:
+        return
+    for bad in (np.nan, np.inf, -np.inf):
+        one = big.copy()
+        one[517, 2] = bad
+        assert np.isnan(float(count((big, one))))

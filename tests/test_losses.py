@@ -12,7 +12,7 @@ from pytest import approx
 from batchfit import losses
 from batchfit.losses import (
     BinaryCrossentropy, CategoricalCrossentropy, Huber, Loss, LossFunctionWrapper,
-    MeanAbsoluteError, MeanSquaredError, SparseCategoricalCrossentropy, get, targets_ok, validate_targets)
+    MeanAbsoluteError, MeanSquaredError, SparseCategoricalCrossentropy, get, num_invalid_targets, validate_targets)
 
 EPS = 1e-7
 RNG = np.random.default_rng(0)
@@ -351,7 +351,7 @@ def test_validate_targets_rejects_binary_targets_outside_0_1():
         validate_targets("bce", np.array([0, 1, 2]), 1)
 
 
-def test_targets_ok_on_the_device_agrees_with_validate_targets():
+def test_num_invalid_targets_on_the_device_agrees_with_validate_targets():
     """fit checks the targets of arrays passed again inside its compiled call: same verdicts as the host."""
     import jax
     nan, inf = np.nan, np.inf
@@ -372,10 +372,23 @@ def test_targets_ok_on_the_device_agrees_with_validate_targets():
             host = True
         except ValueError:
             host = False
-        device = bool(jax.jit(lambda v: targets_ok(get(loss), v, k))(y))
+        device = bool(jax.jit(lambda v: num_invalid_targets(get(loss), v, k))(y) == 0)
         verdicts.append((loss, y.tolist(), k, host, device))
     assert [v for v in verdicts if v[3] != v[4]] == []
     assert {v[3] for v in verdicts} == {True, False}          # both verdicts are exercised
+
+
+def test_num_invalid_targets_counts_each_refused_target():
+    """bce: 2, -1, NaN and inf are outside [0, 1] (3 of 6 here, plus inf); sparse with 3 outputs:
+    3 is out of range, 0.5 is not whole, -inf and NaN are neither (4 of 7)."""
+    import jax
+    nan, inf = np.nan, np.inf
+    count = jax.jit(num_invalid_targets, static_argnums=(0, 2))
+    assert float(count(get("binary_crossentropy"), np.array([0, 1, 2, -1, nan, 0.5, inf], np.float32), 1)) == 4.0
+    assert float(count(get("sparse_categorical_crossentropy"), np.array([0, 2, 3, 0.5, -inf, nan, 1], np.float32),
+                       3)) == 4.0
+    assert float(count(get("sparse_categorical_crossentropy"), np.array([[0], [5], [2]], np.int32), 3)) == 1.0
+    assert float(count(get("mse"), np.array([nan, inf], np.float32), 1)) == 0.0   # mse checks no target
 
 
 @pytest.mark.parametrize("name", ["binary_crossentropy", "sparse_categorical_crossentropy"])

@@ -29,3 +29,46 @@ def test_import_does_not_pull_optional_libraries():
             "'tensorflow') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_import_leaves_the_garbage_collector_as_it_found_it():
+    """`import batchfit` pauses the collector and files what it imported in the oldest generation
+    (batchfit._gc): in a fresh process the collector is back on, nothing is frozen and the
+    young generation is empty."""
+    code = ("import gc, batchfit; print(gc.isenabled(), gc.get_freeze_count(), len(gc.get_objects(0)), "
+            "len(gc.get_objects(2)))")
+    on, frozen, young, old = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                            check=True).stdout.split()
+    assert (on, frozen) == ("True", "0")
+    assert int(young) < 100 < 100_000 < int(old)        # paused and only re-enabled: ~300,000 young
+
+
+def test_the_paused_collector_keeps_frozen_and_disabled_processes_as_they_were():
+    import gc
+
+    from batchfit._gc import collector_paused
+
+    class Node:
+        pass
+
+    was_enabled = gc.isenabled()
+    try:
+        gc.disable()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()                       # off before: still off
+        gc.enable()
+        with collector_paused():
+            assert not gc.isenabled()
+            node = Node()
+            node.self = node                            # a cycle made while paused
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+        assert any(o is node for o in gc.get_objects(generation=2))   # filed as the oldest
+        gc.freeze()                                     # a process with frozen objects of its own
+        frozen = gc.get_freeze_count()
+        with collector_paused():
+            assert gc.isenabled()                       # left alone
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        (gc.enable if was_enabled else gc.disable)()

@@ -414,19 +414,22 @@ def _unproven(y) -> bool:
     return False
 
 
-def targets_ok(loss: Loss, y, num_outputs: int | None):
-    """validate_targets as a traced bool: True exactly when validate_targets(loss, y, num_outputs)
-    passes (fit checks the values of arrays it has seen before on the device, in its compiled call)."""
+def num_invalid_targets(loss: Loss, y, num_outputs: int | None):
+    """validate_targets on the device: the float32 count of the targets in `y` it would refuse
+    (0 exactly when validate_targets(loss, y, num_outputs) passes). fit checks the values of
+    arrays it has seen before in its compiled call; a count compiles to the kind of sum the
+    step already has, where an and-reduction of booleans compiles kernels of its own."""
     if not checks_targets(loss):
-        return jnp.bool_(True)
+        return jnp.float32(0.0)
     ok = y >= 0                                               # False for NaN
     if isinstance(loss, BinaryCrossentropy):
-        return jnp.all(ok & (y <= 1))
-    if num_outputs:
-        ok = ok & (y < num_outputs)
-    if jnp.issubdtype(y.dtype, jnp.floating):
-        ok = ok & jnp.isfinite(y) & (y == jnp.round(y))
-    return jnp.all(ok)
+        ok = ok & (y <= 1)
+    else:
+        if num_outputs:
+            ok = ok & (y < num_outputs)
+        if jnp.issubdtype(y.dtype, jnp.floating):
+            ok = ok & jnp.isfinite(y) & (y == jnp.round(y))
+    return jnp.sum(jnp.where(ok, jnp.float32(0.0), jnp.float32(1.0)))
 
 
 def _check_sparse_labels(y, low: float, high: float, num_outputs: int | None, found) -> None:
