@@ -111,9 +111,8 @@ class Model:
             self._build_from(x)
         if self._graph is None:
             self._graph, params, model_state = split_module(self._module)
-            params, model_state = _copy_tree((params, model_state))   # the module keeps its own buffers
             self._state = TrainState(params, model_state, None, np.zeros((), np.int32))
-            self._setup_program()
+            self._setup_program(copy=True)     # the module keeps its own buffers
 
     @property
     def _state(self) -> TrainState:
@@ -123,11 +122,10 @@ class Model:
     def _state(self, state: TrainState):
         self._leaves, self._state_def = jax.tree.flatten(state)
 
-    def _setup_program(self):
+    def _setup_program(self, copy: bool = False):
         s = self._settings
-        if s is not None:   # one compiled call: eager zeros would compile once per shape
-            opt_state, step = jax.jit(lambda p: (s.optimizer.init(p), jnp.zeros((), jnp.int32)))(self._state.params)
-            self._state = self._state._replace(opt_state=opt_state, step=step)
+        if s is not None or copy:
+            self._state = _starting_state(self._state, s.optimizer if s else None, copy)
         program = Program(self._graph, s.loss if s else None, s.metrics if s else (),
                           s.optimizer if s else None, bool(s and s.weighted_mean))
         self._exe = build_executables(program, self._state_def)
@@ -586,6 +584,18 @@ def _default_loss(model) -> str | None:
 
 
 _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+def _starting_state(state: TrainState, optimizer, copy: bool) -> TrainState:
+    """`state` at step 0 with `optimizer`'s initial state (None: no optimizer yet) and, with
+    `copy`, copies of the weights: one compiled call, where eagerly each copy and each zeros
+    would be compiled on its own (about 15 ms a program in a fresh process)."""
+    def start(params, model_state):
+        if copy:
+            params, model_state = jax.tree.map(jnp.copy, (params, model_state))
+        opt_state = None if optimizer is None else optimizer.init(params)
+        return TrainState(params, model_state, opt_state, jnp.zeros((), jnp.int32))
+    return jax.jit(start)(state.params, state.model_state)
 
 
 def _as_list(metrics):
