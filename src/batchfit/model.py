@@ -589,7 +589,7 @@ _copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 def _starting_state(state: TrainState, optimizer, copy: bool) -> TrainState:
     """`state` at step 0 with `optimizer`'s initial state (None: no optimizer yet) and, with
     `copy`, copies of the weights: one compiled call, where eagerly each copy and each zeros
-    would be compiled on its own (about 15 ms a program in a fresh process)."""
+    would be compiled on its own (10-40 ms a program in a fresh process)."""
     def start(params, model_state):
         if copy:
             params, model_state = jax.tree.map(jnp.copy, (params, model_state))

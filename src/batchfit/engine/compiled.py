@@ -98,7 +98,8 @@ def _num_nonfinite(tree):
     The sum of a * 0 is exactly 0 for finite values, whatever their size, and NaN as soon as
     one is NaN or inf: one exact test, no overflow to fall back from. It compiles to the kind
     of sum the step already has; an and-reduction of is-finite compiles kernels of its own,
-    about 15 ms each in the first fit of a fresh process.
+    each compiled apart in a fresh process (the first article's epoch: 73 kernels with those,
+    67 with these sums).
     """
     floats = [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
     return sum((jnp.sum(a * jnp.zeros((), a.dtype), dtype=jnp.promote_types(a.dtype, jnp.float32)) for a in floats),
