@@ -85,6 +85,28 @@ def test_sequential_infers_its_input_shape_from_the_first_batch():
         model.predict(np.ones((2, 6)))
 
 
+def test_build_takes_the_keras_batch_shape_or_the_per_sample_shape_and_keeps_built_weights():
+    """Keras code calls model.build((None, 10)); batchfit's own per-sample (10,) builds the same
+    weights (same seed). Building again keeps the trained weights; another shape is refused."""
+    keras_style = bf.Sequential([bf.layers.Dense(3), bf.layers.Dense(1)], seed=4)
+    keras_style.build((None, 10))
+    per_sample = bf.Sequential([bf.layers.Dense(3), bf.layers.Dense(1)], seed=4)
+    per_sample.build((10,))
+    assert [w.shape for w in keras_style.get_weights()] == [(10, 3), (3,), (3, 1), (1,)]
+    for a, b in zip(keras_style.get_weights(), per_sample.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    keras_style.compile(optimizer="sgd", loss="mse")
+    keras_style.fit(np.ones((8, 10), np.float32), np.zeros((8, 1), np.float32), verbose=0)
+    trained = keras_style.get_weights()
+    assert not np.array_equal(trained[0], per_sample.get_weights()[0])
+    keras_style.build((None, 10))
+    for a, b in zip(trained, keras_style.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"built for per-sample inputs of shape \(10,\); build\(\(None, 12\)\) "
+                                         r"asks for \(12,\)"):
+        keras_style.build((None, 12))
+
+
 def test_a_users_module_is_written_back_when_fit_returns_and_never_shares_donated_buffers():
     from flax import nnx
     module = nnx.Linear(3, 1, rngs=nnx.Rngs(0))

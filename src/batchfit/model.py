@@ -556,20 +556,34 @@ class Sequential(Model):
     @property
     def built(self) -> bool:
         if self._module is None and self.layers and self.layers[0].input_shape is not None:
-            self.build(self.layers[0].input_shape)
+            self._build_for(self.layers[0].input_shape)
         return self._module is not None
 
     def build(self, input_shape):
+        """Create the weights for inputs of `input_shape`: Keras's batch shape, `(None, 10)`, or
+        the per-sample shape, `(10,)`. A model built already keeps its weights."""
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:             # Keras: the batch axis first, left open
+            shape = shape[1:]
+        if self._module is not None:
+            if shape != tuple(self._module.input_shape):
+                raise ValueError(f"This Sequential is built for per-sample inputs of shape "
+                                 f"{tuple(self._module.input_shape)}; build({tuple(input_shape)}) asks for "
+                                 f"{shape}. Build a new Sequential for other inputs.")
+            return
+        self._build_for(shape)
+
+    def _build_for(self, shape):
         if not self.layers:
             raise ValueError("Sequential has no layers; add at least one before using it.")
-        self._module = layers_lib.build_stack(self.layers, tuple(input_shape), self.seed)
+        self._module = layers_lib.build_stack(self.layers, tuple(shape), self.seed)
 
     def _build_from(self, x):
         if x is None:
             raise ValueError("This Sequential has no input_shape yet; pass data or set input_shape.")
         if isinstance(x, dict):
             raise ValueError(f"Sequential takes a single input array; got {describe(x)}. Use bf.Model for many.")
-        self.build(x.shape[1:])
+        self._build_for(x.shape[1:])
 
 
 def _default_loss(model) -> str | None:
