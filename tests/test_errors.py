@@ -274,11 +274,11 @@ def test_fit_trains_on_huge_finite_values_whose_sums_overflow():
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int32])
 def test_the_device_finite_check_is_exact_for_the_largest_values(dtype):
-    """compiled._num_nonfinite: 0 for any finite array (even all at the dtype's max, whose plain
+    """compiled._zero_if_finite: 0 for any finite array (even all at the dtype's max, whose plain
     sum overflows), NaN once a single value is NaN, inf or -inf; integer arrays are always finite."""
     import jax
-    from batchfit.engine.compiled import _num_nonfinite
-    count = jax.jit(_num_nonfinite)
+    from batchfit.engine.compiled import _zero_if_finite
+    count = jax.jit(_zero_if_finite)
     big = np.full((1000, 3), np.finfo(dtype).max if dtype != np.int32 else 2**31 - 1, dtype)
     assert float(count((big, -big))) == 0.0
     assert float(count(np.zeros((0, 3), dtype))) == 0.0
@@ -288,3 +288,22 @@ def test_the_device_finite_check_is_exact_for_the_largest_values(dtype):
         one = big.copy()
         one[517, 2] = bad
         assert np.isnan(float(count((big, one))))
+
+
+@pytest.mark.parametrize("loss", ["binary_crossentropy", "mse"])
+def test_a_repeat_refuses_nonfinite_targets_on_the_device(loss):
+    """On a quiet repeat y is checked in the compiled call: by the count of invalid targets for a
+    loss that checks them (NaN and inf are not in [0, 1]), by its finite sum otherwise."""
+    m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
+    m.compile(optimizer="sgd", loss=loss)
+    x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
+    m.fit(x, y, verbose=0)
+    m.fit(x, y, verbose=0)
+    assert m._repeat is not None
+    weights = m.get_weights()
+    for bad in (np.nan, np.inf):
+        y[6, 0] = bad
+        with pytest.raises(ValueError, match=r"`y` \(float32\[8, 1\]\) contains 1 NaN or infinite"):
+            m.fit(x, y, verbose=0)
+        for a, b in zip(weights, m.get_weights()):
+            np.testing.assert_array_equal(a, b)

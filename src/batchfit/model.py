@@ -606,7 +606,7 @@ def _starting_state(state: TrainState, optimizer, copy: bool) -> TrainState:
     would be compiled on its own (10-40 ms a program in a fresh process)."""
     def start(params, model_state):
         if copy:
-            params, model_state = jax.tree.map(jnp.copy, (params, model_state))
+            params, model_state = _copy_tree((params, model_state))
         opt_state = None if optimizer is None else optimizer.init(params)
         return TrainState(params, model_state, opt_state, jnp.zeros((), jnp.int32))
     return jax.jit(start)(state.params, state.model_state)
