@@ -15,7 +15,8 @@ import pytest
 from pytest import approx
 
 from batchfit import optimizers
-from batchfit.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop, get
+from batchfit.optimizers import (SGD, Adagrad, Adam, AdamState, AdamW, RMSprop, get,
+                                  get_learning_rate, set_learning_rate)
 
 NAMES = ("bias", "kernel")  # jax flattens a dict in sorted key order
 _rng = np.random.default_rng(0)
@@ -230,7 +231,7 @@ def test_sgd_nesterov_two_steps():
     u1, state = tx.update(jnp.ones(()), state)
     u2, state = tx.update(jnp.ones(()), state)
     assert (float(u1), float(u2)) == (approx(-0.19), approx(-0.271))
-    assert float(state.momentum) == approx(-0.19)
+    assert float(sub_states(state, optax.TraceState)[0].trace) == approx(-0.19)
 
 
 def test_adamw_weight_decay_uses_that_steps_learning_rate():
@@ -302,14 +303,22 @@ def test_scan_of_steps_equals_step_by_step():
     assert int(state.count) == len(GRADS)
 
 
+def sub_states(state, cls):
+    """The parts of an optimizer state that are `cls` instances (optax.TraceState, ...)."""
+    is_cls = lambda node: isinstance(node, cls)  # noqa: E731
+    return [s for s in jax.tree_util.tree_leaves(state, is_leaf=is_cls) if is_cls(s)]
+
+
 def test_absent_options_keep_no_slots():
     params = as_tree(PARAMS0)
-    assert SGD().to_optax().init(params).momentum is None
-    assert Adam().to_optax().init(params).velocity_hat is None
+    assert sub_states(SGD().to_optax().init(params), optax.TraceState) == []
+    assert len(sub_states(SGD(momentum=0.5).to_optax().init(params), optax.TraceState)) == 1
+    assert sub_states(Adam().to_optax().init(params), AdamState)[0].velocity_hat is None
     state = RMSprop().to_optax().init(params)
-    assert state.momentum is None and state.average_gradient is None
-    np.testing.assert_array_equal(Adagrad().to_optax().init(params).accumulator["bias"],
-                                  np.float32([0.1, 0.1]))
+    assert sub_states(state, optax.TraceState) == []
+    assert sub_states(state, optax.ScaleByRStdDevState) == []
+    (accumulator,) = sub_states(Adagrad().to_optax().init(params), optax.ScaleByRssState)
+    np.testing.assert_array_equal(accumulator.sum_of_squares["bias"], np.float32([0.1, 0.1]))
 
 
 # ------------------------------------------------------------------ get() and errors
@@ -383,7 +392,185 @@ def test_weight_decay_without_params_explains():
 
 def test_public_names_and_doctests():
     assert sorted(optimizers.__all__) == sorted([
-        "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Optimizer",
-        "SGDState", "AdamState", "RMSpropState", "AdagradState", "get"])
+        "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Optimizer", "AdamState", "get",
+        "get_learning_rate", "set_learning_rate"])
     result = doctest.testmod(optimizers, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 3 and result.failed == 0
+
+
+# ------------------------------------------------------------------ optax pieces vs Keras details
+def test_sgd_momentum_with_a_schedule_follows_keras_not_optax_sgd():
+    # lr(step) = 0.1, 0.2; momentum 0.5; g = 1.
+    # Keras: m1 = -0.1; m2 = 0.5 * -0.1 - 0.2 = -0.25; nesterov update2 = 0.5 * -0.25 - 0.2 = -0.325
+    # optax.sgd traces g first: t2 = 1 + 0.5 * 1 = 1.5, update2 = -0.2 * 1.5 = -0.3
+    schedule = lambda step: 0.1 * (step + 1)  # noqa: E731
+    for optimizer, want in ((SGD(schedule, momentum=0.5), -0.25),
+                            (SGD(schedule, momentum=0.5, nesterov=True), -0.325),
+                            (optax.sgd(schedule, momentum=0.5), -0.3)):
+        tx = get(optimizer)
+        state = tx.init(jnp.zeros(()))
+        _, state = tx.update(jnp.ones(()), state)
+        assert float(tx.update(jnp.ones(()), state)[0]) == approx(want), optimizer
+
+
+def test_global_clipnorm_with_a_non_finite_norm_gives_nan_everywhere():
+    # Keras: scale = c * min(1/inf, 1/c) + (inf - inf) = NaN for every leaf;
+    # optax.clip_by_global_norm would return 1 / inf * c = 0 for the finite leaf "b".
+    grads = {"a": jnp.array([jnp.inf]), "b": jnp.array([1.0])}
+    tx = SGD(1.0, global_clipnorm=1.0).to_optax()
+    updates, _ = tx.update(grads, tx.init(grads))
+    assert np.isnan(updates["a"][0]) and np.isnan(updates["b"][0])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not callable(CASES[c][0].learning_rate)])
+def test_state_keeps_bfloat16_dtypes(case):
+    # Keras casts lr to each variable's dtype, so bfloat16 slots stay bfloat16.
+    tx = CASES[case][0].to_optax()
+    params = {n: jnp.asarray(p, jnp.bfloat16) for n, p in zip(NAMES, PARAMS0)}
+    state = jax.eval_shape(tx.init, params)
+    updates, after = jax.eval_shape(lambda s: tx.update(params, s, params), state)
+    assert jax.tree_util.tree_leaves(after) == jax.tree_util.tree_leaves(state)
+    assert {u.dtype for u in jax.tree_util.tree_leaves(updates)} == {jnp.dtype(jnp.bfloat16)}
+
+
+# ------------------------------------------------------------------ the learning rate in the state
+def test_learning_rate_is_a_float32_array_in_the_state():
+    state = Adam(learning_rate=0.01).to_optax().init(as_tree(PARAMS0))
+    lr = get_learning_rate(state)
+    assert (lr.shape, lr.dtype) == ((), jnp.float32) and float(lr) == approx(0.01)
+    assert any(leaf is lr for leaf in jax.tree_util.tree_leaves(state))
+
+
+def test_set_learning_rate_changes_the_next_update_without_retracing():
+    # lr 0.1, momentum 0.9, g = 1: m1 = -0.1; then lr 0.5: m2 = 0.9 * -0.1 - 0.5 * 1 = -0.59
+    tx = SGD(0.1, momentum=0.9).to_optax()
+    traces = []
+
+    @jax.jit
+    def step(state, grads):
+        traces.append(1)
+        return tx.update(grads, state)
+
+    u1, state = step(tx.init(jnp.zeros(())), jnp.ones(()))
+    u2, state = step(set_learning_rate(state, 0.5), jnp.ones(()))
+    assert (float(u1), float(u2)) == (approx(-0.1), approx(-0.59))
+    assert float(get_learning_rate(state)) == 0.5 and len(traces) == 1
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not callable(CASES[c][0].learning_rate)])
+def test_first_update_is_linear_in_the_learning_rate_set_in_the_state(case):
+    # Every Keras update (weight decay included) is lr times a direction, and the first
+    # direction does not depend on lr: doubling lr in the state doubles the first update.
+    tx = CASES[case][0].to_optax()
+    params, grads = as_tree(PARAMS0), as_tree(GRADS[0])
+    state = tx.init(params)
+    doubled = set_learning_rate(state, 2 * get_learning_rate(state))
+    for one, two in zip(jax.tree_util.tree_leaves(tx.update(grads, state, params)[0]),
+                        jax.tree_util.tree_leaves(tx.update(grads, doubled, params)[0])):
+        np.testing.assert_allclose(two, 2 * one, rtol=1e-6)
+
+
+def test_set_learning_rate_inside_jit_with_a_traced_value():
+    # lr halves before each update: 1.0 * 0.5 = 0.5, then 0.25; g = 1, so updates -0.5, -0.25
+    tx = SGD(1.0).to_optax()
+
+    def step(state, _):
+        state = set_learning_rate(state, get_learning_rate(state) * 0.5)
+        update, state = tx.update(jnp.ones(()), state)
+        return state, update
+
+    _, updates = jax.jit(lambda s: jax.lax.scan(step, s, None, length=2))(tx.init(jnp.zeros(())))
+    np.testing.assert_allclose(updates, [-0.5, -0.25])
+
+
+def test_schedule_learning_rate_is_read_but_not_set():
+    # lr(step) = 0.1 / (1 + step): the state holds lr(0) = 0.1 before and after update 0,
+    # and lr(1) = 0.05 after update 1.
+    tx = SGD(lambda step: 0.1 / (1 + step)).to_optax()
+    state = tx.init(jnp.zeros(()))
+    got = [float(get_learning_rate(state))]
+    for _ in range(2):
+        state = tx.update(jnp.ones(()), state)[1]
+        got.append(float(get_learning_rate(state)))
+    assert got == approx([0.1, 0.1, 0.05])
+    with pytest.raises(TypeError, match="`learning_rate` cannot be set: it follows a schedule"):
+        set_learning_rate(state, 0.01)
+
+
+def test_learning_rate_of_optax_states():
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    state = set_learning_rate(tx.init(jnp.zeros(2)), 0.5)
+    assert float(get_learning_rate(state)) == 0.5
+    with pytest.raises(ValueError, match=r"`opt_state` must hold exactly one learning rate; "
+                                         r"found 0.*optax.inject_hyperparams"):
+        get_learning_rate(optax.adam(1e-3).init(jnp.zeros(2)))
+
+
+@pytest.mark.parametrize("given, error", [(float("nan"), ValueError), (-0.1, ValueError),
+                                          (True, TypeError)])
+def test_set_learning_rate_refuses_bad_values(given, error):
+    state = SGD().to_optax().init(jnp.zeros(2))
+    with pytest.raises(error, match=r"`learning_rate` must be"):
+        set_learning_rate(state, given)
+    with pytest.raises(ValueError, match=r"`learning_rate` must be a scalar; got shape \(2,\)"):
+        set_learning_rate(state, jnp.ones(2))
+
+
+# ------------------------------------------------------------------ hyperparameter refusals
+NAN, INF = float("nan"), float("inf")
+REFUSALS = [  # (optimizer, argument, value, error)
+    (SGD, "learning_rate", NAN, ValueError), (SGD, "learning_rate", INF, ValueError),
+    (Adam, "learning_rate", -1e-3, ValueError), (RMSprop, "learning_rate", True, TypeError),
+    (Adagrad, "learning_rate", "0.1", TypeError),
+    (Adam, "beta_1", 1.0, ValueError), (Adam, "beta_1", -0.1, ValueError),
+    (AdamW, "beta_1", NAN, ValueError), (Adam, "beta_2", 1.0, ValueError),
+    (AdamW, "beta_2", 1.5, ValueError), (Adam, "beta_2", False, TypeError),
+    (RMSprop, "rho", 1.0, ValueError), (RMSprop, "rho", -0.5, ValueError),
+    (RMSprop, "rho", None, TypeError),
+    (RMSprop, "momentum", -0.1, ValueError), (RMSprop, "momentum", INF, ValueError),
+    (SGD, "momentum", -0.1, ValueError), (SGD, "momentum", NAN, ValueError),
+    (SGD, "momentum", True, TypeError),
+    (Adam, "epsilon", -1e-7, ValueError), (RMSprop, "epsilon", NAN, ValueError),
+    (Adagrad, "epsilon", INF, ValueError), (AdamW, "epsilon", "1e-7", TypeError),
+    (AdamW, "weight_decay", -0.004, ValueError), (SGD, "weight_decay", INF, ValueError),
+    (Adam, "weight_decay", NAN, ValueError), (RMSprop, "weight_decay", True, TypeError),
+    (SGD, "clipnorm", 0.0, ValueError), (Adam, "clipnorm", -1.0, ValueError),
+    (Adam, "clipvalue", 0, ValueError), (RMSprop, "clipvalue", INF, ValueError),
+    (Adagrad, "global_clipnorm", NAN, ValueError), (SGD, "global_clipnorm", -2.0, ValueError),
+    (SGD, "clipnorm", True, TypeError),
+    (Adagrad, "initial_accumulator_value", -1.0, ValueError),
+    (Adagrad, "initial_accumulator_value", INF, ValueError),
+]
+
+
+@pytest.mark.parametrize("cls, name, value, error", REFUSALS,
+                         ids=[f"{c.__name__}-{n}-{v!r}" for c, n, v, _ in REFUSALS])
+def test_refuses_bad_hyperparameters_and_says_how_to_fix(cls, name, value, error):
+    with pytest.raises(error) as info:
+        cls(**{name: value})
+    message = str(info.value)
+    assert f"`{name}` must be" in message and repr(value) in message, message
+    assert f"Pass e.g. {name}=" in message, message
+
+
+def test_refusal_messages_state_the_expected_range():
+    with pytest.raises(ValueError, match=r"`beta_2` must be a float in \[0, 1\); got 1\.0\. "
+                                         r"Pass e\.g\. beta_2=0\.999\."):
+        Adam(beta_2=1.0)
+    with pytest.raises(ValueError, match=r"`clipnorm` must be > 0 and finite; got 0"):
+        SGD(clipnorm=0)
+    with pytest.raises(TypeError, match=r"`momentum` must be a number; got bool True"):
+        RMSprop(momentum=True)
+
+
+def test_accepts_boundary_values_and_schedules():
+    # Keras allows lr 0 (no step), epsilon 0, beta 0, SGD momentum 1, ints for floats.
+    for optimizer in (SGD(learning_rate=0), SGD(momentum=1.0), SGD(1, weight_decay=0),
+                      Adam(beta_1=0.0, beta_2=0.0, epsilon=0.0), RMSprop(rho=0.0, momentum=2),
+                      Adagrad(initial_accumulator_value=0, epsilon=1e-7, clipvalue=1),
+                      AdamW(np.float32(1e-3), weight_decay=0.0),
+                      Adam(optax.cosine_decay_schedule(1e-3, 100))):
+        tx = optimizer.to_optax()
+        updates, _ = tx.update(jnp.ones(2), tx.init(jnp.ones(2)), jnp.ones(2))
+        assert np.all(np.isfinite(updates)), optimizer
+    assert float(one_update(SGD(learning_rate=0.0), 3.0)) == 0.0

@@ -1,14 +1,15 @@
 """Keras 3 optimizers (names, defaults, exact update formulas) as optax transformations.
 
-Each class holds hyperparameters only; ``.to_optax()`` builds a pure
-``optax.GradientTransformation`` whose update follows Keras 3 step by step:
-clip the gradients, decay the weights (``var -= var * weight_decay * lr``),
-apply the optimizer's own rule, then count the update. The learning rate of
-update ``n`` (0-based) is ``learning_rate(n)`` when it is a schedule.
+Each class holds hyperparameters only; ``.to_optax()`` chains optax pieces that follow Keras 3:
+clip the gradients, apply the optimizer's rule, decay the weights (``var -= var * wd * lr``).
+Inside ``optax.inject_hyperparams`` the learning rate is a float32 array in the state (see
+`get_learning_rate`, `set_learning_rate`); a schedule gives update ``n`` ``learning_rate(n)``.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable, NamedTuple, Union
 
 import jax
@@ -17,140 +18,147 @@ import optax
 
 from batchfit.registry import Registry
 
-__all__ = [
-    "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Optimizer",
-    "SGDState", "AdamState", "RMSpropState", "AdagradState", "get",
-]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Optimizer", "AdamState", "get",
+           "get_learning_rate", "set_learning_rate"]
 
 LearningRate = Union[float, Callable[[jax.Array], Any]]
 OPTIMIZERS = Registry("optimizer")
 _tree_map = jax.tree_util.tree_map
 
 
-class SGDState(NamedTuple):
-    """SGD state: updates done so far (int32 scalar) and the velocity (None without momentum)."""
-    count: jax.Array
-    momentum: Any
+def _check_number(name: str, value, example, expected=">= 0", kind="a number") -> None:
+    """TypeError unless `value` is a real number; ValueError unless finite and in `expected`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be {kind}; got {type(value).__name__} {value!r}. "
+                        f"Pass e.g. {name}={example}.")
+    above = value > 0 if expected == "> 0" else value >= 0
+    below = {"[0, 1)": value < 1, "[0, 1]": value <= 1}.get(expected, True)
+    if not (math.isfinite(value) and above and below):
+        what = f"a float in {expected}" if expected.startswith("[") else f"{expected} and finite"
+        raise ValueError(f"`{name}` must be {what}; got {value!r}. Pass e.g. {name}={example}.")
 
 
 class AdamState(NamedTuple):
-    """Adam/AdamW state: count, first and second moments, max second moment (amsgrad only)."""
+    """Keras Adam state: count (int32), first and second moments, max second moment (amsgrad)."""
     count: jax.Array
     momentum: Any
     velocity: Any
     velocity_hat: Any
 
 
-class RMSpropState(NamedTuple):
-    """RMSprop state: count, mean square, momentum buffer and mean gradient (when used)."""
-    count: jax.Array
-    velocity: Any
-    momentum: Any
-    average_gradient: Any
-
-
-class AdagradState(NamedTuple):
-    """Adagrad state: count and the running sum of squared gradients."""
-    count: jax.Array
-    accumulator: Any
-
-
-def _zeros(params, fill: float = 0.0):
-    return _tree_map(lambda p: jnp.full(jnp.shape(p), fill, jnp.result_type(p)), params)
-
-
 def _cast(value, like):
     return jnp.asarray(value, dtype=jnp.result_type(like))
 
 
+def _scale_by_keras_adam(beta_1, beta_2, epsilon, amsgrad) -> optax.GradientTransformation:
+    """Keras's Adam direction, lr excluded: ``sqrt(1-b2^t) / (1-b1^t) * m / (sqrt(v) + eps)``."""
+    # optax.scale_by_adam adds epsilon to sqrt(v_hat) after bias correction; Keras adds it
+    # to sqrt(v) and folds the correction into the step size, which differs for small v.
+    def init_fn(params):
+        zeros = optax.tree.zeros_like
+        velocity_hat = zeros(params) if amsgrad else None
+        return AdamState(jnp.zeros([], jnp.int32), zeros(params), zeros(params), velocity_hat)
+
+    def update_fn(updates, state, params=None):
+        m = _tree_map(lambda g, m: m + (g - m) * _cast(1 - beta_1, m), updates, state.momentum)
+        v = _tree_map(lambda g, v: v + (g * g - v) * _cast(1 - beta_2, v), updates, state.velocity)
+        v_hat = _tree_map(jnp.maximum, state.velocity_hat, v) if amsgrad else None
+        count = optax.safe_increment(state.count)
+        def leaf(m, v):
+            t = _cast(count, m)
+            correction = jnp.sqrt(1 - _cast(beta_2, m) ** t) / (1 - _cast(beta_1, m) ** t)
+            return m * correction / (jnp.sqrt(v) + _cast(epsilon, v))
+        direction = _tree_map(leaf, m, v_hat if amsgrad else v)
+        return direction, AdamState(count, m, v, v_hat)
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scale_by_learning_rate(learning_rate) -> optax.GradientTransformation:
+    """``-lr * g`` with lr cast to each leaf's dtype."""
+    # Keras casts lr to each variable's dtype; optax.scale_by_learning_rate multiplies by the
+    # float32 array, which turns bfloat16 updates (and a momentum trace after it) into float32.
+    return optax.stateless_with_tree_map(lambda g, _: g * -_cast(learning_rate, g))
+
+
 def _clip_by_norm(g, clipnorm):
+    # Per leaf, which optax lacks (clip_by_block_rms divides by the RMS, not the L2 norm).
     # Keras: g * c / max(||g||, c); the `where` keeps a zero gradient exact.
     l2sum = jnp.sum(jnp.square(g))
     l2norm = jnp.where(l2sum > 0, jnp.sqrt(jnp.where(l2sum > 0, l2sum, 1.0)), l2sum)
-    return g * clipnorm / jnp.maximum(l2norm, clipnorm)
+    return g * _cast(clipnorm, g) / jnp.maximum(l2norm, _cast(clipnorm, g))
 
 
 def _clip_by_global_norm(grads, clipnorm):
-    leaves = jax.tree_util.tree_leaves(grads)
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
-    # Keras: c * min(1/norm, 1/c), plus (norm - norm) so a non-finite norm gives NaN.
-    scale = clipnorm * jnp.minimum(1.0 / norm, 1.0 / clipnorm) + (norm - norm)
-    return _tree_map(lambda g: g * _cast(scale, g), grads)
+    # optax.clip_by_global_norm zeroes the finite leaves when the norm is inf; Keras adds
+    # (norm - norm) so that every leaf turns NaN, which TerminateOnNaN and users can see.
+    norm = optax.tree.norm(grads)
+    factor = clipnorm * jnp.minimum(1.0 / norm, 1.0 / clipnorm) + (norm - norm)
+    return _tree_map(lambda g: g * _cast(factor, g), grads)
 
 
-def _check_learning_rate(learning_rate) -> None:
-    is_number = isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool)
-    if not (is_number or callable(learning_rate)):
-        raise TypeError(
-            f"`learning_rate` must be a float or a schedule (a callable step -> "
-            f"learning rate, such as optax.exponential_decay(...)); got "
-            f"{type(learning_rate).__name__}. Pass e.g. learning_rate=1e-3.")
+def _decoupled_weight_decay(weight_decay, learning_rate, owner) -> optax.GradientTransformation:
+    """Add ``-var * weight_decay * lr`` to the updates: Keras's decoupled weight decay."""
+    # optax.add_decayed_weights scales by one float32 array, which makes bfloat16 updates
+    # float32; Keras casts weight_decay and lr to each variable's dtype.
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(f"{owner}(weight_decay={weight_decay}) needs the parameters; got "
+                             f"params=None. Call `tx.update(grads, state, params)`.")
+        return _tree_map(lambda u, p: u - p * _cast(weight_decay, p) * _cast(learning_rate, p),
+                         updates, params), state
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 class Optimizer:
-    """Base class: Keras's common arguments and the shared clip/decay/count logic.
+    """Base class: Keras's common arguments and the shared clip/decay chain.
 
     Args:
-      learning_rate: a float, or an optax schedule called with the number of
-        updates done so far (0 for the first update).
-      weight_decay: if set, ``var -= var * weight_decay * lr`` before each update.
-      clipnorm: clip each gradient leaf to this L2 norm.
-      clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]``.
-      global_clipnorm: clip all gradients together to this global L2 norm.
+      learning_rate: a float >= 0, or a schedule of the number of updates done so far.
+      weight_decay: if set (>= 0), ``var -= var * weight_decay * lr`` before each update.
+      clipnorm: clip each gradient leaf to this L2 norm (> 0).
+      clipvalue: clip each gradient element to ``[-clipvalue, clipvalue]`` (> 0).
+      global_clipnorm: clip all gradients together to this global L2 norm (> 0).
     """
 
     def __init__(self, learning_rate: LearningRate, weight_decay=None, clipnorm=None,
                  clipvalue=None, global_clipnorm=None):
-        _check_learning_rate(learning_rate)
+        if not callable(learning_rate):
+            _check_number("learning_rate", learning_rate, 1e-3, kind="a float or a schedule "
+                          "(a callable step -> learning rate, e.g. optax.exponential_decay(...))")
+        if weight_decay is not None:
+            _check_number("weight_decay", weight_decay, 0.004)
         clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
         given = {k: v for k, v in clips.items() if v is not None}
         if len(given) > 1:
-            raise ValueError(
-                f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; "
-                f"got {given}. Keep the one you want and drop the others.")
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.clipnorm = clipnorm
-        self.clipvalue = clipvalue
-        self.global_clipnorm = global_clipnorm
+            raise ValueError(f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be "
+                             f"set; got {given}. Keep the one you want and drop the others.")
+        for name, value in given.items():
+            _check_number(name, value, 1.0, "> 0")
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
 
-    def _init(self, params, count):
-        raise NotImplementedError
+    def _rule(self, learning_rate) -> optax.GradientTransformation:  # lr: a float32 array
+        raise NotImplementedError("Keras's `update_step` for all leaves, as optax pieces.")
 
-    def _step(self, grads, state, lr):
-        """Keras's `update_step` for all leaves -> (updates, state without new count)."""
-        raise NotImplementedError
+    def _clip(self) -> optax.GradientTransformation:
+        if self.clipnorm is not None:
+            return optax.stateless_with_tree_map(lambda g, _: _clip_by_norm(g, self.clipnorm))
+        if self.global_clipnorm is not None:
+            return optax.stateless(lambda g, _: _clip_by_global_norm(g, self.global_clipnorm))
+        if self.clipvalue is not None:
+            return optax.clip(self.clipvalue)
+        return optax.identity()
 
-    def _learning_rate(self, count):
-        if callable(self.learning_rate):
-            return self.learning_rate(count)
-        return self.learning_rate
+    def _chain(self, learning_rate) -> optax.GradientTransformation:
+        decay = optax.identity() if self.weight_decay is None else _decoupled_weight_decay(
+            self.weight_decay, learning_rate, type(self).__name__)
+        return optax.chain(self._clip(), self._rule(learning_rate), decay)
 
-    def _clip(self, grads):
-        # Keras tests truthiness and > 0, so 0 means "no clipping", as there.
-        if self.clipnorm and self.clipnorm > 0:
-            return _tree_map(lambda g: _clip_by_norm(g, self.clipnorm), grads)
-        if self.global_clipnorm and self.global_clipnorm > 0:
-            return _clip_by_global_norm(grads, self.global_clipnorm)
-        if self.clipvalue and self.clipvalue > 0:
-            return _tree_map(lambda g: jnp.clip(g, -self.clipvalue, self.clipvalue), grads)
-        return grads
-
-    def _decay(self, updates, params, lr):
-        if self.weight_decay is None:
-            return updates
-        if params is None:
-            raise ValueError(
-                f"{type(self).__name__}(weight_decay={self.weight_decay}) needs the "
-                f"parameters; got params=None. Call `tx.update(grads, state, params)`.")
-        wd = self.weight_decay
-        return _tree_map(lambda u, p: u - p * _cast(wd, p) * _cast(lr, p), updates, params)
-
-    def to_optax(self) -> optax.GradientTransformation:
+    def to_optax(self) -> optax.GradientTransformationExtraArgs:
         """The pure optax transformation performing this optimizer's Keras update.
 
         >>> tx = SGD(learning_rate=0.1).to_optax()
@@ -158,16 +166,9 @@ class Optimizer:
         >>> round(float(updates["w"]), 6), int(state.count)   # -0.1 * 2
         (-0.2, 1)
         """
-        def init_fn(params):
-            return self._init(params, jnp.zeros([], jnp.int32))
-
-        def update_fn(updates, state, params=None):
-            lr = self._learning_rate(state.count)
-            updates, state = self._step(self._clip(updates), state, lr)
-            updates = self._decay(updates, params, lr)
-            return updates, state._replace(count=state.count + jnp.int32(1))
-
-        return optax.GradientTransformation(init_fn, update_fn)
+        # A float becomes a state array: a Python number would be baked into the trace.
+        lr = self.learning_rate if callable(self.learning_rate) else float(self.learning_rate)
+        return optax.inject_hyperparams(self._chain, hyperparam_dtype=jnp.float32)(lr)
 
 
 @OPTIMIZERS.register("sgd")
@@ -188,27 +189,14 @@ class SGD(Optimizer):
                  nesterov: bool = False, weight_decay=None, clipnorm=None,
                  clipvalue=None, global_clipnorm=None):
         super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
-                or not 0 <= momentum <= 1:
-            raise ValueError(f"`momentum` must be a float in [0, 1]; got {momentum!r}. "
-                             f"Use e.g. momentum=0.9, or 0.0 for plain SGD.")
-        self.momentum = momentum
-        self.nesterov = nesterov
+        _check_number("momentum", momentum, 0.9, "[0, 1]")
+        self.momentum, self.nesterov = momentum, nesterov
 
-    def _init(self, params, count):
-        return SGDState(count, _zeros(params) if self.momentum != 0 else None)
-
-    def _step(self, grads, state, lr):
-        if self.momentum == 0:
-            return _tree_map(lambda g: -g * _cast(lr, g), grads), state
-        mu = self.momentum
-
-        def step(g, m):  # Keras applies the same expression again for Nesterov
-            return m * _cast(mu, m) - g * _cast(lr, g)
-
-        momentum = _tree_map(step, grads, state.momentum)
-        updates = _tree_map(step, grads, momentum) if self.nesterov else momentum
-        return updates, state._replace(momentum=momentum)
+    def _rule(self, learning_rate):
+        # optax.sgd traces raw gradients and scales the trace by today's lr; Keras's velocity
+        # sums lr-scaled gradients, so scaling first and tracing after is Keras exactly.
+        trace = optax.trace(self.momentum, self.nesterov) if self.momentum else optax.identity()
+        return optax.chain(_scale_by_learning_rate(learning_rate), trace)
 
 
 @OPTIMIZERS.register("adam")
@@ -217,12 +205,11 @@ class Adam(Optimizer):
 
     With ``t = count + 1``: ``m += (g - m) * (1 - beta_1)``; ``v += (g^2 - v) * (1 - beta_2)``;
     ``alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)``; update ``-alpha * m / (sqrt(v) + eps)``.
-    This differs from ``optax.adam``, which adds epsilon after bias correction.
 
     Args:
       learning_rate: float or schedule; 0.001.
-      beta_1, beta_2: decay rates of the first and second moments; 0.9, 0.999.
-      epsilon: added to ``sqrt(v)``; 1e-7.
+      beta_1, beta_2: decay rates of the first and second moments, in [0, 1); 0.9, 0.999.
+      epsilon: added to ``sqrt(v)``, >= 0; 1e-7.
       amsgrad: divide by the running maximum of ``v`` instead.
       weight_decay, clipnorm, clipvalue, global_clipnorm: see `Optimizer`.
 
@@ -236,32 +223,15 @@ class Adam(Optimizer):
                  beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
         super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
-        self.beta_1 = beta_1
-        self.beta_2 = beta_2
-        self.epsilon = epsilon
-        self.amsgrad = amsgrad
+        _check_number("beta_1", beta_1, 0.9, "[0, 1)")
+        _check_number("beta_2", beta_2, 0.999, "[0, 1)")
+        _check_number("epsilon", epsilon, 1e-7)
+        self.beta_1, self.beta_2, self.epsilon, self.amsgrad = beta_1, beta_2, epsilon, amsgrad
 
-    def _init(self, params, count):
-        velocity_hat = _zeros(params) if self.amsgrad else None
-        return AdamState(count, _zeros(params), _zeros(params), velocity_hat)
-
-    def _step(self, grads, state, lr):
-        b1, b2, eps = self.beta_1, self.beta_2, self.epsilon
-        m = _tree_map(lambda g, m: m + (g - m) * _cast(1 - b1, m), grads, state.momentum)
-        v = _tree_map(lambda g, v: v + (jnp.square(g) - v) * _cast(1 - b2, v),
-                      grads, state.velocity)
-        v_hat = state.velocity_hat
-        if self.amsgrad:
-            v_hat = _tree_map(jnp.maximum, v_hat, v)
-        t = state.count + 1
-
-        def leaf(m, v):
-            step = _cast(t, m)
-            alpha = _cast(lr, m) * jnp.sqrt(1 - _cast(b2, m) ** step) / (1 - _cast(b1, m) ** step)
-            return -(m * alpha) / (jnp.sqrt(v) + _cast(eps, v))
-
-        updates = _tree_map(leaf, m, v_hat if self.amsgrad else v)
-        return updates, state._replace(momentum=m, velocity=v, velocity_hat=v_hat)
+    def _rule(self, learning_rate):
+        return optax.chain(
+            _scale_by_keras_adam(self.beta_1, self.beta_2, self.epsilon, self.amsgrad),
+            _scale_by_learning_rate(learning_rate))
 
 
 @OPTIMIZERS.register("adamw")
@@ -270,7 +240,7 @@ class AdamW(Adam):
 
     Args:
       learning_rate: float or schedule; 0.001.
-      weight_decay: float, required; 0.004.
+      weight_decay: float >= 0, required; 0.004.
       beta_1, beta_2, epsilon, amsgrad: as in `Adam`.
       clipnorm, clipvalue, global_clipnorm: see `Optimizer`.
     """
@@ -295,9 +265,9 @@ class RMSprop(Optimizer):
 
     Args:
       learning_rate: float or schedule; 0.001.
-      rho: decay of the mean square; 0.9.
-      momentum: plain (not Nesterov) momentum; 0.0 keeps no buffer.
-      epsilon: added to the mean square before the square root; 1e-7.
+      rho: decay of the mean square, in [0, 1); 0.9.
+      momentum: plain (not Nesterov) momentum, >= 0; 0.0 keeps no buffer.
+      epsilon: added to the mean square before the square root, >= 0; 1e-7.
       centered: divide by the estimated variance instead of the second moment.
       weight_decay, clipnorm, clipvalue, global_clipnorm: see `Optimizer`.
     """
@@ -306,46 +276,31 @@ class RMSprop(Optimizer):
                  momentum: float = 0.0, epsilon: float = 1e-7, centered: bool = False,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
         super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
-        self.rho = rho
-        self.momentum = momentum
-        self.epsilon = epsilon
-        self.centered = centered
+        _check_number("rho", rho, 0.9, "[0, 1)")
+        _check_number("momentum", momentum, 0.9)
+        _check_number("epsilon", epsilon, 1e-7)
+        self.rho, self.momentum, self.epsilon, self.centered = rho, momentum, epsilon, centered
 
-    def _init(self, params, count):
-        momentum = _zeros(params) if self.momentum > 0 else None
-        average = _zeros(params) if self.centered else None
-        return RMSpropState(count, _zeros(params), momentum, average)
-
-    def _step(self, grads, state, lr):
-        rho, eps = self.rho, self.epsilon
-        v = _tree_map(lambda g, v: _cast(rho, v) * v + _cast(1 - rho, v) * jnp.square(g),
-                      grads, state.velocity)
-        a = state.average_gradient
-        if self.centered:
-            a = _tree_map(lambda g, a: _cast(rho, a) * a + _cast(1 - rho, a) * g, grads, a)
-            denominator = _tree_map(lambda v, a: v - jnp.square(a) + _cast(eps, v), v, a)
-        else:
-            denominator = _tree_map(lambda v: v + _cast(eps, v), v)
-        increment = _tree_map(lambda g, d: g * _cast(lr, g) / jnp.sqrt(d), grads, denominator)
-        b = state.momentum
-        if self.momentum > 0:
-            b = _tree_map(lambda b, i: _cast(self.momentum, b) * b + i, b, increment)
-            increment = b
-        updates = _tree_map(jnp.negative, increment)
-        return updates, state._replace(velocity=v, momentum=b, average_gradient=a)
+    def _rule(self, learning_rate):
+        # optax.rmsprop's pieces with eps_in_sqrt=True are Keras's formula; the momentum
+        # trace comes after the lr scaling, so it sums lr-scaled increments as Keras does.
+        scale = optax.scale_by_stddev if self.centered else optax.scale_by_rms
+        return optax.chain(
+            scale(decay=self.rho, eps=self.epsilon, initial_scale=0.0, eps_in_sqrt=True),
+            _scale_by_learning_rate(learning_rate),
+            optax.trace(decay=self.momentum) if self.momentum > 0 else optax.identity())
 
 
 @OPTIMIZERS.register("adagrad")
 class Adagrad(Optimizer):
     """Adagrad exactly as ``keras.optimizers.Adagrad``.
 
-    ``acc += g^2``; update ``-lr * g / sqrt(acc + eps)``, with ``acc`` starting at
-    ``initial_accumulator_value``.
+    ``acc += g^2``, from ``initial_accumulator_value``; update ``-lr * g / sqrt(acc + eps)``.
 
     Args:
       learning_rate: float or schedule; 0.001.
       initial_accumulator_value: starting value of the accumulators, >= 0; 0.1.
-      epsilon: added to the accumulator before the square root; 1e-7.
+      epsilon: added to the accumulator before the square root, >= 0; 1e-7.
       weight_decay, clipnorm, clipvalue, global_clipnorm: see `Optimizer`.
     """
 
@@ -353,29 +308,24 @@ class Adagrad(Optimizer):
                  initial_accumulator_value: float = 0.1, epsilon: float = 1e-7,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
         super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm)
-        if initial_accumulator_value < 0:
-            raise ValueError(f"`initial_accumulator_value` must be >= 0; got "
-                             f"{initial_accumulator_value!r}. Keras's default is 0.1.")
-        self.initial_accumulator_value = initial_accumulator_value
-        self.epsilon = epsilon
+        _check_number("initial_accumulator_value", initial_accumulator_value, 0.1)
+        _check_number("epsilon", epsilon, 1e-7)
+        self.initial_accumulator_value, self.epsilon = initial_accumulator_value, epsilon
 
-    def _init(self, params, count):
-        return AdagradState(count, _zeros(params, self.initial_accumulator_value))
-
-    def _step(self, grads, state, lr):
-        acc = _tree_map(lambda g, a: a + jnp.square(g), grads, state.accumulator)
-        updates = _tree_map(lambda g, a: -(g * _cast(lr, g)) / jnp.sqrt(a + _cast(self.epsilon, a)),
-                            grads, acc)
-        return updates, state._replace(accumulator=acc)
+    def _rule(self, learning_rate):
+        # optax.scale_by_rss is Keras's g / sqrt(acc + eps), except that it returns 0 where
+        # acc == 0 (so g == 0) and eps == 0, where Keras computes 0 / 0 = NaN.
+        return optax.chain(
+            optax.scale_by_rss(self.initial_accumulator_value, self.epsilon),
+            _scale_by_learning_rate(learning_rate))
 
 
 def get(identifier) -> optax.GradientTransformation:
     """Resolve what `compile(optimizer=...)` accepts into an optax transformation.
 
     Args:
-      identifier: a name ("adam", "sgd", "rmsprop", "adagrad", "adamw"; any case)
-        built with Keras defaults, a batchfit optimizer, or an
-        `optax.GradientTransformation`, returned unchanged.
+      identifier: a name ("adam", "sgd", "rmsprop", "adagrad", "adamw"; any case) built with
+        Keras defaults, a batchfit optimizer, or an `optax.GradientTransformation` (as is).
 
     >>> tx = get("SGD")
     >>> round(float(tx.update(jnp.array(3.0), tx.init(jnp.array(0.0)))[0]), 6)   # -0.01 * 3
@@ -397,3 +347,53 @@ def get(identifier) -> optax.GradientTransformation:
         f"a batchfit.optimizers object such as Adam(learning_rate=1e-3), or an "
         f"optax.GradientTransformation; got {type(identifier).__name__}. "
         f"Pass one of those, e.g. optimizer='adam' or optimizer=optax.sgd(0.01).")
+
+
+def _is_injected(node) -> bool:
+    return isinstance(node, optax.InjectStatefulHyperparamsState)
+
+
+def _injected_state(opt_state):
+    """The one `inject_hyperparams` state inside `opt_state` that holds a learning rate."""
+    found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_injected)
+             if _is_injected(s) and "learning_rate" in s.hyperparams]
+    if len(found) != 1:
+        raise ValueError(f"`opt_state` must hold exactly one learning rate; found {len(found)} "
+                         f"in a {type(opt_state).__name__}. Use a batchfit optimizer such as Adam"
+                         f"(1e-3), or optax.inject_hyperparams(optax.adam)(learning_rate=1e-3).")
+    return found[0]
+
+
+def get_learning_rate(opt_state) -> jax.Array:
+    """The learning rate in an optimizer state: a scalar array, float32 for batchfit optimizers.
+
+    It is the rate of the last update (of the first, before any). Works on the state of
+    a batchfit optimizer and of ``optax.inject_hyperparams(...)(learning_rate=...)``.
+
+    >>> tx = SGD(learning_rate=0.1).to_optax()
+    >>> state = set_learning_rate(tx.init(jnp.zeros(1)), 0.5)
+    >>> print(get_learning_rate(state), tx.update(jnp.ones(1), state)[0])   # -0.5 * 1
+    0.5 [-0.5]
+    """
+    return _injected_state(opt_state).hyperparams["learning_rate"]
+
+
+def set_learning_rate(opt_state, learning_rate):
+    """A copy of `opt_state` whose next updates use `learning_rate`, without re-tracing.
+
+    Args:
+      opt_state: the state of a batchfit optimizer built with a float learning rate.
+      learning_rate: a float >= 0, or a scalar array (also a traced one inside `jit`).
+    """
+    target = _injected_state(opt_state)
+    if "learning_rate" in target.hyperparams_states:
+        raise TypeError("`learning_rate` cannot be set: it follows a schedule, which sets it at "
+                        "every update. Build the optimizer with a float learning rate instead.")
+    if isinstance(learning_rate, numbers.Number):
+        _check_number("learning_rate", learning_rate, 1e-3)
+    new = jnp.asarray(learning_rate, dtype=target.hyperparams["learning_rate"].dtype)
+    if new.shape != ():
+        raise ValueError(f"`learning_rate` must be a scalar; got shape {new.shape}. Pass a float.")
+    hyperparams = {**target.hyperparams, "learning_rate": new}
+    return _tree_map(lambda s: s._replace(hyperparams=hyperparams) if s is target else s,
+                     opt_state, is_leaf=_is_injected)
