@@ -1,5 +1,6 @@
 """Layers, activations and regularizers: numbers by hand or against float64 NumPy."""
 
+import json
 import math
 
 import jax
@@ -20,7 +21,7 @@ def built(layer, input_shape, seed=0):
 
 def set_weights(module, arrays):
     for variable, value in zip(L.keras_weight_variables(module), arrays, strict=True):
-        variable[...] = jnp.asarray(value, jnp.float32)
+        variable[...] = jnp.asarray(value, variable[...].dtype)
 
 
 # ---- activations and regularizers -------------------------------------------------------
@@ -232,6 +233,26 @@ def test_embedding_lookup_and_uniform_init():
     assert y.tolist() == [[[8.0, 9.0], [0.0, 1.0], [4.0, 5.0]]]
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_embedding_ids_out_of_range_give_nan_rows_never_wrap(compiled):
+    emb = built(L.Embedding(5, 2), (4,))
+    set_weights(emb, [np.arange(10.0).reshape(5, 2)])  # row i is [2i, 2i + 1]
+    lookup = jax.jit(lambda ids: emb(ids)) if compiled else emb
+    y = np.asarray(lookup(jnp.array([[3, 5, -1, 0], [4, 1, 6, -5]])))
+    assert np.isnan(y[[0, 0, 1, 1], [1, 2, 2, 3]]).all()   # 5, -1, 6, -5: rows of NaN
+    assert y[0, [0, 3]].tolist() == [[6.0, 7.0], [0.0, 1.0]]   # not [8, 9], the row -1 wraps to
+    assert y[1, [0, 1]].tolist() == [[8.0, 9.0], [2.0, 3.0]]
+
+
+def test_embedding_ids_are_not_cast_to_the_layer_dtype():
+    emb = built(L.Embedding(300, 1, dtype="bfloat16"), (1,))
+    set_weights(emb, [np.arange(300.0)[:, None]])      # bfloat16 rounds 257 to 256 (8 bits)
+    assert emb(jnp.array([[257]])).dtype == jnp.bfloat16
+    assert float(emb(jnp.array([[258]]))[0, 0, 0]) == 258.0   # id 258 is row 258, exactly
+    ids = L.build_stack([L.Input((2,), dtype="int32")], seed=0)(jnp.array([[1.0, 3.0]]))
+    assert ids.dtype == jnp.int32 and ids.tolist() == [[1, 3]]   # as Keras's Input(dtype=)
+
+
 # ---- Stack: shapes, order, penalties, seeds, modes ---------------------------------------
 
 def test_build_stack_propagates_shapes_through_conv_and_flatten():
@@ -311,3 +332,103 @@ def test_layer_config_round_trip():
     assert config["class_name"] == "Conv2D" and config["config"]["padding"] == "same"
     clone = L.layer_from_config(config)
     assert clone.kernel_size == (3, 3) and clone.input_shape == (4, 4, 1)
+
+
+# ---- dtype -------------------------------------------------------------------------------
+
+ALL_LAYERS = [L.Conv2D(4, 3, padding="same"), L.MaxPooling2D(), L.BatchNormalization(),
+              L.Flatten(), L.Dense(6, activation="relu"), L.Dropout(0.5),
+              L.LayerNormalization(), L.Activation("softmax")]
+
+
+def with_dtype(layers, dtype):
+    return [L.layer_from_config({"class_name": type(layer).__name__, "config": {
+        **layer.get_config()["config"], "dtype": dtype}}) for layer in layers]
+
+
+@pytest.mark.parametrize("dtype,name", [(None, "float32"), ("bfloat16", "bfloat16"),
+                                        (np.float16, "float16")])
+def test_every_layer_holds_and_computes_in_its_dtype(dtype, name):
+    layers = with_dtype(ALL_LAYERS, dtype)
+    assert {(la.dtype, la.compute_dtype, la.variable_dtype) for la in layers} == {(name,) * 3}
+    stack = L.build_stack(layers, (4, 4, 1), seed=0)
+    weights = L.keras_weight_variables(stack)
+    wide = L.keras_weight_variables(L.build_stack(ALL_LAYERS, (4, 4, 1), seed=0))
+    for narrow, float32 in zip(weights, wide, strict=True):   # the float32 weights, rounded
+        np.testing.assert_array_equal(narrow[...], float32[...].astype(name))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 4, 1)), jnp.float32)
+    for mode in ("eval", "train"):
+        getattr(stack, mode)()
+        out = x
+        for module in stack.layers:                    # float32 in, each output in `name`
+            out = module(out)
+            assert out.dtype == name, (type(module).__name__, mode)
+    assert {str(v[...].dtype) for v in weights} == {name}   # also the moved BN statistics
+
+
+def test_normalization_statistics_are_float32_in_a_bfloat16_layer():
+    # 256, 258, 260, 262 are exact in bfloat16 (step 2 in [256, 512)); their sum 1036 is not
+    # (step 8 in [1024, 2048)), so a bfloat16 mean would be 258 or 260. In float32: mean 259,
+    # variance (9 + 1 + 1 + 9) / 4 = 5.
+    x = jnp.array([[256.0, 258.0, 260.0, 262.0]])
+    expected = np.array([-3.0, -1.0, 1.0, 3.0]) / math.sqrt(5 + 1e-3)
+    ln = built(L.LayerNormalization(dtype="bfloat16"), (4,))
+    assert ln(x).dtype == jnp.bfloat16
+    assert np.asarray(ln(x), np.float32)[0] == approx(expected, rel=1e-2)
+    bn = built(L.BatchNormalization(dtype="bfloat16"), (1,))
+    bn.train()                                         # the same numbers, down the batch
+    assert np.asarray(bn(x.T), np.float32)[:, 0] == approx(expected, rel=1e-2)
+
+
+def test_dtype_config_round_trip_and_float64_without_x64():
+    assert L.Dense(2).get_config()["config"]["dtype"] == "float32"
+    for layer in [L.Dense(2, dtype=jnp.bfloat16), L.Embedding(3, 2, dtype=np.float16),
+                  L.Input((2,), dtype="int32"), *with_dtype(ALL_LAYERS, "float64")]:
+        config = json.loads(json.dumps(layer.get_config()))    # plain JSON, as save() writes
+        assert L.layer_from_config(config).compute_dtype == config["config"]["dtype"] \
+            == layer.dtype
+    dense = L.Dense(2, input_shape=(3,), dtype="float64")     # JAX holds float32 without x64
+    assert L.build_stack([dense], seed=0).layers[0].kernel[...].dtype == jnp.float32
+    with jax.enable_x64(True):
+        assert L.build_stack([dense], seed=0).layers[0](jnp.ones((1, 3))).dtype == jnp.float64
+
+
+# ---- refused configurations --------------------------------------------------------------
+
+REFUSED = [  # (layer, the argument named, values refused, the other arguments)
+    (L.LayerNormalization, "epsilon", [-1, 0, float("nan"), float("inf"), "1e-3"], {}),
+    (L.BatchNormalization, "epsilon", [0.0, -1e-3], {}),
+    (L.BatchNormalization, "momentum", [1.5, -0.1, True], {}),
+    (L.Embedding, "input_dim", [0, True], {"output_dim": 2}),
+    (L.Embedding, "output_dim", [0, 2.0], {"input_dim": 10}),
+    (L.Dropout, "rate", [1.0, -0.1, True, None], {}),
+    (L.Dense, "units", [0, True, 2.5], {}),
+    (L.Dense, "input_dim", [0, True], {"units": 2}),
+    (L.Dense, "input_shape", [(True,), (2.0,), "10"], {"units": 2}),
+    (L.Dense, "dtype", ["float8", "int32", "mixed_bfloat16", 3], {"units": 2}),
+    (L.InputLayer, "dtype", ["string"], {"shape": (2,)}),
+    (L.Conv2D, "filters", [0, False], {"kernel_size": 3}),
+    (L.Conv2D, "kernel_size", [(True, 3), (3,), 3.0], {"filters": 4}),
+    (L.Conv2D, "strides", [0], {"filters": 4, "kernel_size": 3}),
+    (L.Conv2D, "padding", ["full"], {"filters": 4, "kernel_size": 3}),
+    (L.MaxPooling2D, "pool_size", [0], {}),
+]
+
+
+@pytest.mark.parametrize("layer,argument,value,others", [
+    (layer, argument, v, others) for layer, argument, values, others in REFUSED for v in values])
+def test_bad_configs_are_refused_at_construction(layer, argument, value, others):
+    with pytest.raises(ValueError) as info:
+        layer(**others, **{argument: value})
+    message = str(info.value)                 # the class, the argument, the value and a fix
+    assert message.startswith(f"{layer.__name__}: `{argument}` must be"), message
+    assert f"got {argument}={value!r}" in message and "Pass" in message, message
+    assert argument != "dtype" or "'float32', 'bfloat16', 'float16', 'float64'" in message
+
+
+def test_in_range_configs_are_kept():
+    assert L.Dropout(0).rate == 0.0 and L.Dropout(np.float32(0.25)).rate == 0.25
+    assert L.BatchNormalization(momentum=0, epsilon=1).momentum == 0.0
+    assert L.BatchNormalization(momentum=1).momentum == 1.0
+    assert L.LayerNormalization(epsilon=np.float64(1e-5)).epsilon == 1e-5
+    assert L.Dense(2, input_shape=np.array([4, 5])).input_shape == (4, 5)

@@ -1,10 +1,13 @@
-"""The Layer config base class, argument checks, and the regularized-module mixin."""
+"""The Layer config base class, argument checks, dtypes, and the regularized-module mixin."""
 
 from __future__ import annotations
 
 import inspect
+import math
 import re
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -15,6 +18,9 @@ __all__ = ["Layer", "LAYERS", "layer_from_config"]
 
 LAYERS = Registry("layer")
 
+_FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+_INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
 
 def _positive_int(value, name: str, owner: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -23,30 +29,114 @@ def _positive_int(value, name: str, owner: str) -> int:
     return int(value)
 
 
+def _real(value, name: str, owner: str, expected: str, within, example) -> float:
+    """`value` as a float, when it is a finite real number (not a bool) for which `within` holds."""
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not real or not math.isfinite(value) or not within(value):
+        raise ValueError(f"{owner}: `{name}` must be {expected}; got {name}={value!r}. "
+                         f"Pass e.g. {owner}({name}={example!r}).")
+    return float(value)
+
+
+def _sequence(value) -> tuple | None:
+    """`value` as a tuple when it is a sequence of entries (not a string), else None."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        return tuple(value)
+    except TypeError:
+        return None
+
+
 def _pair(value, name: str, owner: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"{owner}: `{name}` must be an int or a pair of ints; got "
-                         f"{name}={value!r}. Pass e.g. {name}=(3, 3).")
-    return tuple(_positive_int(v, name, owner) for v in pair)
+    pair = (value, value) if isinstance(value, (int, np.integer)) else _sequence(value)
+    if pair is None or len(pair) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in pair):
+        raise ValueError(f"{owner}: `{name}` must be a positive int or a pair of them; got "
+                         f"{name}={value!r}. Pass e.g. {owner}({name}=(3, 3)).")
+    return tuple(int(v) for v in pair)
 
 
 def _padding(value, owner: str) -> str:
     if not isinstance(value, str) or value.lower() not in ("valid", "same"):
-        raise ValueError(f"{owner}: `padding` must be 'valid' or 'same'; got {value!r}.")
+        raise ValueError(f"{owner}: `padding` must be 'valid' or 'same'; got padding={value!r}. "
+                         "Pass padding='same' to keep the spatial size, 'valid' for no padding.")
     return value.lower()
 
 
-def _shape(value, name: str) -> tuple:
-    shape = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
-    if any(d is not None and (isinstance(d, bool) or int(d) < 1) for d in shape):
-        raise ValueError(f"`{name}` must be a tuple of positive ints (or None), without the "
-                         f"batch axis; got {value!r}. Pass e.g. {name}=(28, 28, 1).")
+def _shape(value, name: str, owner: str = "") -> tuple:
+    shape = (value,) if isinstance(value, (int, np.integer)) else _sequence(value)
+    sizes = [d for d in shape or () if d is not None]
+    if shape is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                and d >= 1 for d in sizes):
+        raise ValueError(f"{owner + ': ' if owner else ''}`{name}` must be a tuple of positive "
+                         f"ints (or None), without the batch axis; got {name}={value!r}. Pass "
+                         f"e.g. {name}=(28, 28, 1).")
     return tuple(None if d is None else int(d) for d in shape)
 
 
+class _DTypePolicy(NamedTuple):
+    """A layer's dtypes: its weights are `variable_dtype`, its arithmetic `compute_dtype`.
+
+    A plain dtype name sets both; a mixed policy (Keras's "mixed_bfloat16") would keep float32
+    weights and compute in bfloat16, and needs only `_dtype_policy` to say so.
+    """
+
+    name: str
+    variable_dtype: str
+    compute_dtype: str
+
+
+def _dtype_policy(value, owner: str, accepted: tuple = _FLOAT_DTYPES) -> _DTypePolicy:
+    """The policy named by `dtype=`: a name in `accepted`, a NumPy/JAX dtype, or None (float32)."""
+    try:
+        name = "float32" if value is None else (
+            value if isinstance(value, str) else np.dtype(value).name)
+    except (TypeError, ValueError):
+        name = None
+    if name not in accepted:
+        raise ValueError(f"{owner}: `dtype` must be one of {', '.join(map(repr, accepted))}, "
+                         f"a NumPy/JAX dtype of these, or None (float32); got dtype={value!r}. "
+                         f"Pass e.g. {owner}(..., dtype='bfloat16').")
+    return _DTypePolicy(name, name, name)
+
+
+def _jax_dtype(name: str) -> np.dtype:
+    """The dtype JAX holds for `name`: float64 and int64 only with jax_enable_x64, else 32-bit."""
+    return jax.dtypes.canonicalize_dtype(np.dtype(name))
+
+
+def _autocast(x, dtype):
+    """`x` as the input of a layer computing in `dtype`, as Keras autocasts.
+
+    Floating inputs are cast to a floating `dtype`; other inputs (integer ids, bools) pass as
+    they are. An integer `dtype` (an InputLayer declaring ids) converts every input.
+    """
+    x = jnp.asarray(x)
+    if x.dtype == dtype:
+        return x
+    if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(x.dtype, jnp.floating):
+        return x.astype(dtype)
+    return x
+
+
+def _initial_weight(initializer, key, shape, dtype):
+    """`initializer`'s draw, made at float32 (or wider) and rounded to `dtype`, so a half
+    precision layer starts from the float32 layer's weights of the same seed, rounded."""
+    wide = jnp.promote_types(dtype, jnp.float32)
+    return jnp.asarray(initializer(key, shape, wide)).astype(dtype)
+
+
 class Layer:
-    """Base config: `build(input_shape, rngs)` -> NNX module for [B, *input_shape]."""
+    """Base config: `build(input_shape, rngs)` -> NNX module for [B, *input_shape].
+
+    `dtype` (Keras's argument): "float32" (None), "bfloat16", "float16", "float64", or a NumPy or
+    JAX dtype of these. The built module's weights are `variable_dtype` and it computes in
+    `compute_dtype` (both `dtype` for now), floating inputs cast to it. float64 needs
+    `jax.config.update("jax_enable_x64", True)` before building; without it JAX holds float32.
+    """
+
+    _accepted_dtypes = _FLOAT_DTYPES
 
     def __new__(cls, *args, **kwargs):
         self = super().__new__(cls)
@@ -61,11 +151,30 @@ class Layer:
         if not cls.__name__.startswith("_"):
             LAYERS.register(cls.__name__)(cls)
 
-    def __init__(self, *, input_shape=None, input_dim=None, name=None):
-        input_shape = (input_dim,) if input_dim is not None else input_shape
-        self.input_shape = None if input_shape is None else _shape(input_shape, "input_shape")
-        snake = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type(self).__name__)  # as Keras
+    def __init__(self, *, input_shape=None, input_dim=None, name=None, dtype=None):
+        owner = type(self).__name__
+        if input_dim is not None:
+            input_shape = (_positive_int(input_dim, "input_dim", owner),)
+        self.input_shape = None if input_shape is None else _shape(input_shape, "input_shape",
+                                                                   owner)
+        snake = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", owner)  # as Keras
         self.name = name or re.sub(r"([a-z])([A-Z])", r"\1_\2", snake).lower()
+        self._dtype_policy = _dtype_policy(dtype, owner, self._accepted_dtypes)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the weights, as Keras 3's `layer.dtype`."""
+        return self._dtype_policy.variable_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        """The dtype the built module's weights are created in."""
+        return self._dtype_policy.variable_dtype
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the built module computes in; floating inputs are cast to it."""
+        return self._dtype_policy.compute_dtype
 
     def compute_output_shape(self, input_shape) -> tuple:
         """Per-sample output shape for a per-sample `input_shape` (the identity here)."""
@@ -76,8 +185,9 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} must define build(input_shape, rngs).")
 
     def get_config(self) -> dict:
-        """{"class_name", "config"}: the constructor arguments as given (values not converted)."""
-        return {"class_name": type(self).__name__, "config": dict(self._arguments)}
+        """{"class_name", "config"}: the constructor arguments as given, `dtype` as its name."""
+        config = {**self._arguments, "dtype": self._dtype_policy.name}
+        return {"class_name": type(self).__name__, "config": config}
 
     def _fail(self, input_shape, needs: str):
         raise ValueError(f"{type(self).__name__} '{self.name}' needs {needs}; got per-sample "
@@ -98,8 +208,13 @@ class _Regularized(nnx.Module):
     weight_regularizers: tuple = ()
 
     def penalty(self):
-        """Scalar float32: the sum of this module's weight penalties (Keras `layer.losses`)."""
+        """Scalar float32: the sum of this module's weight penalties (Keras `layer.losses`).
+
+        Half precision weights are widened first: a sum of squares in bfloat16 loses digits.
+        """
         total = jnp.zeros((), jnp.float32)
         for name, regularizer in self.weight_regularizers:
-            total = total + regularizer(getattr(self, name)[...])
+            weight = getattr(self, name)[...]
+            wide = weight.astype(jnp.promote_types(weight.dtype, jnp.float32))
+            total = total + jnp.asarray(regularizer(wide)).astype(jnp.float32)
         return total

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from batchfit.layers.base import Layer, _padding, _pair, _positive_int
+from batchfit.layers.base import Layer, _autocast, _jax_dtype, _padding, _pair, _positive_int
 from batchfit.layers.core import _Affine, _AffineModule
 
 
@@ -18,7 +18,8 @@ class Conv2DModule(_AffineModule):
         self.strides, self.padding = layer.strides, layer.padding.upper()
 
     def __call__(self, x):
-        y = jax.lax.conv_general_dilated(x, self.kernel[...], self.strides, self.padding,
+        x = _autocast(x, self.compute_dtype)
+        y = jax.lax.conv_general_dilated(x, self._kernel(), self.strides, self.padding,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return self._finish(y)
 
@@ -60,12 +61,14 @@ class MaxPoolModule(nnx.Module):
 
     keras_weights = ()
 
-    def __init__(self, pool_size, strides, padding: str):
+    def __init__(self, pool_size, strides, padding: str, compute_dtype="float32"):
         self.pool_size, self.strides, self.padding = pool_size, strides, padding.upper()
+        self.compute_dtype = _jax_dtype(compute_dtype)
 
     def __call__(self, x):
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *self.pool_size, 1),
-                                     (1, *self.strides, 1), self.padding)
+        x = _autocast(x, self.compute_dtype)
+        return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+                                     (1, *self.pool_size, 1), (1, *self.strides, 1), self.padding)
 
 
 class MaxPooling2D(Layer):
@@ -83,4 +86,4 @@ class MaxPooling2D(Layer):
                              input_shape[-1] if input_shape else None)
 
     def build(self, input_shape, rngs: nnx.Rngs) -> MaxPoolModule:
-        return MaxPoolModule(self.pool_size, self.strides, self.padding)
+        return MaxPoolModule(self.pool_size, self.strides, self.padding, self.compute_dtype)

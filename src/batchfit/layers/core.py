@@ -10,7 +10,17 @@ from flax import nnx
 
 from batchfit import activations, regularizers
 from batchfit.errors import describe
-from batchfit.layers.base import Layer, _positive_int, _Regularized
+from batchfit.layers.base import (
+    _FLOAT_DTYPES,
+    _INTEGER_DTYPES,
+    Layer,
+    _autocast,
+    _initial_weight,
+    _jax_dtype,
+    _positive_int,
+    _real,
+    _Regularized,
+)
 from batchfit.layers.initializers import get_initializer
 
 
@@ -20,9 +30,12 @@ class _AffineModule(_Regularized):
     keras_weights = ("kernel", "bias")
 
     def __init__(self, layer: "_Affine", kernel_shape: tuple, rngs: nnx.Rngs):
-        f32 = jnp.float32
-        self.kernel = nnx.Param(layer.kernel_initializer(rngs.params(), kernel_shape, f32))
-        self.bias = (nnx.Param(layer.bias_initializer(rngs.params(), kernel_shape[-1:], f32))
+        dtype = _jax_dtype(layer.variable_dtype)
+        self.compute_dtype = _jax_dtype(layer.compute_dtype)
+        self.kernel = nnx.Param(_initial_weight(layer.kernel_initializer, rngs.params(),
+                                               kernel_shape, dtype))
+        self.bias = (nnx.Param(_initial_weight(layer.bias_initializer, rngs.params(),
+                                              kernel_shape[-1:], dtype))
                      if layer.use_bias else None)
         self.keras_weights = ("kernel", "bias") if layer.use_bias else ("kernel",)
         self.activation = layer.activation
@@ -30,8 +43,13 @@ class _AffineModule(_Regularized):
         self.weight_regularizers = tuple((k, r) for k, r in named.items()
                                          if r is not None and getattr(self, k) is not None)
 
+    def _kernel(self):
+        return self.kernel[...].astype(self.compute_dtype)
+
     def _finish(self, y):
-        return self.activation(y if self.bias is None else y + self.bias[...])
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.compute_dtype)
+        return self.activation(y)
 
 
 class _Affine(Layer):
@@ -51,11 +69,12 @@ class DenseModule(_AffineModule):
     """Built `Dense`: activation(x @ kernel + bias) on the last axis; kernel [in, units]."""
 
     def __call__(self, x):
+        x = _autocast(x, self.compute_dtype)
         if x.ndim < 2 or x.shape[-1] != self.kernel.shape[0]:
             raise ValueError(f"Dense built for {self.kernel.shape[0]} input features got "
                              f"{describe(x)}. Give data shaped [B, ..., {self.kernel.shape[0]}] "
                              "or rebuild the model for this shape.")
-        return self._finish(jnp.matmul(x, self.kernel[...]))
+        return self._finish(jnp.matmul(x, self._kernel()))
 
 
 class Dense(_Affine):
@@ -82,11 +101,11 @@ class FunctionModule(nnx.Module):
 
     keras_weights = ()
 
-    def __init__(self, function):
-        self.function = function
+    def __init__(self, function, compute_dtype="float32"):
+        self.function, self.compute_dtype = function, _jax_dtype(compute_dtype)
 
     def __call__(self, x):
-        return self.function(x)
+        return self.function(_autocast(x, self.compute_dtype))
 
 
 class Activation(Layer):
@@ -97,7 +116,7 @@ class Activation(Layer):
         self.activation = activations.get(activation)
 
     def build(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
-        return FunctionModule(self.activation)
+        return FunctionModule(self.activation, self.compute_dtype)
 
 
 def _flatten(x):
@@ -113,22 +132,28 @@ class Flatten(Layer):
         return (math.prod(input_shape),)
 
     def build(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
-        return FunctionModule(_flatten)
+        return FunctionModule(_flatten, self.compute_dtype)
 
 
 class InputLayer(Layer):
-    """Declares the per-sample input shape of a Sequential; computes the identity."""
+    """Declares the per-sample input shape of a Sequential; computes the identity.
+
+    Its `dtype` may also be an integer name ("int32" for token ids, as Keras's
+    `Input(shape, dtype="int32")`): every input is then converted to it.
+    """
+
+    _accepted_dtypes = _FLOAT_DTYPES + _INTEGER_DTYPES
 
     def __init__(self, shape=None, **kwargs):
         super().__init__(**({"input_shape": shape, **kwargs} if shape is not None else kwargs))
 
     def build(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
-        return FunctionModule(activations.linear)
+        return FunctionModule(activations.linear, self.compute_dtype)
 
 
-def Input(shape, name=None) -> InputLayer:  # noqa: N802 (the Keras name)
-    """Keras `Input(shape)`; here an `InputLayer` to put first in a Sequential."""
-    return InputLayer(shape=shape, name=name)
+def Input(shape, name=None, dtype=None) -> InputLayer:  # noqa: N802 (the Keras name)
+    """Keras `Input(shape, dtype=)`; here an `InputLayer` to put first in a Sequential."""
+    return InputLayer(shape=shape, name=name, dtype=dtype)
 
 
 class DropoutModule(nnx.Module):
@@ -136,14 +161,15 @@ class DropoutModule(nnx.Module):
 
     keras_weights = ()
 
-    def __init__(self, rate: float, rngs: nnx.Rngs, deterministic: bool = True):
+    def __init__(self, rate: float, rngs: nnx.Rngs, deterministic: bool = True,
+                 compute_dtype="float32"):
         self.rate, self.rngs, self.deterministic = rate, rngs, deterministic
+        self.compute_dtype = _jax_dtype(compute_dtype)
 
     def __call__(self, x):
+        x = _autocast(x, self.compute_dtype)
         if self.deterministic or self.rate == 0.0:
             return x
-        if self.rate >= 1.0:
-            return jnp.zeros_like(x)
         keep = 1.0 - self.rate
         mask = jax.random.bernoulli(self.rngs.dropout(), keep, x.shape)
         return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
@@ -154,35 +180,58 @@ class Dropout(Layer):
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-            raise ValueError(f"Dropout: `rate` must be a float in [0, 1]; got rate={rate!r}. "
-                             "Pass the fraction of inputs to drop, e.g. Dropout(0.5).")
-        self.rate, self.seed = float(rate), seed
+        self.rate = _real(rate, "rate", "Dropout", "a number in [0, 1), the fraction of inputs "
+                          "to drop", lambda r: 0 <= r < 1, 0.5)
+        self.seed = seed
 
     def build(self, input_shape, rngs: nnx.Rngs) -> DropoutModule:
         if self.seed is not None:
-            return DropoutModule(self.rate, nnx.Rngs(dropout=self.seed))
+            return DropoutModule(self.rate, nnx.Rngs(dropout=self.seed),
+                                 compute_dtype=self.compute_dtype)
         key = rngs.dropout() if "dropout" in rngs else rngs.params()
-        return DropoutModule(self.rate, nnx.Rngs(dropout=key))
+        return DropoutModule(self.rate, nnx.Rngs(dropout=key), compute_dtype=self.compute_dtype)
 
 
 class EmbeddingModule(_Regularized):
-    """Built `Embedding`: int ids [B, ...] -> rows of `embeddings` [B, ..., output_dim]."""
+    """Built `Embedding`: int ids [B, ...] -> rows of `embeddings` [B, ..., output_dim].
+
+    An id outside [0, input_dim) (too large, or negative) gives a row of NaN, never another
+    row: a compiled step cannot raise, and NaN makes the loss show the bad id.
+    """
 
     keras_weights = ("embeddings",)
 
     def __init__(self, layer: "Embedding", rngs: nnx.Rngs):
         shape = (layer.input_dim, layer.output_dim)
-        self.embeddings = nnx.Param(layer.embeddings_initializer(rngs.params(), shape, jnp.float32))
+        self.compute_dtype = _jax_dtype(layer.compute_dtype)
+        self.embeddings = nnx.Param(_initial_weight(layer.embeddings_initializer, rngs.params(),
+                                                   shape, _jax_dtype(layer.variable_dtype)))
         if layer.embeddings_regularizer is not None:
             self.weight_regularizers = (("embeddings", layer.embeddings_regularizer),)
 
     def __call__(self, x):
-        return jnp.take(self.embeddings[...], jnp.asarray(x).astype(jnp.int32), axis=0)
+        ids = jnp.asarray(x).astype(jnp.int32)
+        table = self.embeddings[...].astype(self.compute_dtype)
+        # A negative id goes past the end, where "fill" mode gives NaN, instead of wrapping.
+        ids = jnp.where(ids < 0, table.shape[0], ids)
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 class Embedding(Layer):
-    """Maps integer ids in [0, input_dim) to learned vectors of size output_dim."""
+    """Maps integer ids in [0, input_dim) to learned vectors of size output_dim.
+
+    Ids may come as any integer or float dtype (floats are truncated to int32) and are never
+    cast to `dtype`, which sets the table's. An id outside [0, input_dim), such as input_dim
+    or -1, gives a row of NaN, so the loss turns NaN and the bad data shows; it never wraps
+    around to another row. (Keras on TensorFlow raises there on the CPU; a compiled step
+    cannot raise.)
+
+    >>> import jax.numpy as jnp
+    >>> from batchfit import layers
+    >>> emb = layers.build_stack([layers.Embedding(3, 1, embeddings_initializer="ones")], (2,))
+    >>> emb(jnp.array([[2, 3], [-1, 0]]))[..., 0].tolist()
+    [[1.0, nan], [nan, 1.0]]
+    """
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
                  embeddings_regularizer=None, **kwargs):
