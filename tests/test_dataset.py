@@ -1,6 +1,10 @@
 """bf.data.Dataset follows tf.data: elements, cardinality, shuffle, batch, map, filter, repeat, take, skip, cache."""
 
+import ast
+import itertools
+import pathlib
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -8,6 +12,7 @@ import pytest
 
 import batchfit as bf
 from batchfit.data.arrays import epoch_order
+from batchfit.data.prefetch import Prefetcher, stoppable
 
 Dataset = bf.data.Dataset
 
@@ -78,8 +83,7 @@ def test_a_small_shuffle_buffer_only_mixes_within_its_window():
 
 
 def test_both_shuffle_buffers_draw_the_orders_tf_data_can_produce():
-    from batchfit.data._ops import window_order    # rows: vectorized; other elements: the loop
-    from batchfit.data.dataset import _buffer_shuffle
+    from batchfit.data._base import _buffer_shuffle, window_order    # rows: vectorized; other elements: the loop
     # 4 items through 2 slots: the first out is 0 or 1, each later one is in the buffer then: 8 orders
     possible = {(0, 1, 2, 3), (0, 1, 3, 2), (0, 2, 1, 3), (0, 2, 3, 1),
                 (1, 0, 2, 3), (1, 0, 3, 2), (1, 2, 0, 3), (1, 2, 3, 0)}
@@ -125,6 +129,121 @@ def test_prefetch_yields_the_same_elements_and_leaves_no_thread():
     assert not [t for t in threading.enumerate() if t.name == "batchfit-prefetch" and t.is_alive()]
 
 
+class SlowSource:
+    """A generator function that takes 0.05 s per item and counts the items drawn from it."""
+
+    def __init__(self, num_items=None):
+        self.drawn, self.num_items = 0, num_items
+
+    def __call__(self):
+        for i in itertools.count() if self.num_items is None else range(self.num_items):
+            time.sleep(0.05)
+            self.drawn += 1
+            yield np.float32(i)
+
+
+def drawn_after_close(source, iterator, consume):
+    """Items drawn from `source` from the moment `iterator` is closed, once its threads have ended."""
+    for _ in range(consume):
+        next(iterator)
+    before = source.drawn
+    iterator.close()
+    for thread in threading.enumerate():
+        if thread.name.startswith("batchfit"):
+            thread.join(2.0)
+    time.sleep(0.2)                   # four more items' time: nothing may still be drawing
+    assert not [t for t in threading.enumerate() if t.name.startswith("batchfit") and t.is_alive()]
+    return source.drawn - before
+
+
+@pytest.mark.parametrize("pipeline", [
+    lambda ds: ds.prefetch(2),
+    lambda ds: ds.batch(3).prefetch(1),                                          # 3 draws per element
+    lambda ds: ds.map(lambda v: v + 1, num_parallel_calls=4).batch(3).prefetch(1),  # fills 8 ahead
+    lambda ds: ds.prefetch(1).batch(3).prefetch(1),                              # a prefetch inside a prefetch
+], ids=["prefetch", "batch", "parallel map", "nested"])
+def test_a_closed_prefetch_stops_drawing_from_a_slow_generator_within_one_item(pipeline):
+    source = SlowSource()
+    ds = pipeline(Dataset.from_generator(source))
+    assert drawn_after_close(source, iter(ds), consume=2) <= 1     # the draw under way when close() came
+
+
+def test_a_producer_of_chunks_stops_between_the_draws_of_a_chunk():
+    """fit's stream worker draws K batches per chunk from the user's generator: stoppable() ends it mid-chunk."""
+    source = SlowSource()
+    generator = source()
+
+    def chunks():                         # as StreamSource._pieces does, 4 draws per item
+        group = []
+        for item in stoppable(generator):
+            group.append(item)
+            if len(group) == 4:
+                yield group
+                group = []
+
+    assert drawn_after_close(source, Prefetcher(chunks, depth=1), consume=1) <= 1
+    assert next(generator) == source.drawn - 1         # the user's generator is not closed: it goes on
+
+
+def test_a_stopped_iteration_is_not_cached_as_complete():
+    source = SlowSource(num_items=6)
+    ds = Dataset.from_generator(source).cache().prefetch(1)
+    drawn_after_close(source, iter(ds), consume=2)
+    assert values(ds) == [0, 1, 2, 3, 4, 5]                # read again in full, not the 2-3 items seen before
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda ds: ds.shuffle(bf.data.AUTOTUNE), r"shuffle\(\): `buffer_size` must be an integer >= 1; got -1\. "
+                                              r"There is no automatic .* the dataset's size"),
+    (lambda ds: ds.shuffle(0), r"`buffer_size` .* got 0\."),
+    (lambda ds: ds.shuffle(-5), r"`buffer_size` .* got -5\."),
+    (lambda ds: ds.shuffle(10.0), r"`buffer_size` .* got 10\.0\."),
+    (lambda ds: ds.shuffle(True), r"`buffer_size` .* got True\."),
+    (lambda ds: ds.batch(0), r"batch\(\): `batch_size` must be an integer >= 1; got 0\. .* batch\(32\)"),
+    (lambda ds: ds.batch(-1), r"`batch_size` .* got -1\."),
+    (lambda ds: ds.take(2.5), r"take\(\): `count` must be an integer >= 0; got 2\.5\. .* -1 for all"),
+    (lambda ds: ds.take(-1.0), r"`count` .* got -1\.0\."),
+    (lambda ds: ds.skip("3"), r"skip\(\): `count` .* got '3'\."),
+    (lambda ds: ds.prefetch(0), r"prefetch\(\): `buffer_size` must be an integer >= 1; got 0\. .* AUTOTUNE"),
+    (lambda ds: ds.prefetch(-2), r"`buffer_size` .* got -2\."),
+    (lambda ds: ds.repeat(-2), r"repeat\(\): `count` .* got -2\."),
+    (lambda ds: ds.map(abs, num_parallel_calls=0), r"map\(\): `num_parallel_calls` .* got 0\."),
+])
+def test_sizes_and_counts_are_checked_when_the_pipeline_is_built(call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call(Dataset.from_tensor_slices(np.arange(10)))
+
+
+def test_the_special_counts_still_work():
+    ds = Dataset.from_tensor_slices(np.arange(4))
+    assert values(ds.take(-1)) == [0, 1, 2, 3] and values(ds.skip(np.int64(-1))) == []
+    assert values(ds.repeat(-1).take(6)) == [0, 1, 2, 3, 0, 1] and values(ds.prefetch(bf.data.AUTOTUNE)) == [0, 1, 2, 3]
+    assert sorted(values(ds.shuffle(np.int64(4), seed=0))) == [0, 1, 2, 3]
+
+
+def test_the_data_modules_import_one_way():
+    """No cycle among batchfit.data's modules, lazy imports inside functions included."""
+    folder = pathlib.Path(bf.data.__file__).parent
+    modules = {path.stem for path in folder.glob("*.py")}
+    graph = {}
+    for name in modules:
+        imported = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "batchfit.data":
+                imported |= {alias.name for alias in node.names} & modules
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("batchfit.data."):
+                imported.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[2] for a in node.names if a.name.startswith("batchfit.data.")}
+        graph[name] = imported - {name}
+    done = set()
+    while len(done) < len(graph):                  # peel off the modules whose imports are all done
+        ready = {name for name, needs in graph.items() if name not in done and needs <= done}
+        assert ready, f"import cycle among {sorted(set(graph) - done)}"
+        done |= ready
+    assert graph["_base"] == set() and "dataset" not in graph["_ops"]
+
+
 def test_an_error_in_a_map_function_keeps_its_traceback():
     def broken(v):
         if v == 3:
@@ -153,20 +272,14 @@ def test_public_names():
                                        "UNKNOWN_CARDINALITY"]
 
 
-def test_epoch_orders_are_shared_read_only_and_exact():
-    """Orders are remembered (the last, and the next fit's, drawn ahead) but always equal a fresh draw."""
+def test_epoch_orders_are_exact_permutations_drawn_from_seed_and_epoch():
+    """epoch_order(n, seed, e) is NumPy's permutation from (seed, e): the same for the same arguments."""
     from batchfit.data import arrays
-    first = epoch_order(50, 7, 2)
-    assert not first.flags.writeable
-    for seed in range(5):                       # evicts it from the memo
-        arrays.draw_ahead(50, seed)
-    again = epoch_order(50, 7, 2)
-    np.testing.assert_array_equal(again, np.random.default_rng((7, 2)).permutation(50))
-    np.testing.assert_array_equal(again, first)
-    upcoming = arrays._next_seed
-    arrays.draw_ahead(40, 0)
-    assert arrays.fresh_seed() == upcoming                      # drawn ahead, then handed out
-    np.testing.assert_array_equal(epoch_order(40, upcoming, 0), np.random.default_rng((upcoming, 0)).permutation(40))
+    first = arrays.epoch_order(50, 7, 2)
+    np.testing.assert_array_equal(first, np.random.default_rng((7, 2)).permutation(50))
+    np.testing.assert_array_equal(arrays.epoch_order(50, 7, 2), first)
+    assert first.dtype == np.int32 and sorted(first.tolist()) == list(range(50))
+    assert arrays.epoch_order(50, 7, 3).tolist() != first.tolist()
 
 
 def test_a_forked_child_draws_other_fresh_seeds():

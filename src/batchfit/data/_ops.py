@@ -2,6 +2,11 @@
 
 Rows of `from_tensor_slices` stay index arrays through shuffle / take / skip / repeat /
 cache, so that `batch` gathers whole batches at once instead of stacking rows one by one.
+Each step registers itself in STEPS under the name the Dataset method looks up.
+
+Steps that run user code (a generator, a map function) check between elements whether the
+Prefetcher they run on was closed, so a closed prefetch stops within one element even when
+an outer step (a batch, fit's chunk of K batches) would otherwise keep drawing.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from batchfit.data._base import (INFINITE_CARDINALITY, STEPS, UNKNOWN_CARDINALITY, Dataset, FusedPlan, TensorSpec,
+                                 _as_tensor, _buffer_shuffle, _call, _stack, row_elements, window_order)
 from batchfit.data.arrays import epoch_order, fresh_seed, is_memmap, read_rows, release_pages
-from batchfit.data.dataset import (AUTOTUNE, INFINITE_CARDINALITY, UNKNOWN_CARDINALITY, Dataset, FusedPlan,
-                                   TensorSpec, _as_tensor, _buffer_shuffle, _call, _stack)
-from batchfit.data.prefetch import Prefetcher
-from batchfit.errors import check_int, describe
+from batchfit.data.prefetch import Prefetcher, stoppable
+from batchfit.errors import describe
 
 __all__ = ["fused_plan", "without_prefetch", "row_elements", "window_order", "inline_prefetch"]
 
@@ -68,32 +73,7 @@ def without_prefetch(dataset: Dataset) -> Dataset:
     return node
 
 
-def window_order(n: int, size: int, rng) -> np.ndarray:
-    """The order in which items 0..n-1 leave tf.data's shuffle buffer of `size` slots, without a Python loop.
-
-    At step t a uniform slot j_t is emitted and refilled with item size + t; so step t emits
-    the item that entered slot j_t at its previous pick (or item j_t itself, the first time).
-    At the end the items left in the buffer come out in random order.
-    """
-    steps = n - size
-    slots = rng.integers(0, size, steps)
-    times = np.lexsort((np.arange(steps), slots))          # by slot, then by time
-    ordered = slots[times]
-    first = np.r_[True, ordered[1:] != ordered[:-1]]
-    emitted = np.empty(steps, np.int64)
-    emitted[times] = np.where(first, ordered, size + np.r_[0, times[:-1]])
-    left = np.arange(size)
-    last = np.r_[ordered[1:] != ordered[:-1], True]
-    left[ordered[last]] = size + times[last]
-    return np.concatenate([emitted, rng.permutation(left)])
-
-
-def row_elements(rows: "Slices", indices) -> Iterator:
-    leaves, treedef = rows._leaves, rows._treedef
-    for i in indices:
-        yield jax.tree.unflatten(treedef, [leaf[i] for leaf in leaves])
-
-
+@STEPS.register("slices")
 class Slices(Dataset):
     _batched = False
 
@@ -117,6 +97,7 @@ class Slices(Dataset):
         return self._n
 
 
+@STEPS.register("generator")
 class Generator(Dataset):
     def __init__(self, generator, args, signature):
         self._generator, self._args, self._signature = generator, args, signature
@@ -124,7 +105,7 @@ class Generator(Dataset):
             self._specs, self._spec_tree = jax.tree.flatten(signature, is_leaf=lambda v: isinstance(v, TensorSpec))
 
     def _elements(self, key):
-        iterator = iter(self._generator(*self._args))
+        iterator = stoppable(iter(self._generator(*self._args)))
         if self._signature is None:
             return iterator
         return (self._check(element, i) for i, element in enumerate(iterator))
@@ -155,12 +136,11 @@ class Unary(Dataset):
         self._batched = input._batched
 
 
+@STEPS.register("shuffle")
 class Shuffle(Unary):
     def __init__(self, input, buffer_size, seed, reshuffle):
         super().__init__(input)
-        if buffer_size == AUTOTUNE:
-            buffer_size = max(1, input._cardinality())
-        self.buffer_size = check_int("buffer_size", buffer_size, 1)
+        self.buffer_size = buffer_size
         self.seed = fresh_seed() if seed is None else int(seed)
         self.reshuffle = reshuffle
         self._rows = input._rows
@@ -185,6 +165,7 @@ class Shuffle(Unary):
         return _buffer_shuffle(self._input._elements(key), self.buffer_size, rng)
 
 
+@STEPS.register("batch")
 class Batch(Unary):
     def __init__(self, input, batch_size, drop_remainder):
         super().__init__(input)
@@ -232,13 +213,14 @@ class Batch(Unary):
         return n // self.batch_size if self.drop_remainder else math.ceil(n / self.batch_size)
 
 
+@STEPS.register("map")
 class Map(Unary):
     def __init__(self, input, fn, workers):
         super().__init__(input)
         self._fn, self._workers = fn, workers
 
     def _elements(self, key):
-        elements = self._input._elements(key)
+        elements = stoppable(self._input._elements(key))
         if self._workers == 1:
             return (_call(self._fn, e) for e in elements)
         return self._parallel(elements)
@@ -258,6 +240,7 @@ class Map(Unary):
                     future.cancel()
 
 
+@STEPS.register("filter")
 class Filter(Unary):
     def __init__(self, input, predicate):
         super().__init__(input)
@@ -270,6 +253,7 @@ class Filter(Unary):
         return UNKNOWN_CARDINALITY
 
 
+@STEPS.register("repeat")
 class Repeat(Unary):
     def __init__(self, input, count):
         super().__init__(input)
@@ -312,6 +296,7 @@ class _Counted(Unary):
         self._rows = input._rows
 
 
+@STEPS.register("take")
 class Take(_Counted):
     def _indices(self, key):
         indices = self._input._indices(key)
@@ -330,6 +315,7 @@ class Take(_Counted):
         return self._count if n == INFINITE_CARDINALITY else min(n, self._count)
 
 
+@STEPS.register("skip")
 class Skip(_Counted):
     def _indices(self, key):
         indices = self._input._indices(key)
@@ -349,13 +335,14 @@ class Skip(_Counted):
         return 0 if self._count == -1 else max(0, n - self._count)
 
 
+@STEPS.register("prefetch")
 class Prefetch(Unary):
     def __init__(self, input, depth):
         super().__init__(input)
         self._depth = depth
 
     def _elements(self, key):
-        if self._depth == 0 or getattr(_INLINE, "on", False):
+        if getattr(_INLINE, "on", False):
             return self._input._elements(key)
         return self._prefetched(key)
 
@@ -367,6 +354,7 @@ class Prefetch(Unary):
             prefetcher.close()
 
 
+@STEPS.register("cache")
 class Cache(Unary):
     def __init__(self, input):
         super().__init__(input)

@@ -2,8 +2,10 @@
 
 The worker is a daemon thread that stops at the next item once `close()` is called, so
 Ctrl-C in the main thread (or an early stop) never leaves a thread running or hangs the exit.
-An exception raised by the producer is re-raised in the consumer as the same object, with
-its original traceback.
+A producer that draws several items from a user's iterator per item it yields (a batch, a
+chunk of K batches) sees the stop request between its draws through `stoppable()` or
+`check_stop()`, so that it too ends within one drawn item. An exception raised by the
+producer is re-raised in the consumer as the same object, with its original traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +14,50 @@ import queue
 import threading
 from typing import Callable, Iterator
 
-__all__ = ["Prefetcher"]
+__all__ = ["Prefetcher", "Stopped", "check_stop", "stop_requested", "stoppable"]
 
 _ITEM, _DONE, _ERROR = range(3)
 _POLL_S = 0.05          # how often a blocked put or get looks at the stop flag
+_WORKER = threading.local()     # .stops: on a worker thread, the stop Events it obeys (its Prefetcher's and outer ones)
+
+
+class Stopped(BaseException):
+    """Ends a producer whose Prefetcher was closed: nobody reads its items any more.
+
+    Not an error and not the end of the data (a step must not cache or pad what it had), so
+    it derives from BaseException, as GeneratorExit does; the worker drops it quietly.
+    """
+
+
+def stop_requested() -> bool:
+    """Whether the Prefetcher whose worker runs this code, or one it is nested in, has been closed.
+
+    False off a worker thread. A Prefetcher made on a worker thread is nested in that worker's.
+    """
+    for stop in getattr(_WORKER, "stops", ()):
+        if stop.is_set():
+            return True
+    return False
+
+
+def check_stop() -> None:
+    """Raise Stopped if `stop_requested()`: call it before drawing the next item from a slow iterator."""
+    if stop_requested():
+        raise Stopped
+
+
+def stoppable(iterator: Iterator) -> Iterator:
+    """`iterator`'s items, raising Stopped before the next draw once the Prefetcher running it is closed.
+
+    It never closes `iterator` (a user's one-shot generator stays usable).
+
+    >>> list(stoppable(iter(range(3))))     # off a worker thread: the items, unchanged
+    [0, 1, 2]
+    """
+    check_stop()
+    for item in iterator:
+        yield item
+        check_stop()
 
 
 class Prefetcher:
@@ -26,7 +68,10 @@ class Prefetcher:
       depth: the queue bound (>= 1): how many finished items may wait for the consumer.
 
     Use as an iterator; `close()` (also called on exhaustion, error and garbage collection)
-    stops the worker and joins it.
+    stops the worker and joins it. Code running on the worker sees the stop through
+    `stop_requested()` / `check_stop()` / `stoppable()`. Nested prefetches stop together: a
+    Prefetcher made on a worker thread obeys that worker's stop too, and a consumer that is
+    itself a closed worker gets Stopped while it waits here.
 
     >>> list(Prefetcher(lambda: iter(range(3)), depth=2))
     [0, 1, 2]
@@ -35,6 +80,7 @@ class Prefetcher:
     def __init__(self, produce: Callable[[], Iterator], depth: int = 2, name: str = "batchfit-prefetch"):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
         self._stop = threading.Event()
+        self._stops = getattr(_WORKER, "stops", ()) + (self._stop,)     # made on a worker: it stops with it
         self._finished = False
         self._thread = threading.Thread(target=self._work, args=(produce,), name=name, daemon=True)
         self._thread.start()
@@ -49,6 +95,7 @@ class Prefetcher:
         return False
 
     def _work(self, produce):
+        _WORKER.stops = self._stops
         iterator = None
         try:
             iterator = produce()
@@ -77,6 +124,7 @@ class Prefetcher:
                 kind, item = self._queue.get(timeout=_POLL_S)
                 break
             except queue.Empty:
+                check_stop()
                 if not self._thread.is_alive() and self._queue.empty():
                     self._finished = True
                     raise RuntimeError("The prefetch thread ended without a result.") from None
