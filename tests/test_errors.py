@@ -34,7 +34,7 @@ def unchanged(model, fn):
     (dict(x=X, y=Y, epochs=2, initial_epoch=3), r"`epochs` \(2\) must be >= `initial_epoch` \(3\)"),
     (dict(x=X, y=Y, validation_split=1.0), r"validation_split.*\[0, 1\)"),
     (dict(x=X, y=Y, validation_split=-0.1), r"validation_split.*\[0, 1\)"),
-    (dict(x=X, y=Y, sample_weight=np.ones(5)), r"sample_weight.*same number.*8.*5"),
+    (dict(x=X, y=Y, sample_weight=np.ones(5)), r"`sample_weight` must be numeric with shape \[8\].*float64\[5\]"),
     (dict(x=X, y=Y, sample_weight=np.ones((8, 2))), r"sample_weight.*\[8\]"),
     (dict(x=X, y=Y, accumulate_steps=0), r"`accumulate_steps` must be an integer >= 1; got 0"),
 ])
@@ -117,7 +117,7 @@ def test_train_on_batch_checks_the_values_of_every_batch():
     m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
     m.compile(optimizer="sgd", loss="binary_crossentropy")
     m.train_on_batch(X, np.ones((8, 1), np.float32))
-    m.train_on_batch(X, np.zeros((8, 1), np.float32))            # same shapes: the quick path
+    m.train_on_batch(X, np.zeros((8, 1), np.float32))
     for x, y, pattern in [(np.where(np.eye(8, 3) > 0, np.nan, 1.0).astype(np.float32), np.ones((8, 1), np.float32),
                            r"`x` \(float32\[8, 3\]\) contains 3 NaN"),
                           (X, np.full((8, 1), 2.0, np.float32), r"binary_crossentropy needs targets in \[0, 1\].*max 2"),
@@ -134,20 +134,19 @@ def test_train_on_batch_checks_the_values_of_every_batch():
      [(np.array([[1, np.nan]] * 4, np.float32), r"`y`.*4 NaN or infinite"),
       (np.array([[1, -np.inf]] * 4, np.float32), r"`y`.*4 NaN or infinite")]),
 ])
-def test_the_quick_value_tests_refuse_what_the_full_checks_refuse(loss, outputs, good, bad):
+def test_batches_shaped_like_the_last_good_one_have_their_values_checked(loss, outputs, good, bad):
     m = bf.Sequential([bf.layers.Dense(outputs, input_shape=(3,))], seed=0)
     m.compile(optimizer="sgd", loss=loss)
     x = np.ones((4, 3), np.float32)
     m.train_on_batch(x, good)
     m.test_on_batch(x, good)
-    assert m._last_batch is not None                        # the next batches take the quick path
-    for y, pattern in bad:                                  # shaped like the last batch: the quick path
+    for y, pattern in bad:
         for call in (m.train_on_batch, m.test_on_batch):
             with pytest.raises(ValueError, match=pattern):
                 unchanged(m, lambda: call(x, y))
 
 
-def test_huge_finite_values_pass_the_full_checks_where_the_quick_test_proves_nothing():
+def test_huge_finite_values_pass_the_finite_check_whose_sum_of_squares_overflows():
     m = bf.Sequential([bf.layers.Dense(1, input_shape=(3,))], seed=0)
     m.compile(optimizer="sgd", loss="mse")
     x, y = np.ones((4, 3), np.float32), np.ones((4, 1), np.float32)
@@ -159,12 +158,12 @@ def test_huge_finite_values_pass_the_full_checks_where_the_quick_test_proves_not
 
 
 def test_fit_checks_the_values_of_arrays_passed_again():
-    """fit on the arrays of the last call skips the shape checks, never the value checks."""
+    """fit checks the values of its arrays on every call, also when they are the last call's arrays."""
     m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
     m.compile(optimizer="sgd", loss="binary_crossentropy")
     x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
     m.fit(x, y, verbose=0)
-    m.fit(x, y, verbose=0)                                    # the same objects: the quick path
+    m.fit(x, y, verbose=0)
     for write, pattern in [(lambda: x.__setitem__((0, 1), np.nan), r"`x` \(float32\[8, 3\]\) contains 1 NaN"),
                            (lambda: y.__setitem__(3, 2.0), r"binary_crossentropy needs targets in \[0, 1\].*max 2"),
                            (lambda: y.__setitem__(3, np.inf), r"`y`.*1 NaN or infinite")]:
@@ -181,24 +180,24 @@ def test_fit_checks_the_values_of_arrays_passed_again():
 
 
 def test_jax_arrays_passed_again_are_checked_again_after_compile():
-    """JAX arrays cannot change, so fit checks their values once; compile() (a new loss) forgets that."""
+    """A new loss (compile()) checks the targets by its own rule, also for arrays fit took before."""
     import jax.numpy as jnp
     m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
     m.compile(optimizer="sgd", loss="mse")
     x, y = jnp.ones((8, 3)), jnp.full((8, 1), 2.0)
     m.fit(x, y, verbose=0)
-    m.fit(x, y, verbose=0)                                    # the same arrays: nothing checked again
+    m.fit(x, y, verbose=0)
     m.compile(optimizer="sgd", loss="binary_crossentropy")
     with pytest.raises(ValueError, match=r"binary_crossentropy needs targets in \[0, 1\].*max 2"):
         unchanged(m, lambda: m.fit(x, y, verbose=0))
 
 
 @pytest.mark.parametrize("steps_per_execution, fit_kwargs", [
-    ("auto", dict()),                                   # quiet: the compiled call checks, refuses
+    ("auto", dict()),
     ("auto", dict(batch_size=2, epochs=2)),
-    ("auto", dict(batch_size=2, accumulate_steps=3)),   # refused before the group's last update
-    (2, dict(batch_size=2)),                            # several calls an epoch: the first is read first
-    ("auto", dict(callbacks=[bf.callbacks.Callback()])),   # callbacks: checked on the host
+    ("auto", dict(batch_size=2, accumulate_steps=3)),
+    (2, dict(batch_size=2)),
+    ("auto", dict(callbacks=[bf.callbacks.Callback()])),
 ])
 def test_arrays_refused_on_a_later_call_leave_no_trace(steps_per_execution, fit_kwargs):
     """Bad values written into arrays fit has seen: the error of the host checks, and the model,
@@ -214,10 +213,7 @@ def test_arrays_refused_on_a_later_call_leave_no_trace(steps_per_execution, fit_
     for model in (m, twin):
         model.fit(x, y, verbose=0, seed=1, **fit_kwargs)
         model.fit(x, y, verbose=0, seed=2, **fit_kwargs)
-    history, leaves = m.history, [np.array(leaf) for leaf in m._leaves]
-    host_checks = []
-    real = m._check_values
-    m._check_values = lambda *a: host_checks.append(1) or real(*a)
+    history, leaves = m.history, [np.array(leaf) for leaf in m._slot.leaves]
     for write, pattern in [(lambda: x.__setitem__((4, 2), np.nan), r"`x` \(float32\[9, 3\]\) contains 1 NaN"),
                            (lambda: y.__setitem__(8, 2.0), r"binary_crossentropy needs targets in \[0, 1\]")]:
         saved = x.copy(), y.copy()
@@ -226,80 +222,39 @@ def test_arrays_refused_on_a_later_call_leave_no_trace(steps_per_execution, fit_
             m.fit(x, y, verbose=0, seed=3, **fit_kwargs)
         x[:], y[:] = saved
         assert m.history is history
-        for a, b in zip(leaves, m._leaves):             # weights, optimizer moments, step count
+        for a, b in zip(leaves, m._slot.leaves):        # weights, optimizer moments, step count
             np.testing.assert_array_equal(a, np.asarray(b))
     for model in (m, twin):
         model.fit(x, y, verbose=0, seed=3, **fit_kwargs)
-    quiet = "callbacks" not in fit_kwargs                # quiet: checked on the host only once refused
-    assert len(host_checks) == (2 if quiet else 3)
     for a, b in zip(m.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert m.history.history["loss"] == twin.history.history["loss"]
 
 
-def test_a_refusal_the_host_checks_cannot_explain_still_raises_and_trains_nothing():
-    """The compiled call refuses values the host checks then pass (data written while fit ran):
-    a ValueError that says so, and the weights and history untouched."""
-    m = bf.Sequential([bf.layers.Dense(1, input_shape=(3,))], seed=0)
-    m.compile(optimizer="adam", loss="mse")
-    x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
-    m.fit(x, y, verbose=0)
-    history, weights = m.history, m.get_weights()
-    x[0, 0] = np.inf
-    m._check_values = lambda *a: None                 # as if x were clean again by the time it looks
-    with pytest.raises(ValueError, match=r"failed the checks inside its compiled call, but pass them now"):
-        m.fit(x, y, verbose=0)
-    assert m.history is history
-    for a, b in zip(weights, m.get_weights()):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_fit_trains_on_huge_finite_values_whose_sums_overflow():
-    """On the host (first call) the value checks prove finiteness by a sum first and fall back
-    to the exact test when it overflows on finite values; on the device (calls again) they sum
-    a * 0, which no finite value overflows."""
+    """The finite check proves finiteness by a sum of squares first and falls back to the exact
+    test when that overflows on finite values."""
     m = bf.Sequential([bf.layers.Dense(1, input_shape=(3,))], seed=0)
     m.compile(optimizer=bf.optimizers.SGD(learning_rate=0.0), loss="mae")
     x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
     x[:4, 0] = 3e38                                         # each finite; their sum (and squares) are not
     before = m.get_weights()
-    for _ in range(3):                                      # the first call, then the quick repeats
+    for _ in range(3):
         m.fit(x, y, batch_size=8, verbose=0)
-    assert m._repeat is not None and len(m.history.history["loss"]) == 1
+    assert len(m.history.history["loss"]) == 1
     assert all(np.array_equal(a, b) for a, b in zip(before, m.get_weights()))   # lr 0: trained, unchanged
     x[5, 1] = np.nan
     with pytest.raises(ValueError, match=r"`x` \(float32\[8, 3\]\) contains 1 NaN"):
         m.fit(x, y, batch_size=8, verbose=0)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int32])
-def test_the_device_finite_check_is_exact_for_the_largest_values(dtype):
-    """compiled._zero_if_finite: 0 for any finite array (even all at the dtype's max, whose plain
-    sum overflows), NaN once a single value is NaN, inf or -inf; integer arrays are always finite."""
-    import jax
-    from batchfit.engine.compiled import _zero_if_finite
-    count = jax.jit(_zero_if_finite)
-    big = np.full((1000, 3), np.finfo(dtype).max if dtype != np.int32 else 2**31 - 1, dtype)
-    assert float(count((big, -big))) == 0.0
-    assert float(count(np.zeros((0, 3), dtype))) == 0.0
-    if dtype == np.int32:
-        return
-    for bad in (np.nan, np.inf, -np.inf):
-        one = big.copy()
-        one[517, 2] = bad
-        assert np.isnan(float(count((big, one))))
-
-
 @pytest.mark.parametrize("loss", ["binary_crossentropy", "mse"])
-def test_a_repeat_refuses_nonfinite_targets_on_the_device(loss):
-    """On a quiet repeat y is checked in the compiled call: by the count of invalid targets for a
-    loss that checks them (NaN and inf are not in [0, 1]), by its finite sum otherwise."""
+def test_fit_refuses_nonfinite_targets_written_into_arrays_it_took_before(loss):
+    """NaN and inf targets are refused by the finite rule, whatever the loss, before any step."""
     m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
     m.compile(optimizer="sgd", loss=loss)
     x, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
     m.fit(x, y, verbose=0)
-    m.fit(x, y, verbose=0)
-    assert m._repeat is not None
     weights = m.get_weights()
     for bad in (np.nan, np.inf):
         y[6, 0] = bad

@@ -215,16 +215,3 @@ def test_arrays_written_in_place_between_fit_calls_are_trained_on_as_written(dat
             np.testing.assert_array_equal(a, b)
 
 
-def test_the_next_fits_order_is_drawn_ahead_only_for_seed_none(data):
-    """fit(shuffle=True, seed=None) draws the next call's order while the device runs; a fixed seed does not."""
-    from batchfit.data import arrays
-    x, y = data
-    model = make_model()
-    arrays._orders.clear()
-    model.fit(x, y, batch_size=B, shuffle=True, seed=3, verbose=0)
-    assert list(arrays._orders) == [(N, 3, 0)]
-    model.fit(x, y, batch_size=B, shuffle=True, verbose=0)
-    assert (N, arrays._next_seed, 0) in arrays._orders         # the order of the next seed=None call
-    used = arrays._next_seed
-    history = model.fit(x, y, batch_size=B, shuffle=True, verbose=0)
-    assert arrays.is_fresh(used) and len(history.batch_history["loss"][0]) == 11

@@ -31,44 +31,30 @@ def test_import_does_not_pull_optional_libraries():
     assert out.strip() == "[]"
 
 
-def test_import_leaves_the_garbage_collector_as_it_found_it():
-    """`import batchfit` pauses the collector and files what it imported in the oldest generation
-    (batchfit._gc): in a fresh process the collector is back on, nothing is frozen and the
-    young generation is empty."""
-    code = ("import gc, batchfit; print(gc.isenabled(), gc.get_freeze_count(), len(gc.get_objects(0)), "
-            "len(gc.get_objects()))")
-    on, frozen, young, tracked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                                check=True).stdout.split()
-    assert (on, frozen) == ("True", "0")
-    assert int(young) < 100 < 100_000 < int(tracked)    # paused and only re-enabled: ~300,000 young
+def _after_import(code: str, env: dict | None = None) -> str:
+    import os
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("BATCHFIT_COMPILATION_CACHE", None)       # conftest switches it off for the tests
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=full_env).stdout.split()
 
 
-def test_the_paused_collector_keeps_frozen_and_disabled_processes_as_they_were():
-    import gc
+def test_import_leaves_the_garbage_collector_as_the_user_set_it():
+    """No process-wide override at import: a collector the user switched off or tuned stays so."""
+    code = ("import gc; gc.disable(); gc.set_threshold(5000, 20, 20); import batchfit; "
+            "print(gc.isenabled(), gc.get_threshold(), gc.get_freeze_count())")
+    assert _after_import(code) == ["False", "(5000,", "20,", "20)", "0"]
 
-    from batchfit._gc import collector_paused
 
-    class Node:
-        pass
-
-    was_enabled = gc.isenabled()
-    try:
-        gc.disable()
-        with collector_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()                       # off before: still off
-        gc.enable()
-        with collector_paused():
-            assert not gc.isenabled()
-            node = Node()
-            node.self = node                            # a cycle made while paused
-        assert gc.isenabled() and gc.get_freeze_count() == 0
-        assert gc.is_tracked(node) and not any(o is node for o in gc.get_objects(generation=0))   # filed as old
-        gc.freeze()                                     # a process with frozen objects of its own
-        frozen = gc.get_freeze_count()
-        with collector_paused():
-            assert gc.isenabled()                       # left alone
-        assert gc.get_freeze_count() == frozen
-    finally:
-        gc.unfreeze()
-        (gc.enable if was_enabled else gc.disable)()
+def test_import_keeps_the_users_compilation_cache_settings(tmp_path):
+    """A cache directory the user chose keeps every cache setting as the user set it; without one,
+    batchfit's directory is a default, and a minimum compile time the user set is kept."""
+    code = ("import jax; jax.config.update('jax_persistent_cache_min_compile_time_secs', 3.0); import batchfit; "
+            "print(jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)")
+    assert _after_import(code, {"JAX_COMPILATION_CACHE_DIR": str(tmp_path)}) == [str(tmp_path), "3.0"]
+    code = "import jax, batchfit; print(jax.config.jax_compilation_cache_dir)"
+    assert _after_import(code, {"BATCHFIT_CACHE_DIR": str(tmp_path / "bf")}) == [str(tmp_path / "bf")]
+    code = ("import os, jax; os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '2'; "
+            "jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0); import batchfit; "
+            "print(jax.config.jax_persistent_cache_min_compile_time_secs)")
+    assert _after_import(code, {"BATCHFIT_CACHE_DIR": str(tmp_path / "bf")}) == ["2.0"]

@@ -1,15 +1,12 @@
 """batchfit: Keras-style fit and train_on_batch on JAX + Flax NNX + Optax, one compiled step for both."""
 
-from batchfit._gc import collector_paused
+from batchfit._cache import enable_compilation_cache
 
-with collector_paused():
-    from batchfit._cache import enable_compilation_cache
+enable_compilation_cache()
 
-    enable_compilation_cache()
-
-    from batchfit import activations, callbacks, data, layers, losses, metrics, optimizers, regularizers
-    from batchfit.model import Model, NotCompiledError, Sequential
-    from batchfit.saving import load_model
+from batchfit import activations, callbacks, data, layers, losses, metrics, optimizers, regularizers  # noqa: E402
+from batchfit.model import Model, NotCompiledError  # noqa: E402
+from batchfit.sequential import Sequential, load_model  # noqa: E402
 
 __version__ = "0.1.0"
 

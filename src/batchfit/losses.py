@@ -202,6 +202,11 @@ class Loss:
             values = values * _sample_weight(sample_weight, values)
         return jnp.sum(values) / values.shape[0]
 
+    def validate_targets(self, y, num_outputs: int | None) -> None:
+        """The loss's rule on the values of host targets `y` [N, ...] (raises ValueError): fit
+        runs it once per call on arrays and once per chunk on streams. `num_outputs`: the size
+        of the model output's last axis (None when unknown). Nothing to check by default."""
+
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r})"
 
@@ -274,6 +279,16 @@ class BinaryCrossentropy(LossFunctionWrapper):
                          label_smoothing=label_smoothing)
         self.from_logits, self.label_smoothing = from_logits, label_smoothing
 
+    def validate_targets(self, y, num_outputs: int | None) -> None:
+        """Targets in [0, 1]."""
+        low, high = _range(y)
+        if low is None or (low >= 0 and high <= 1):
+            return
+        raise ValueError(
+            f"binary_crossentropy needs targets in [0, 1]; y: {describe(y)} has min {low:g} and max {high:g}. "
+            "For labels in {-1, 1} pass (y + 1) / 2; for more than two classes use "
+            "sparse_categorical_crossentropy with one output unit per class.")
+
 
 class CategoricalCrossentropy(LossFunctionWrapper):
     """Categorical crossentropy on one-hot targets, as `keras.losses.CategoricalCrossentropy`."""
@@ -295,6 +310,12 @@ class SparseCategoricalCrossentropy(LossFunctionWrapper):
     def call(self, y_true, y_pred):
         # Labels stay integers: no float cast or rank alignment with y_pred.
         return sparse_categorical_crossentropy(y_true, y_pred, **self.kwargs)
+
+    def validate_targets(self, y, num_outputs: int | None) -> None:
+        """Whole-number class labels in [0, num_outputs)."""
+        low, high = _range(y)
+        if low is not None:
+            _check_sparse_labels(y, low, high, num_outputs, f"y: {describe(y)} has min {low:g} and max {high:g}")
 
 
 class Huber(LossFunctionWrapper):
@@ -342,97 +363,20 @@ def get(identifier) -> Loss:
         f"losses; got {describe(identifier)}. Pass e.g. loss='binary_crossentropy'.")
 
 
-def checks_targets(loss) -> bool:
-    """Whether `loss` (a Loss) has checks on the values of its targets (validate_targets)."""
-    return isinstance(loss, (SparseCategoricalCrossentropy, BinaryCrossentropy))
-
-
 def validate_targets(loss, y, num_outputs: int | None) -> None:
-    """Check host targets `y` against `loss` once, before training; raise ValueError.
+    """`get(loss).validate_targets(y, num_outputs)`: the loss's rule on host targets `y` (ValueError)."""
+    get(loss).validate_targets(np.asarray(y), num_outputs)
 
-    Sparse crossentropy: integer labels in [0, num_outputs). Binary crossentropy:
-    targets in [0, 1]. Other losses: nothing to check.
 
-    Args: loss: anything `get` accepts; y: host NumPy targets [N, ...]; num_outputs: the
-        size of the model output's last axis (None when unknown).
-    """
-    if not isinstance(loss, Loss):
-        loss = get(loss)
-    if not checks_targets(loss):
-        return
+def _range(y) -> tuple:
+    """(min, max) of numeric host targets as floats (NaN when any is NaN); (None, None) when empty or not numeric."""
     y = np.asarray(y)
     if y.size == 0 or y.dtype.kind not in "biuf":
-        return  # nothing numeric to check (empty, or object arrays the data layer rejects)
-    low, high = np.minimum.reduce(y, axis=None), np.maximum.reduce(y, axis=None)   # NaN when any value is NaN
-    if isinstance(loss, BinaryCrossentropy) and low >= 0 and high <= 1:
-        return                          # the common case, on every fit call: nothing more to compute
-    low, high = float(low), float(high)
-    found = lambda: f"y: {describe(y)} has min {low:g} and max {high:g}"
-    if isinstance(loss, SparseCategoricalCrossentropy):
-        _check_sparse_labels(y, low, high, num_outputs, found)
-    else:
-        raise ValueError(
-            f"binary_crossentropy needs targets in [0, 1]; {found()}. For labels in {{-1, 1}} "
-            "pass (y + 1) / 2; for more than two classes use sparse_categorical_crossentropy "
-            "with one output unit per class.")
+        return None, None
+    return float(np.minimum.reduce(y, axis=None)), float(np.maximum.reduce(y, axis=None))
 
 
-def quick_target_test(loss: Loss, dtype: np.dtype, num_outputs: int | None) -> Callable | None:
-    """For host targets of `dtype`: a test `y -> bool` that, when True, proves `validate_targets`
-    passes and every value is finite (a False proves nothing: run the full checks). None when
-    the loss checks nothing, for the caller's own finite test.
-
-    One reduction, over the bits read as unsigned integers of the same size: non-negative
-    floats order as their bits, below NaN and inf, and negative numbers (-0.0 too) read as
-    huge. So binary crossentropy's targets lie in [0, 1] and are finite when their largest
-    bits are at most 1.0's, and sparse crossentropy's integer labels lie in [0, num_outputs)
-    when their largest, read unsigned, is below num_outputs.
-    """
-    if not checks_targets(loss):
-        return None
-    if dtype.kind not in "iuf" or not dtype.isnative:
-        return _unproven
-    bits = np.dtype(f"u{dtype.itemsize}")
-    if isinstance(loss, BinaryCrossentropy):
-        one = int(np.ones((), dtype).view(bits)[()])
-        return lambda y: _largest(y.view(bits)) <= one
-    if dtype.kind != "f" and num_outputs:
-        return lambda y: _largest(y.view(bits)) < num_outputs
-    return _unproven
-
-
-def _largest(a: np.ndarray) -> int:
-    """The largest element of a non-empty unsigned-integer array. A small one (a batch's targets)
-    goes through a Python list: right after a step's loss is read, a NumPy reduction costs about
-    10 us, its machinery evicted from the CPU caches by the step, the list about 1 us."""
-    if a.size <= 256:
-        return max(a.ravel().tolist())
-    return int(np.maximum.reduce(a, None))
-
-
-def _unproven(y) -> bool:
-    return False
-
-
-def num_invalid_targets(loss: Loss, y, num_outputs: int | None):
-    """validate_targets on the device: the float32 count of the targets in `y` it would refuse
-    (0 exactly when validate_targets(loss, y, num_outputs) passes). fit checks the values of
-    arrays it has seen before in its compiled call; a count compiles to the kind of sum the
-    step already has, where an and-reduction of booleans compiles kernels of its own."""
-    if not checks_targets(loss):
-        return jnp.float32(0.0)
-    ok = y >= 0                                               # False for NaN
-    if isinstance(loss, BinaryCrossentropy):
-        ok = ok & (y <= 1)
-    else:
-        if num_outputs:
-            ok = ok & (y < num_outputs)
-        if jnp.issubdtype(y.dtype, jnp.floating):
-            ok = ok & jnp.isfinite(y) & (y == jnp.round(y))
-    return jnp.sum(jnp.where(ok, jnp.float32(0.0), jnp.float32(1.0)))
-
-
-def _check_sparse_labels(y, low: float, high: float, num_outputs: int | None, found) -> None:
+def _check_sparse_labels(y, low: float, high: float, num_outputs: int | None, found: str) -> None:
     """Sparse labels must be whole numbers in [0, num_outputs)."""
     valid = (f"[0, {num_outputs}) for a model with {num_outputs} outputs" if num_outputs
              else "[0, num_classes)")
@@ -440,7 +384,7 @@ def _check_sparse_labels(y, low: float, high: float, num_outputs: int | None, fo
     if not whole:
         raise ValueError(
             f"sparse_categorical_crossentropy needs integer class labels in {valid}; "
-            f"{found()} and non-integer values. Pass integer class ids, or use "
+            f"{found} and non-integer values. Pass integer class ids, or use "
             "binary_crossentropy / categorical_crossentropy for probability targets.")
     if low >= 0 and (not num_outputs or high < num_outputs):
         return
@@ -454,4 +398,4 @@ def _check_sparse_labels(y, low: float, high: float, num_outputs: int | None, fo
         fix = (f"Give the last layer {int(high) + 1} units (one per class), or remap the "
                "labels to 0..num_classes-1, e.g. np.unique(y, return_inverse=True)[1].")
     raise ValueError(
-        f"sparse_categorical_crossentropy needs integer class labels in {valid}; {found()}. {fix}")
+        f"sparse_categorical_crossentropy needs integer class labels in {valid}; {found}. {fix}")

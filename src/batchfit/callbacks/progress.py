@@ -1,4 +1,7 @@
-"""Progress display: verbose=1 a rich bar per epoch (running loss, steps/s), verbose=2 a line per epoch."""
+"""Progress display: verbose=1 a rich bar (running logs, steps/s), verbose=2 a line per epoch.
+
+fit shows a bar per epoch; evaluate and predict (mode "test" / "predict") one bar for their pass.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +16,22 @@ _UPDATES_PER_EPOCH = 10
 
 
 def format_logs(logs: dict) -> str:
-    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k != "batch_loss")
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k not in ("batch_loss", "outputs"))
 
 
 class ProgbarLogger(Callback):
-    """Keras's progress output. Asks for about ten updates per epoch, not one per batch."""
+    """Keras's progress output. Asks for about ten updates per pass, not one per batch."""
 
-    def __init__(self, verbose: int = 1):
+    def __init__(self, verbose: int = 1, mode: str = "fit"):
         super().__init__()
-        self.verbose = verbose
-        self._progress = None
-        self._task = None
+        self.verbose, self.mode = verbose, mode
+        self._progress = self._task = None
         self._start = 0.0
 
     def max_steps_per_execution(self, num_batches):
         return max(1, math.ceil(num_batches / _UPDATES_PER_EPOCH)) if self.verbose == 1 else None
 
-    def _epochs(self, epoch):
-        return f"Epoch {epoch + 1}/{self.params.get('epochs', '?')}"
-
-    def on_epoch_begin(self, epoch, logs=None):
+    def _begin(self, title: str):
         self._start = time.perf_counter()
         if self.verbose != 1:
             return
@@ -40,22 +39,55 @@ class ProgbarLogger(Callback):
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
         self._progress.start()
-        self._task = self._progress.add_task(self._epochs(epoch), total=self.params.get("steps"), info="")
+        self._task = self._progress.add_task(title, total=self.params.get("steps"), info="")
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _update(self, batch, logs):
         if self._progress is None:
             return
         rate = (batch + 1) / max(time.perf_counter() - self._start, 1e-9)
         self._progress.update(self._task, completed=batch + 1,
                               info=f"{format_logs(logs or {})} - {rate:,.0f} steps/s")
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _end(self, title: str, logs):
         elapsed = time.perf_counter() - self._start
         steps = self.params.get("steps") or 1
-        summary = f"{format_logs(logs or {})} - {steps / elapsed:,.0f} steps/s"
+        summary = f"{format_logs(logs or {})} - {steps / max(elapsed, 1e-9):,.0f} steps/s"
         if self._progress is not None:
             self._progress.update(self._task, completed=steps, info=summary)
             self._progress.stop()
             self._progress = None
         elif self.verbose == 2:
-            print(f"{self._epochs(epoch)} - {elapsed:.2f}s - {summary}", flush=True)
+            print(f"{title} - {elapsed:.2f}s - {summary}", flush=True)
+
+    def _epochs(self, epoch):
+        return f"Epoch {epoch + 1}/{self.params.get('epochs', '?')}"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._begin(self._epochs(epoch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._update(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._end(self._epochs(epoch), logs)
+
+    def on_test_begin(self, logs=None):
+        if self.mode == "test":
+            self._begin("Evaluate")
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self.mode == "test":
+            self._update(batch, logs)
+
+    def on_test_end(self, logs=None):
+        if self.mode == "test":
+            self._end("Evaluate", logs)
+
+    def on_predict_begin(self, logs=None):
+        self._begin("Predict")
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._update(batch, {})
+
+    def on_predict_end(self, logs=None):
+        self._end("Predict", {})

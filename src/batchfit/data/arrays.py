@@ -6,12 +6,11 @@ applied by a gather inside the compiled call, so the loop over batches reads con
 
 from __future__ import annotations
 
-import functools
 import math
 import mmap
 import os
 import random
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +19,8 @@ import numpy as np
 from batchfit.errors import describe
 
 __all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
-           "plan_chunks", "fresh_seed", "is_fresh", "epoch_order", "draw_ahead", "target_dtype", "leaves",
-           "check_finite", "is_memmap", "release_pages", "read_rows", "aligned_empty"]
+           "plan_chunks", "fresh_seed", "epoch_order", "target_dtype", "leaves", "check_finite", "is_memmap",
+           "release_pages", "read_rows", "aligned_empty"]
 
 
 class Chunk(NamedTuple):
@@ -112,21 +111,18 @@ def _squares_finite(array) -> bool:
     return math.isfinite(_vdot(array, array))
 
 
-def check_finite(array: np.ndarray, name: str, allow_nonfinite: bool = False) -> None:
-    """Refuse NaN and inf in a float array (a no-op for integer arrays or with `allow_nonfinite`)."""
+def check_finite(array: np.ndarray, name: str, allow_nonfinite: bool = False, message: str | None = None) -> None:
+    """Refuse NaN and inf in a float array (a no-op for integer arrays or with `allow_nonfinite`).
+
+    The one finiteness rule, for in-memory arrays once per call and for streams once per chunk.
+    """
     if allow_nonfinite or array.dtype.kind != "f" or _squares_finite(array):
         return
     bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
     if bad:
         raise ValueError(
-            f"`{name}` ({describe(array)}) contains {bad} NaN or infinite values. Clean or impute them, "
-            f"or pass `allow_nonfinite=True` to compile() to train on them anyway.")
-
-
-def quick_finite_test(dtype: np.dtype, allow_nonfinite: bool = False) -> Callable | None:
-    """For arrays of `dtype`: a test `a -> bool` that, when True, proves `check_finite` passes (a
-    False proves nothing: run it). None when there is nothing to check."""
-    return None if allow_nonfinite or dtype.kind != "f" else _squares_finite
+            f"`{name}` ({describe(array)}) contains {bad} NaN or infinite values. " + (message or
+            "Clean or impute them, or pass `allow_nonfinite=True` to compile() to train on them anyway."))
 
 
 def _as_array(value, name: str, allow_nonfinite: bool):
@@ -192,27 +188,52 @@ def sample_weights(y, n: int, sample_weight=None, class_weight=None) -> np.ndarr
     """Per-sample weights [n] float32: `sample_weight` times the `class_weight` of each label.
 
     None when neither is given: every sample weighs 1, and the step needs no weights at all.
+    NaN and inf weights are refused: one of them turns every trained weight into NaN.
     """
     if sample_weight is None and class_weight is None:
         return None
     w = np.ones(n, np.float32)
     if sample_weight is not None:
-        sw = np.asarray(sample_weight, np.float32)
-        if sw.shape not in ((n,), (n, 1)):
-            raise ValueError(f"`sample_weight` must have shape [{n}] (one weight per sample); got "
-                             f"{describe(sw)}. Pass a 1-D array of length {n}.")
-        w = w * sw.reshape(n)
+        w = w * _sample_weight_array(sample_weight, n)
     if class_weight is not None:
-        if not isinstance(class_weight, dict):
-            raise TypeError(f"`class_weight` must be a dict {{class_index: weight}}; got {describe(class_weight)}.")
-        labels = _class_indices(y)
-        missing = sorted(set(np.unique(labels).tolist()) - set(int(k) for k in class_weight))
-        if missing:
-            raise ValueError(f"`class_weight` has no weight for classes {missing} found in `y`; "
-                             f"it has keys {sorted(class_weight)}. Add a weight for every class.")
-        table = {int(k): float(v) for k, v in class_weight.items()}
-        w = w * np.array([table[int(c)] for c in labels], np.float32)
+        w = w * _class_weight_lookup(class_weight, y)
     return w
+
+
+def _sample_weight_array(sample_weight, n: int) -> np.ndarray:
+    """`sample_weight` as float32 [n], checked: numeric, one finite weight per sample."""
+    if hasattr(sample_weight, "to_numpy"):
+        sample_weight = sample_weight.to_numpy()
+    try:
+        sw = np.asarray(sample_weight)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`sample_weight` could not be read as an array ({describe(sample_weight)}): {e}.") from e
+    if sw.dtype.kind not in "biuf" or sw.shape not in ((n,), (n, 1)):
+        raise ValueError(f"`sample_weight` must be numeric with shape [{n}] (one weight per sample); got "
+                         f"{describe(sample_weight) if sw.ndim == 0 else describe(sw)}. Pass a 1-D array of "
+                         f"length {n}, e.g. np.full({n}, 2.0) to weigh every sample by 2.")
+    sw = sw.astype(np.float32).reshape(n)
+    check_finite(sw, "sample_weight", message="Every sample weight must be a finite number.")
+    return sw
+
+
+def _class_weight_lookup(class_weight, y) -> np.ndarray:
+    """The weight of each sample's class [n] float32 (Keras's class_weight: class index -> weight)."""
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"`class_weight` must be a dict {{class_index: weight}}; got {describe(class_weight)}.")
+    table = {}
+    for key, value in class_weight.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(value):
+            raise ValueError(f"`class_weight` values must be finite numbers; got {value!r} for class {key!r}. "
+                             f"Give every class a finite weight, e.g. {{0: 1.0, 1: 5.0}}.")
+        table[int(key)] = float(value)
+    labels = _class_indices(y)
+    missing = sorted(set(np.unique(labels).tolist()) - set(table))
+    if missing:
+        raise ValueError(f"`class_weight` has no weight for classes {missing} found in `y`; "
+                         f"it has keys {sorted(class_weight)}. Add a weight for every class.")
+    return np.array([table[int(c)] for c in labels], np.float32)
 
 
 def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
@@ -259,10 +280,9 @@ def take(tree, index):
     return jax.tree.map(lambda a: a[index], tree)
 
 
-@functools.lru_cache(maxsize=64)
-@functools.lru_cache(maxsize=64)      # fit asks on every call, with the same few arguments
-def plan_chunks(n: int, batch_size: int, steps_per_execution: int) -> tuple[Chunk, ...]:
-    """Split an epoch of n samples into compiled calls of at most `steps_per_execution` batches.
+def plan_chunks(n: int, batch_size: int, steps_per_execution: int, first_batch: int = 0) -> tuple[Chunk, ...]:
+    """Split an epoch of n samples, from batch `first_batch` on, into compiled calls of at most
+    `steps_per_execution` batches.
 
     >>> plan_chunks(1000, 32, 16)[-1]
     Chunk(first=16, last=31, start=512, num_steps=15, tail=8)
@@ -270,7 +290,7 @@ def plan_chunks(n: int, batch_size: int, steps_per_execution: int) -> tuple[Chun
     num_full, tail = divmod(n, batch_size)
     num_batches = num_full + (tail > 0)
     chunks = []
-    for first in range(0, num_batches, steps_per_execution):
+    for first in range(first_batch, num_batches, steps_per_execution):
         last = min(first + steps_per_execution, num_batches) - 1
         has_tail = tail > 0 and last == num_batches - 1
         chunks.append(Chunk(first, last, first * batch_size, last - first + 1 - has_tail, tail if has_tail else 0))
@@ -281,52 +301,15 @@ def num_batches(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-# The seed the next fresh_seed() returns, drawn one call ahead so that the next fit's
-# order can be drawn while the device runs this one (see draw_ahead).
-_next_seed = random.getrandbits(31)
-os.register_at_fork(after_in_child=lambda: globals().update(_next_seed=random.getrandbits(31)))
-
-_last_seed = None
-
-# (n, seed, epoch) -> order: the orders drawn last and ahead, read-only (callers share them).
-# Only small epochs are kept: on big ones a permutation is a sliver of the epoch's time.
-_orders: dict = {}
-_ORDERS_KEPT, _ORDERS_MAX_N = 2, 1 << 20
-
-
 def fresh_seed() -> int:
-    """A seed for `seed=None`: Python's generator, seeded from the OS (and again in a forked child)."""
-    global _next_seed, _last_seed
-    _last_seed, _next_seed = _next_seed, random.getrandbits(31)
-    return _last_seed
-
-
-def is_fresh(seed: int) -> bool:
-    """True when `seed` is the last one fresh_seed() handed out (the caller was given seed=None)."""
-    return seed == _last_seed
+    """A seed for `seed=None`, from Python's generator (seeded from the OS, and again in a forked child)."""
+    return random.getrandbits(31)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The sample order of one epoch [n] int32, a permutation drawn from (seed, epoch); read-only.
+    """The sample order of one epoch [n] int32, a permutation drawn from (seed, epoch).
 
     Drawn on the host: NumPy's permutation of 100k indices takes about 1 ms here, while
     jax.random.permutation (or an argsort of random bits) on this CPU takes 20-45 ms.
     """
-    key = (n, seed, epoch)
-    order = _orders.get(key)
-    if order is None:
-        order = np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
-        order.flags.writeable = False
-        if n <= _ORDERS_MAX_N:
-            if len(_orders) >= _ORDERS_KEPT:
-                del _orders[next(iter(_orders))]
-            _orders[key] = order
-    return order
-
-
-def draw_ahead(n: int, epoch: int) -> None:
-    """Draw the order that the next fit(shuffle=True, seed=None) of n samples starting at
-    `epoch` will use. Called once the device has work: on a small model, drawing the order
-    when fit starts would cost more host time than the epoch takes on the device."""
-    if n <= _ORDERS_MAX_N:
-        epoch_order(n, _next_seed, epoch)
+    return np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import collections.abc
 import math
 import numbers
-import weakref
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -28,19 +27,16 @@ from batchfit.data.dataset import INFINITE_CARDINALITY, Dataset, FusedPlan
 from batchfit.data.stream import StreamSource, unpack
 from batchfit.errors import check_int, describe
 
-__all__ = ["ArraySource", "SeenArrays", "as_source", "split_source", "is_batch_list"]
+__all__ = ["ArraySource", "as_source", "split_source", "is_batch_list"]
 
 
 class ArraySource:
     """In-memory samples x [N, ...], y [N, ...], w [N], read in batches of `batch_size`."""
 
-    unchecked = (False, False)     # (x, y): whose values are still to be checked (SeenArrays.again)
-    stage = None                   # a Stage for NumPy x and y passed again (SeenArrays.rebuild)
-
     def __init__(self, x, y, w, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 reshuffle: bool = True, drop_remainder: bool = False, n: int | None = None):
+                 reshuffle: bool = True, drop_remainder: bool = False):
         self.sample = DeviceData(x, y, w)
-        self.n = arrays.num_samples(x, y, w) if n is None else n
+        self.n = arrays.num_samples(x, y)
         self.batch_size, self.shuffle, self.seed, self.reshuffle = batch_size, shuffle, seed, reshuffle
         self.rows = self.n - self.n % batch_size if drop_remainder else self.n
         if self.rows == 0:
@@ -49,7 +45,6 @@ class ArraySource:
         self.num_batches = math.ceil(self.rows / batch_size)
         self._device = None
         self._order = None         # (epoch key, its order): the last one drawn
-        self._staged = None        # the stage of data(), for the order of its single call
 
     def split(self, fraction: float) -> tuple["ArraySource", "ArraySource"]:
         """(the first 1 - fraction of the samples, the last fraction), Keras's validation_split."""
@@ -68,158 +63,28 @@ class ArraySource:
     def next_key(self) -> int:
         return 0
 
-    def feed(self, keys, steps_per_execution: int) -> "_ArrayFeed":
-        return _ArrayFeed(self, list(keys), steps_per_execution)
+    def feed(self, keys, steps_per_execution: int, first_batch: int = 0) -> "_ArrayFeed":
+        return _ArrayFeed(self, list(keys), steps_per_execution, first_batch)
 
     def order(self, key: int):
-        """The sample order of epoch `key` (None: in order), drawn once: int32 [n], read-only
-        (after data() staged the arrays, its copy in the stage, as the compiled call reads it)."""
+        """The sample order of epoch `key` (None: in order), drawn once: int32 [n]."""
         if not self.shuffle:
             return None
         key = key if self.reshuffle else 0
         if self._order is None or self._order[0] != key:
-            order = epoch_order(self.n, self.seed, key)
-            self._order = (key, order if self._staged is None else self._staged.put("order", order))
+            self._order = (key, epoch_order(self.n, self.seed, key))
         return self._order[1]
-
-    def draw_next(self, key: int, later: int | None, first: int) -> None:
-        """Call once the device has epoch `key` to run: draws the order of epoch `later`, or
-        after the last epoch (`later` None) of fit(seed=None), the one the next fit call
-        starting like this one (at epoch `first`) will most likely use."""
-        if later is not None:
-            self.order(later)
-        elif self.shuffle and self.reshuffle and arrays.is_fresh(self.seed):
-            arrays.draw_ahead(self.n, 0 if first == 0 else key + 1)
 
     def data(self, num_calls: int) -> DeviceData:
         """The samples to hand the compiled calls: NumPy arrays go to the device once when
-        several calls read them; for a single call, the call's own argument transfer is the
-        cheapest copy there is (microseconds, against tens for device_put), or for arrays
-        passed again, the copy into their stage (Stage), which then takes the epoch order too."""
+        several calls read them; a single call's own argument transfer is the cheapest copy."""
         if self._device is None:
-            on_host = num_calls > 1 and any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(self.sample))
-            if on_host:
-                self._device = _to_device(self.sample)
-            elif self.stage is not None:
-                self._device = DeviceData(self.stage.put("x", self.sample.x), self.stage.put("y", self.sample.y),
-                                          self.sample.w)
-                self._staged = self.stage
-            else:
-                self._device = self.sample
+            on_host = any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(self.sample))
+            self._device = _to_device(self.sample) if on_host and num_calls > 1 else self.sample
         return self._device
 
 
 _to_device = jax.jit(lambda tree: tree)     # one C++ dispatch, not device_put's Python path
-
-
-_AS_IS = "as is"
-
-
-class Stage:
-    """Host buffers that the same NumPy arrays are copied into on every call, read by the
-    compiled call as JAX arrays.
-
-    A NumPy argument costs a compiled call tens of microseconds (JAX wraps it afresh on
-    every call, and copies it into fresh memory unless its data is 64-byte aligned: about
-    2 ms a call for 4 MB here, 5-10% of the second article's epoch). On the CPU a
-    jax.Array made once on an aligned buffer reads that buffer's memory, so the call costs
-    what a JAX argument costs, and the copy into the buffer is what the call reads. The
-    copy is made on every call, so arrays written in place are read as they are now; the
-    buffers are rewritten only by the next call, after this one has finished.
-    """
-
-    MAX_BYTES = 64 * 2**20      # arrays larger than this are handed over as they are (no second copy kept)
-    SMALL_BYTES = 2**20         # aligned arrays up to this size are copied too: the copy costs less than the wrap
-
-    def __init__(self):
-        self._buffers: dict = {}   # name -> (host buffer, what the call reads), or _AS_IS (never the user's array)
-
-    def put(self, name: str, array):
-        """What the compiled call is to read for `array`: `array` itself, or its copy in this
-        stage's buffer `name`. A stage serves the arrays of one SeenArrays, so what each name
-        gets is decided once."""
-        buffer = self._buffers.get(name)
-        if buffer is None:
-            buffer = self._buffers[name] = _stage_buffer(array, self.MAX_BYTES, self.SMALL_BYTES)
-        if buffer is _AS_IS:
-            return array
-        host, read = buffer
-        np.copyto(host, array)
-        return read
-
-
-def _stage_buffer(array, max_bytes: int, small_bytes: int):
-    """Stage.put's buffer for `array`: (a 64-byte aligned copy, the jax.Array on its memory,
-    or the copy itself where a jax.Array would be a copy of it: an accelerator, a dtype JAX
-    converts), or _AS_IS for an array handed over as it is (not NumPy, too large, or aligned
-    and too large for a copy to pay)."""
-    if (type(array) is not np.ndarray or array.nbytes > max_bytes
-            or (array.ctypes.data % 64 == 0 and array.flags.c_contiguous and array.nbytes > small_bytes)):
-        return _AS_IS
-    raw = np.empty(array.nbytes + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    host = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
-    read = jax.device_put(host)
-    return host, (read if read.unsafe_buffer_pointer() == host.ctypes.data else host)
-
-
-class SeenArrays(NamedTuple):
-    """The NumPy or JAX x and y an ArraySource was last built on (held weakly), to build the next one fast.
-
-    A training loop calling fit(x, y) again and again on the same arrays pays for the type,
-    dtype, sample-count and model-shape checks once. The values of NumPy arrays are not
-    remembered: the caller checks them again on every call (`writable`), since NumPy arrays
-    can be written in place. JAX arrays cannot, so theirs are checked once.
-    """
-
-    x: weakref.ref
-    y: weakref.ref
-    shapes: tuple
-    options: tuple
-    source: tuple          # (n, batch_size, shuffle) of the source built on them
-    writable: tuple        # (x is NumPy, y is NumPy): whose values to check again
-    stage: Stage           # where the sources built again copy them (Stage)
-
-    @staticmethod
-    def of(source, x, y, options: dict) -> "SeenArrays | None":
-        """What to remember of `source`, built from `x`, `y` and `options`; None unless it holds
-        plain NumPy or JAX x and y as given (no copy, no weights)."""
-        if not (isinstance(source, ArraySource) and _plain(x) and _plain(y)
-                and source.sample.x is x and source.sample.y is y and source.sample.w is None):
-            return None
-        return SeenArrays(weakref.ref(x), weakref.ref(y), (x.shape, x.dtype, y.shape, y.dtype), _options_key(options),
-                          (source.n, source.batch_size, source.shuffle),
-                          (type(x) is np.ndarray, type(y) is np.ndarray), Stage())
-
-    def holds(self, x, y) -> bool:
-        """True when `x` and `y` are the arrays seen, with the same shapes and dtypes."""
-        return self.x() is x and self.y() is y and (x.shape, x.dtype, y.shape, y.dtype) == self.shapes
-
-    def again(self, x, y, options: dict) -> "ArraySource | None":
-        """The source for `x`, `y` and `options` when they are the ones seen (with any seed), else None.
-
-        Its `unchecked` is `writable`: the caller checks those values before training on them."""
-        if not self.holds(x, y) or _options_key(options) != self.options:
-            return None
-        return self.rebuild(x, y, options.get("seed", 0))
-
-    def rebuild(self, x, y, seed: int) -> "ArraySource":
-        """The source on `x`, `y` (the arrays seen: `holds`) drawing its epoch orders from `seed`."""
-        n, batch_size, shuffle = self.source
-        source = ArraySource(x, y, None, batch_size, shuffle, seed, n=n)
-        source.unchecked, source.stage = self.writable, self.stage
-        return source
-
-
-def _plain(array) -> bool:
-    return type(array) is np.ndarray or isinstance(array, jax.Array)
-
-
-def _options_key(options: dict) -> tuple:
-    """The options that shape a source (not its seed), typed: 32.0 must not pass for the 32 checked before."""
-    batch_size = options.get("batch_size")
-    return (type(batch_size), batch_size, bool(options.get("shuffle")), options.get("steps"),
-            options.get("need_y", True))
 
 
 class _ArrayFeed:
@@ -227,17 +92,19 @@ class _ArrayFeed:
 
     max_in_flight = None          # nothing is allocated per dispatch: let the dispatches run ahead
 
-    def __init__(self, source: ArraySource, keys: list, steps_per_execution: int):
-        self._source, self._keys = source, keys
+    def __init__(self, source: ArraySource, keys: list, steps_per_execution: int, first_batch: int):
+        self._source, self._keys, self._first_batch = source, keys, first_batch
         self._next = dict(zip(keys, keys[1:]))
-        self._chunks = plan_chunks(source.rows, source.batch_size, steps_per_execution)
+        self._steps = steps_per_execution
 
     def epoch(self, key) -> Iterator[Piece]:
-        s = self._source
-        order, data = s.order(key), s.data(len(self._chunks) * len(self._keys))
-        for chunk in self._chunks:
+        s, first, self._first_batch = self._source, self._first_batch, 0
+        chunks = plan_chunks(s.rows, s.batch_size, self._steps, first)
+        order, data = s.order(key), s.data(len(chunks) * len(self._keys))
+        for chunk in chunks:
             yield Piece(chunk, data, s.batch_size, chunk.rows(order, s.batch_size))
-        s.draw_next(key, self._next.get(key), self._keys[0])     # overlaps with the device running
+        if key in self._next:
+            s.order(self._next[key])          # overlaps with the device running this epoch
 
     def close(self):
         pass
@@ -295,11 +162,12 @@ def split_source(x, y, sample_weight=None, class_weight=None, *, validation_spli
     if _kind(x) != "arrays":
         raise ValueError(f"`validation_split` needs arrays; got {describe(x)}. With a Dataset or generator, "
                          f"pass `validation_data=` instead.")
-    full = _from_arrays(x, y, sample_weight, class_weight, batch_size=batch_size,
-                        allow_nonfinite=allow_nonfinite, stream=False)
+    full = _from_arrays(x, y, sample_weight, batch_size=batch_size, allow_nonfinite=allow_nonfinite, stream=False)
     head, tail = full.split(validation_split)
-    train = _from_arrays(*head.sample, batch_size=batch_size, shuffle=shuffle, seed=seed, steps=steps,
-                         allow_nonfinite=allow_nonfinite, first_key=first_key)
+    train = _from_arrays(*head.sample, class_weight, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                         steps=steps, allow_nonfinite=allow_nonfinite, first_key=first_key)   # class_weight: training only
+    if validation_batch_size is not None:
+        check_int("validation_batch_size", validation_batch_size, 1)
     val = _from_arrays(*tail.sample, batch_size=validation_batch_size or batch_size,
                        allow_nonfinite=allow_nonfinite)
     return train, val
@@ -324,7 +192,7 @@ def _from_arrays(x, y, sample_weight=None, class_weight=None, *, batch_size=None
     on_disk = arrays.is_memmap(x)
     x = x if on_disk else arrays.standardize(x, "x", allow_nonfinite)
     y = None if not need_y else y if arrays.is_memmap(y) else arrays.standardize(y, "y", allow_nonfinite)
-    n = arrays.num_samples(x, y, sample_weight)
+    n = arrays.num_samples(x, y)
     w = arrays.sample_weights(y, n, sample_weight, class_weight) if need_y else None
     if stream is False or not (on_disk or arrays.is_memmap(y) or steps is not None):
         return ArraySource(x, y, w, batch_size, bool(shuffle), seed)
@@ -360,7 +228,7 @@ def _fused_source(plan: FusedPlan, options: dict) -> ArraySource:
     allow = options["allow_nonfinite"]
     x = arrays.standardize(x, "x", allow)
     y = arrays.standardize(y, "y", allow) if options["need_y"] else None
-    n = arrays.num_samples(x, y, w)
+    n = arrays.num_samples(x, y)
     w = arrays.sample_weights(y, n, w, options["class_weight"]) if options["need_y"] else None
     return ArraySource(x, y, w, plan.batch_size, plan.seed is not None, plan.seed or 0, plan.reshuffle,
                        plan.drop_remainder)

@@ -22,9 +22,9 @@ import jax
 import numpy as np
 
 from batchfit.data._ops import inline_prefetch
-from batchfit.data.arrays import (Chunk, DeviceData, Piece, aligned_empty, release_pages, sample_weights,
-                                  target_dtype)
-from batchfit.data.prefetch import Prefetcher
+from batchfit.data.arrays import (Chunk, DeviceData, Piece, aligned_empty, check_finite, release_pages,
+                                  sample_weights, target_dtype)
+from batchfit.data.prefetch import Prefetcher, check_stop, stoppable
 from batchfit.errors import describe
 
 __all__ = ["StreamSource", "StreamFeed", "unpack", "STREAM_CHUNK_BYTES", "STREAM_MAX_STEPS"]
@@ -179,8 +179,11 @@ class _Layout:
             for part in parts[-1:]:
                 if isinstance(part, np.memmap):     # a batch sliced from a memmap: read, now let it go
                     release_pages(part)
-            if i in self.checked and not allow_nonfinite and not np.isfinite(column).all():
-                self._nonfinite(group, first_index, i)
+            if i in self.checked:
+                try:
+                    check_finite(column, self.names[i], allow_nonfinite)
+                except ValueError:
+                    self._nonfinite(group, first_index, i)
             columns.append(column)
         return columns
 
@@ -211,6 +214,8 @@ class StreamSource:
                  num_batches: int | None, need_y: bool, class_weight=None, allow_nonfinite=False,
                  first_key=0, what: str = "The input"):
         self._open, self._reiterable, self._steps = open, reiterable, steps
+        self.seed = 0
+        self.check_targets = None      # y -> None, raising ValueError: the loss's rule, run on every chunk
         self._need_y, self._class_weight, self._allow_nonfinite = need_y, class_weight, allow_nonfinite
         self._current = None
         self._put_ahead = put_ahead()
@@ -238,8 +243,13 @@ class StreamSource:
                              f"evaluating need (x, y) or (x, y, sample_weight) batches.")
         return x, y, w
 
-    def _batch(self, columns: list, host: bool = False):
+    def _batch(self, columns: list, host: bool = False, where: str = "the first batch"):
         x, y, w = jax.tree.unflatten(self._layout.treedef, columns)
+        if self._need_y and self.check_targets is not None:
+            try:
+                self.check_targets(y)
+            except ValueError as e:
+                raise ValueError(f"{where.capitalize()} of the input: {e}") from None
         if self._need_y:
             rows = jax.tree.leaves(x)[0].shape[0]
             weights = sample_weights(y, rows, w, self._class_weight)   # None for every batch, or for none
@@ -262,11 +272,13 @@ class StreamSource:
     def _batches(self, key) -> Iterator:
         """The raw batches of the epoch (or evaluation pass) `key`."""
         if self._steps is None:
-            for batch in self._iterator(key):    # not `yield from`: an early stop must not close the user's iterator
+            # stoppable: a closed feed draws no more; not `yield from`: that would close the user's iterator
+            for batch in stoppable(self._iterator(key)):
                 yield batch
             return
         count, fresh = 0, False
         while count < self._steps:
+            check_stop()                        # a closed feed starts no new draw or pass
             if self._current is None:
                 self._current, fresh = self._iterator(self._passes), True
                 self._passes += 1
@@ -285,11 +297,14 @@ class StreamSource:
             count += 1
             yield batch
 
-    def _pieces(self, key, steps_per_execution: int) -> Iterator[Piece]:
-        """Chunks of up to `steps_per_execution` batches, on the device; a different size closes a chunk."""
+    def _pieces(self, key, steps_per_execution: int, first_batch: int = 0) -> Iterator[Piece]:
+        """Chunks of up to `steps_per_execution` batches, on the device; a different size closes a chunk.
+        The first `first_batch` batches of the pass are skipped (a resumed epoch)."""
         quick, check, select = self._layout.quick, self._layout.check, self._select
-        group, size, first = [], 0, 0
+        group, size, first = [], 0, first_batch
         for index, element in enumerate(self._batches(key)):
+            if index < first_batch:
+                continue
             found = quick(element)
             leaves, n = found if found is not None else check(select(element, index), index)
             if not group:
@@ -304,13 +319,14 @@ class StreamSource:
     def _piece(self, group, first, batch_size, tail) -> Piece:
         chunk = Chunk(first, first + len(group) - 1, 0, len(group) - (tail > 0), tail)
         columns = self._layout.columns(group, chunk.num_steps * batch_size + tail, first, self._allow_nonfinite)
-        return Piece(chunk, self._batch(columns), batch_size)
+        return Piece(chunk, self._batch(columns, where=f"batches {chunk.first}-{chunk.last}"), batch_size)
 
-    def _run(self, keys, steps_per_execution) -> Iterator:
+    def _run(self, keys, steps_per_execution, first_batch: int) -> Iterator:
         with inline_prefetch():            # this thread is the prefetch: a dataset's own adds only hops
             for key in keys:
-                yield from self._pieces(key, steps_per_execution)
+                yield from self._pieces(key, steps_per_execution, first_batch)
                 yield EPOCH_END
+                first_batch = 0
 
     # ----- the consumer's side --------------------------------------------------------
 
@@ -323,9 +339,15 @@ class StreamSource:
             k = setting
         return max(1, min(k, self.num_batches) if self.num_batches else k)
 
-    def feed(self, keys, steps_per_execution: int, depth: int = 2) -> "StreamFeed":
-        """Start the worker on the passes `keys` (epoch indices for fit); read them with `epoch()`."""
-        return StreamFeed(self, list(keys), steps_per_execution, depth)
+    def feed(self, keys, steps_per_execution: int, first_batch: int = 0, depth: int = 2) -> "StreamFeed":
+        """Start the worker on the passes `keys` (epoch indices for fit), the first from batch
+        `first_batch` on; read them with `epoch()`."""
+        if first_batch and (self._steps is not None or not self._reiterable):
+            raise ValueError(f"Training cannot resume at batch {first_batch} of an epoch of this input: "
+                             f"{'with steps_per_epoch' if self._steps is not None else 'a one-shot iterator'} "
+                             f"it cannot be read again from the epoch's start. Resume from an epoch boundary, or "
+                             f"pass a re-iterable input (a bf.data.Dataset, a list, a PyDataset).")
+        return StreamFeed(self, list(keys), steps_per_execution, first_batch, depth)
 
     def next_key(self):
         """The key of the next evaluation pass (validation data is read once per epoch)."""
@@ -342,8 +364,8 @@ class StreamFeed:
 
     max_in_flight = 2
 
-    def __init__(self, source: StreamSource, keys: list, steps_per_execution: int, depth: int):
-        self._prefetcher = Prefetcher(lambda: source._run(keys, steps_per_execution), depth)
+    def __init__(self, source: StreamSource, keys: list, steps_per_execution: int, first_batch: int, depth: int):
+        self._prefetcher = Prefetcher(lambda: source._run(keys, steps_per_execution, first_batch), depth)
 
     def epoch(self, key=None) -> Iterator[Piece]:
         for item in self._prefetcher:

@@ -1,52 +1,22 @@
 """The only Python loop: dispatch one compiled chunk after another, hand logs to callbacks.
 
 Nothing here reads the device per step. Logs are copied to the host once per dispatch,
-and only when a callback wants per-batch logs; otherwise once per epoch.
+and only when a callback wants per-batch logs; otherwise once per epoch. The loop's place
+(a Cursor) and the state (a Slot) are the Position that fit can be stopped at and resumed from.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
 
-from batchfit.data.arrays import plan_chunks
 from batchfit.engine.compiled import Executables
-from batchfit.engine.state import read_totals, zero_totals
+from batchfit.engine.state import Position, Slot, read_totals, zero_totals
 
-# The small ints and zero totals the compiled calls take are kept on the device: a Python int
-# or NumPy argument is copied to the device on every call, several us each, on a call that
-# runs a small model's whole epoch in a few hundred.
-_DEVICE_INTS: dict = {}
-_DEVICE_INTS_KEPT = 4096
-
-
-def _on_device(value: int):
-    """`value` as an int32 device scalar, made once (past _DEVICE_INTS_KEPT values: an np.int32,
-    the same signature to jit)."""
-    found = _DEVICE_INTS.get(value)
-    if found is None:
-        found = np.int32(value)
-        if len(_DEVICE_INTS) < _DEVICE_INTS_KEPT:
-            found = _DEVICE_INTS[value] = jax.device_put(found)
-    return found
-
-
-@functools.cache
-def _zero_totals(num_metrics: int):
-    """state.zero_totals on the device (the compiled calls never donate their totals)."""
-    return jax.device_put(zero_totals(num_metrics))
-
-
-__all__ = ["FitPlan", "QuietPlan", "DataRefused", "run_fit", "prepare_quiet", "run_quiet", "run_evaluate",
-           "run_predict"]
-
-
-class DataRefused(Exception):
-    """The compiled call refused its data: the value checks it was asked to run failed, and no step ran."""
+__all__ = ["FitPlan", "Cursor", "run_fit", "run_evaluate", "run_predict"]
 
 
 class FitPlan(NamedTuple):
@@ -59,37 +29,55 @@ class FitPlan(NamedTuple):
     accumulate_steps: int = 1     # batches per update (gradient accumulation); 1: an update per batch
 
 
-def _read_report(report) -> np.ndarray:
-    """A chunk's report on the host (waits for the call); DataRefused when the call refused its
-    data (the report's last value is 0)."""
-    host = np.asarray(report)
-    if not host[-1]:
-        raise DataRefused()
-    return host
+class Cursor:
+    """The loop's place in fit: the epoch, the batches of it done, and what they left on the device.
 
+    `reports` are the epoch's chunk reports (compiled.Executables.fit_chunk), read on demand;
+    `prior` holds what a resumed epoch had before this call: its totals and batch losses.
+    """
 
-def _split_report(report, plan: FitPlan) -> tuple[np.ndarray, np.ndarray]:
-    """A chunk's report on the host, as float64: (its batch losses, its running totals [rows, 2])."""
-    width = 2 * (1 + len(plan.metric_names)) + 1
-    host = np.asarray(_read_report(report), np.float64)
-    return host[:-width], host[-width:-1].reshape(-1, 2)
+    def __init__(self, plan: FitPlan, seed: int, start: Position | None = None):
+        self.plan, self.seed = plan, seed
+        self.width = 2 * (1 + len(plan.metric_names))
+        if start is None:
+            self.begin(plan.initial_epoch)
+        else:
+            self.epoch, self.batch = start.epoch, start.batch
+            self.totals, self.prior_losses = start.totals, np.asarray(start.batch_losses, np.float32)
+            self.accumulated, self.reports = start.accumulated, []
 
+    def begin(self, epoch: int) -> None:
+        self.epoch, self.batch = epoch, 0
+        self.totals = zero_totals(len(self.plan.metric_names))
+        self.prior_losses = np.zeros(0, np.float32)
+        self.accumulated, self.reports = None, []
 
-def _host_logs(report, plan: FitPlan) -> dict:
-    """The running logs after a chunk, with `batch_loss`: the raw loss of its last batch."""
-    losses, totals = _split_report(report, plan)
-    return {**read_totals(totals, ("loss", *plan.metric_names)), "batch_loss": float(losses[-1])}
+    def advance(self, last_batch: int, totals, report) -> None:
+        self.batch, self.totals = last_batch + 1, totals
+        self.reports.append(report)
 
+    def running_logs(self, report) -> dict:
+        """The running logs after a chunk, with `batch_loss`: the raw loss of its last batch."""
+        host = np.asarray(report, np.float64)
+        return {**read_totals(host[-self.width:].reshape(-1, 2), self._names), "batch_loss": float(host[-self.width - 1])}
 
-def _epoch_results(reports: list, plan: FitPlan) -> tuple[dict, np.ndarray]:
-    """(the epoch's logs, every batch loss) from its chunks' reports: one host copy each."""
-    return _epoch_logs([_split_report(r, plan) for r in reports], plan)
+    def results(self) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(the epoch's logs so far, every batch loss so far, the totals): one host copy per chunk."""
+        hosts = [np.asarray(r) for r in self.reports]
+        losses = np.concatenate([self.prior_losses, *(h[:-self.width] for h in hosts)])
+        totals = hosts[-1][-self.width:].reshape(-1, 2) if hosts else np.asarray(self.totals)
+        return read_totals(totals, self._names), losses, totals
 
+    def position(self, slot: Slot) -> Position:
+        """A host copy of where training stands (waits for the device)."""
+        _, losses, totals = self.results()
+        copy = lambda tree: jax.tree.map(np.array, tree)
+        return Position(copy(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
+                        losses.astype(np.float32), copy(self.accumulated))
 
-def _epoch_logs(parts: list, plan: FitPlan) -> tuple[dict, np.ndarray]:
-    """_epoch_results from the reports on the host (_split_report)."""
-    losses = parts[0][0] if len(parts) == 1 else np.concatenate([batch for batch, _ in parts])
-    return read_totals(parts[-1][1], ("loss", *plan.metric_names)), losses
+    @property
+    def _names(self):
+        return ("loss", *self.plan.metric_names)
 
 
 def _throttle(outputs: list, max_in_flight: int | None):
@@ -98,49 +86,70 @@ def _throttle(outputs: list, max_in_flight: int | None):
         jax.block_until_ready(outputs[-max_in_flight])
 
 
-def _run_epoch(exe: Executables, state, feed, epoch, plan: FitPlan, callbacks, publish, should_stop, check=0):
-    """Dispatch one epoch's pieces; returns the state and each call's report (device arrays, read later).
-
-    `check`: the value checks the first call runs on its data first (compiled._data_ok); that
-    call's report is read before any other call is dispatched."""
-    totals = _zero_totals(len(plan.metric_names))
-    want_begin = callbacks is not None and callbacks.wants("on_train_batch_begin")
-    want_end = callbacks is not None and callbacks.wants("on_train_batch_end")
-    reports, k = [], plan.accumulate_steps
-    acc = exe.zero_accumulated(state) if k > 1 else None
-    for piece in feed.epoch(epoch):
-        _throttle(reports, feed.max_in_flight)
-        if check and reports:                  # the checked call is read (DataRefused) before the next
-            _split_report(reports[0], plan)
-            check = 0
+def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, should_stop: Callable) -> None:
+    """Dispatch the rest of the cursor's epoch; the state goes back into `slot` after every dispatch."""
+    k = cursor.plan.accumulate_steps
+    want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
+    if k > 1 and cursor.accumulated is None:
+        cursor.accumulated = exe.zero_accumulated(slot.leaves)
+    for piece in feed.epoch(cursor.epoch):
+        _throttle(cursor.reports, feed.max_in_flight)
         chunk = piece.chunk
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
-        if k > 1:
-            state, totals, acc, report = exe.fit_chunk_accumulate(
-                state, totals, acc, piece.data, _on_device(chunk.start), piece.order, _on_device(check),
-                _on_device(chunk.first), accumulate=k,
-                num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
-        else:
-            state, totals, report = _fit_chunk(exe, state, totals, piece.data, chunk, piece.order, check,
-                                               piece.batch_size)
-        reports.append(report)
-        publish(state)
+        slot.leaves, totals, cursor.accumulated, report = exe.fit_chunk(
+            slot.leaves, cursor.totals, cursor.accumulated, piece.data, np.int32(chunk.start), piece.order,
+            np.int32(chunk.first), num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size,
+            accumulate=k)
+        cursor.advance(chunk.last, totals, report)
         if want_end:
-            callbacks.on_train_batch_end(chunk.last, _host_logs(report, plan))
+            callbacks.on_train_batch_end(chunk.last, cursor.running_logs(report))
         if should_stop():
-            break
-    if k > 1 and reports and (chunk.last + 1) % k:    # the epoch ends inside a group: update with it
-        if check:
-            _split_report(reports[0], plan)
-        state, _ = exe.apply_accumulated(state, acc)
-        publish(state)
-    return state, reports
+            return
 
 
-def _fit_chunk(exe: Executables, state, totals, data, chunk, rows, check: int, batch_size: int):
-    run = exe.fit_chunk(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size)
-    return run(state, totals, data, _on_device(chunk.start), rows, _on_device(check))
+def _finish_group(exe: Executables, slot: Slot, cursor: Cursor) -> None:
+    """The epoch (or training) ends inside an accumulation group: update with what it has."""
+    if cursor.plan.accumulate_steps > 1 and cursor.batch % cursor.plan.accumulate_steps:
+        slot.leaves, _ = exe.apply_accumulated(slot.leaves, cursor.accumulated)
+    cursor.accumulated = None
+
+
+def run_fit(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks, should_stop: Callable,
+            validate: Callable | None = None) -> None:
+    """Train from the cursor's place to the end of epoch `plan.epochs - 1` on `source`.
+
+    `slot` holds the state before and after every dispatch; `validate(slot) -> logs` runs at
+    each epoch's end. The source prepares epoch e + 1 while the device runs epoch e (the next
+    order of in-memory arrays, the next chunks of a stream); epoch e's logs are read after that.
+    """
+    plan = cursor.plan
+    epochs = range(cursor.epoch, plan.epochs)
+    callbacks.on_train_begin()
+    logs = {}
+    feed = source.feed(epochs, plan.steps_per_execution, first_batch=cursor.batch)
+    try:
+        for epoch in epochs:
+            callbacks.on_epoch_begin(epoch)
+            _run_epoch(exe, slot, feed, cursor, callbacks, should_stop)
+            _finish_group(exe, slot, cursor)
+            if not cursor.batch:
+                warnings.warn(f"The input ran out of data at epoch {epoch}; training stops. A generator is "
+                              f"consumed once: pass a re-iterable input (a list, a bf.data.Dataset) or "
+                              f"steps_per_epoch with enough batches for every epoch.", UserWarning, stacklevel=3)
+                break
+            logs, batch_losses, _ = cursor.results()
+            if validate is not None:
+                logs.update({f"val_{k}": v for k, v in validate(slot).items()})
+            _learn_steps(callbacks, len(batch_losses))
+            callbacks.on_epoch_batch_losses(epoch, {"loss": batch_losses})
+            callbacks.on_epoch_end(epoch, logs)
+            cursor.begin(epoch + 1)
+            if should_stop():
+                break
+    finally:
+        feed.close()
+    callbacks.on_train_end(logs)
 
 
 def _learn_steps(callbacks, num_batches: int):
@@ -148,103 +157,6 @@ def _learn_steps(callbacks, num_batches: int):
     for cb in callbacks.callbacks:
         if cb.params.get("steps", 0) is None:
             cb.params["steps"] = num_batches
-
-
-def run_fit(exe: Executables, state: list, source, plan: FitPlan, callbacks,
-            publish: Callable, should_stop: Callable, validate: Callable | None = None, check: int = 0) -> list:
-    """Train for epochs [initial_epoch, epochs) on `source`; `publish(state)` after every dispatch.
-
-    `state`: the TrainState as the compiled calls take it (the list of its leaves). `check`:
-    value checks (compiled._data_ok bits) the first compiled call runs on the source's arrays;
-    DataRefused when they fail, with no step run and the state published unchanged.
-
-    The source prepares epoch e + 1 while the device runs epoch e (the next order of
-    in-memory arrays, the next chunks of a stream); the logs of epoch e are read after that.
-    """
-    epochs = range(plan.initial_epoch, plan.epochs)
-    callbacks.on_train_begin()
-    logs = {}
-    feed = source.feed(epochs, plan.steps_per_execution)
-    try:
-        for epoch in epochs:
-            callbacks.on_epoch_begin(epoch)
-            state, reports = _run_epoch(exe, state, feed, epoch, plan, callbacks, publish, should_stop, check)
-            check = 0
-            if not reports:
-                warnings.warn(f"The input ran out of data at epoch {epoch}; training stops. A generator is "
-                              f"consumed once: pass a re-iterable input (a list, a bf.data.Dataset) or "
-                              f"steps_per_epoch with enough batches for every epoch.", UserWarning, stacklevel=3)
-                break
-            logs, batch_losses = _epoch_results(reports, plan)
-            if validate is not None:
-                logs.update({f"val_{k}": v for k, v in validate(state).items()})
-            _learn_steps(callbacks, len(batch_losses))
-            callbacks.on_epoch_batch_losses(epoch, {"loss": batch_losses})
-            callbacks.on_epoch_end(epoch, logs)
-            if should_stop():
-                break
-    finally:
-        feed.close()
-    callbacks.on_train_end(logs)
-    return state
-
-
-class QuietPlan(NamedTuple):
-    """What run_quiet needs besides the data and the state, prepared once (prepare_quiet): a
-    fit call repeated on the same arrays (model._Repeat) looks nothing up again."""
-
-    plan: FitPlan
-    batch_size: int
-    calls: tuple          # one (chunk, its compiled call, chunk.start on the device) per compiled call of an epoch
-    zeros: object         # the totals each epoch starts from, on the device
-    check: int            # the value checks of the first call (compiled._data_ok bits)
-    check_bits: object    # `check` on the device
-
-
-def prepare_quiet(exe: Executables, plan: FitPlan, rows: int, batch_size: int, check: int = 0) -> QuietPlan:
-    """run_quiet's plan for epochs of `rows` samples in batches of `batch_size`."""
-    calls = tuple((chunk, exe.fit_chunk(num_steps=chunk.num_steps, tail=chunk.tail, batch_size=batch_size),
-                   _on_device(chunk.start)) for chunk in plan_chunks(rows, batch_size, plan.steps_per_execution))
-    return QuietPlan(plan, batch_size, calls, _zero_totals(len(plan.metric_names)), check, _on_device(check))
-
-
-def run_quiet(quiet: QuietPlan, state: list, source, history, publish: Callable) -> list:
-    """run_fit on in-memory arrays (an ArraySource) with no callback but `history`, no validation
-    and an update per batch: the same compiled calls and the same History, with nothing in
-    between. On a small model, each layer of run_fit (hooks, feed, pieces, per-epoch logs)
-    costs microseconds run cold right after the device, and together a tenth of the epoch.
-
-    Epoch e's reports are read once epoch e + 1 is dispatched (the checked call's, before the
-    next dispatch); the History takes them in when it is first read. What can be done before
-    the last read is: while the device runs, it costs nothing.
-    """
-    plan, size, calls = quiet.plan, quiet.batch_size, quiet.calls
-    epochs, k = range(plan.initial_epoch, plan.epochs), len(calls)
-    data, check, bits = source.data(k * len(epochs)), quiet.check, quiet.check_bits
-    reports, hosts = [], []
-    for epoch in epochs:
-        order, totals = source.order(epoch), quiet.zeros
-        for chunk, run, start in calls:
-            if check and reports:          # the checked call is read (DataRefused) before the next
-                _read_report(reports[0])
-                check, bits = 0, _on_device(0)
-            state, totals, report = run(state, totals, data, start, chunk.rows(order, size), bits)
-            reports.append(report)
-            publish(state)
-        source.draw_next(epoch, epoch + 1 if epoch + 1 < plan.epochs else None, plan.initial_epoch)
-        if len(reports) > k:
-            hosts += [_read_report(report) for report in reports[len(hosts):-k]]   # the epoch before
-    history.on_train_begin()
-    history.on_epochs_later([(epoch, functools.partial(_quiet_results, hosts, i * k, (i + 1) * k, plan))
-                             for i, epoch in enumerate(epochs)])
-    hosts += [_read_report(report) for report in reports[len(hosts):]]      # waits; DataRefused
-    return state
-
-
-def _quiet_results(hosts: list, start: int, end: int, plan: FitPlan) -> tuple[dict, dict]:
-    """(logs, batch losses) of the epoch whose reports are hosts[start:end] (run_quiet)."""
-    logs, batch_losses = _epoch_logs([_split_report(host, plan) for host in hosts[start:end]], plan)
-    return logs, {"loss": batch_losses}
 
 
 def _one_pass(source, steps_per_execution: int, outputs: list):
@@ -259,22 +171,40 @@ def _one_pass(source, steps_per_execution: int, outputs: list):
         feed.close()
 
 
-def run_evaluate(exe: Executables, state: list, source, steps_per_execution: int, metric_names) -> dict:
-    """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights."""
-    totals, losses = _zero_totals(len(metric_names)), []
-    for piece in _one_pass(source, steps_per_execution, losses):
+def run_evaluate(exe: Executables, leaves: list, source, steps_per_execution: int, metric_names, callbacks) -> dict:
+    """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights,
+    with Keras's test hooks (on_test_begin, on_test_batch_begin / _end per dispatch, on_test_end)."""
+    names = ("loss", *metric_names)
+    totals, outputs = zero_totals(len(metric_names)), []
+    want_begin, want_end = callbacks.wants("on_test_batch_begin"), callbacks.wants("on_test_batch_end")
+    callbacks.on_test_begin()
+    for piece in _one_pass(source, steps_per_execution, outputs):
         chunk = piece.chunk
-        totals, chunk_losses = exe.eval_chunk(state, totals, piece.data, _on_device(chunk.start), piece.order,
-                                              num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
-        losses.append(chunk_losses)
-    return read_totals(totals, ("loss", *metric_names))
+        if want_begin:
+            callbacks.on_test_batch_begin(chunk.first)
+        totals = exe.eval_chunk(leaves, totals, piece.data, np.int32(chunk.start), piece.order,
+                                num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
+        outputs.append(totals)
+        if want_end:
+            callbacks.on_test_batch_end(chunk.last, read_totals(totals, names))
+    logs = read_totals(totals, names)
+    callbacks.on_test_end(logs)
+    return logs
 
 
-def run_predict(exe: Executables, state: list, source, steps_per_execution: int):
-    """The model's outputs on one pass of `source`, as NumPy arrays (one pytree leaf per output)."""
+def run_predict(exe: Executables, leaves: list, source, steps_per_execution: int, callbacks):
+    """The model's outputs on one pass of `source`, as NumPy arrays (one pytree leaf per output),
+    with Keras's predict hooks (on_predict_batch_end gets {"outputs": ...} of the dispatch)."""
     outs = []
+    want_begin, want_end = callbacks.wants("on_predict_batch_begin"), callbacks.wants("on_predict_batch_end")
+    callbacks.on_predict_begin()
     for piece in _one_pass(source, steps_per_execution, outs):
-        outs.append(exe.predict_chunk(state, piece.data.x, _on_device(piece.chunk.start),
-                                      num_steps=piece.chunk.num_steps,
-                                      tail=piece.chunk.tail, batch_size=piece.batch_size))
+        chunk = piece.chunk
+        if want_begin:
+            callbacks.on_predict_batch_begin(chunk.first)
+        outs.append(exe.predict_chunk(leaves, piece.data.x, np.int32(chunk.start), num_steps=chunk.num_steps,
+                                      tail=chunk.tail, batch_size=piece.batch_size))
+        if want_end:
+            callbacks.on_predict_batch_end(chunk.last, {"outputs": jax.tree.map(np.asarray, outs[-1])})
+    callbacks.on_predict_end()
     return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *outs)

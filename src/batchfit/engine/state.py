@@ -1,14 +1,21 @@
-"""TrainState, Batch and the (sum, count) accumulators: what every step carries."""
+"""What every step carries (TrainState, Batch, the (sum, count) accumulators), and where training stands.
+
+`Position` is the training state plus the loop's place in it: one pytree that can be copied
+out (`model.get_position()`) and put back (`model.set_position(...)`), after which `fit`
+continues bitwise as if it had never stopped.
+"""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["TrainState", "Batch", "ModelGraph", "split_module", "zero_totals", "read_totals"]
+__all__ = ["TrainState", "Batch", "Accumulated", "Position", "Slot", "ModelGraph", "split_module",
+           "zero_totals", "read_totals"]
 
 
 class Batch(NamedTuple):
@@ -34,6 +41,68 @@ class TrainState(NamedTuple):
     model_state: Any
     opt_state: Any
     step: jax.Array
+
+
+class Accumulated(NamedTuple):
+    """A gradient-accumulation group so far: the sum over its batches of d(sum_i w_i l_i)/d(theta),
+    and its normalizer (the sum of n_b; of w_i with loss_reduction="weighted_mean")."""
+
+    grads: Any
+    count: jax.Array
+
+    @staticmethod
+    def zeros(params) -> "Accumulated":
+        return Accumulated(jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
+
+
+class Position(NamedTuple):
+    """Where training stands: the TrainState and the loop's place, as one pytree of host arrays.
+
+    epoch: the epoch in progress (or the next one, when `batch` is 0);
+    batch: the batches of `epoch` already trained;
+    seed: the seed of the data order (shuffled arrays draw epoch e's order from (seed, e));
+    totals: float32 [1 + metrics, 2], the epoch's running (sum, count) rows so far;
+    batch_losses: float32 [batch], the raw loss of each batch of the epoch so far;
+    accumulated: the gradient-accumulation group in progress (None without accumulate_steps).
+    A stream that can be read again resumes by skipping `batch` batches of epoch `epoch`.
+    """
+
+    train: TrainState
+    epoch: int
+    batch: int
+    seed: int
+    totals: np.ndarray
+    batch_losses: np.ndarray
+    accumulated: Accumulated | None = None
+
+
+class Slot:
+    """The one place the training state lives between compiled calls, as their flat list of leaves.
+
+    The loop reads it before every dispatch and writes it after, so a weight set by a callback
+    is what the next step trains; `version` counts the writes (the model syncs its module
+    when it is behind).
+    """
+
+    def __init__(self, state: TrainState):
+        self.put(state)
+
+    def put(self, state: TrainState) -> None:
+        leaves, self.treedef = jax.tree.flatten(state)
+        self.leaves = leaves
+
+    @property
+    def leaves(self) -> list:
+        return self._leaves
+
+    @leaves.setter
+    def leaves(self, leaves: list) -> None:
+        self._leaves = leaves
+        self.version = getattr(self, "version", -1) + 1
+
+    @property
+    def state(self) -> TrainState:
+        return jax.tree.unflatten(self.treedef, self._leaves)
 
 
 class ModelGraph(NamedTuple):

@@ -6,17 +6,15 @@ the same function, so the same numbers.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from batchfit.engine.state import Batch, ModelGraph, TrainState
-from batchfit.layers import regularization_penalty
+from batchfit.engine.state import Accumulated, Batch, ModelGraph, TrainState
 
-__all__ = ["Program", "Accumulated", "train_step", "accumulate_step", "apply_accumulated", "zero_accumulated",
-           "eval_step", "predict_step"]
+__all__ = ["Program", "train_step", "accumulate_step", "apply_accumulated", "eval_step", "predict_step"]
 
 
 class Program(NamedTuple):
@@ -27,6 +25,7 @@ class Program(NamedTuple):
     metrics: tuple            # batchfit.metrics.Metric: name, call(y_true, y_pred) -> [B]
     optimizer: optax.GradientTransformation
     weighted_mean: bool       # loss_reduction="weighted_mean": divide by sum(w), not B
+    penalty: Callable         # module -> R(theta), the sum of its regularization penalties
 
 
 def _forward(program: Program, params, model_state, batch: Batch, training: bool):
@@ -39,7 +38,7 @@ def _forward(program: Program, params, model_state, batch: Batch, training: bool
     per_sample = program.loss.call(batch.y, y_pred)
     weighted = jnp.sum(per_sample) if batch.w is None else jnp.sum(batch.w * per_sample)
     norm = jnp.sum(batch.w) if batch.w is not None and program.weighted_mean else jnp.float32(per_sample.shape[0])
-    penalty = regularization_penalty(module)
+    penalty = program.penalty(module)
     _, new_model_state = program.graph.split(module)
     return weighted, norm, penalty, y_pred, new_model_state
 
@@ -77,22 +76,10 @@ def train_step(program: Program, state: TrainState, totals: dict, batch: Batch):
     return new_state, _accumulate(program, totals, loss, batch, y_pred), loss
 
 
-class Accumulated(NamedTuple):
-    """A gradient-accumulation group so far: the sum over its batches of d(sum_i w_i l_i)/d(theta),
-    and its normalizer (the sum of n_b; of w_i with loss_reduction="weighted_mean")."""
-
-    grads: Any
-    count: jax.Array
-
-
 def _weighted_sum(program: Program, params, model_state, batch: Batch):
     """sum_i w_i l_i, the part of L_b that accumulation differentiates; (L_b, normalizer, ...) as aux."""
     weighted, norm, penalty, y_pred, new_model_state = _forward(program, params, model_state, batch, True)
     return weighted, (_batch_loss(weighted, norm, penalty), norm, y_pred, new_model_state)
-
-
-def zero_accumulated(state: TrainState) -> Accumulated:
-    return Accumulated(jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32))
 
 
 def accumulate_step(program: Program, state: TrainState, totals, acc: Accumulated, batch: Batch):
@@ -106,13 +93,13 @@ def accumulate_step(program: Program, state: TrainState, totals, acc: Accumulate
 def apply_accumulated(program: Program, state: TrainState, acc: Accumulated):
     """The group's update: the gradient one batch of all its samples gives, sum / normalizer + dR/dtheta."""
     def penalty(params):
-        return regularization_penalty(program.graph.merge(params, state.model_state, True))
+        return program.penalty(program.graph.merge(params, state.model_state, True))
     safe = jnp.where(acc.count > 0, acc.count, 1.0)
     grads = jax.tree.map(lambda g, r: jnp.where(acc.count > 0, g / safe, 0.0) + r, acc.grads,
                          jax.grad(penalty)(state.params))
     updates, opt_state = program.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(params, state.model_state, opt_state, state.step + 1), zero_accumulated(state)
+    return TrainState(params, state.model_state, opt_state, state.step + 1), Accumulated.zeros(state.params)
 
 
 def eval_step(program: Program, state: TrainState, totals: dict, batch: Batch):

@@ -1,0 +1,82 @@
+"""compile()'s arguments, checked once: the loss, metrics, optimizer and loop settings a model trains with."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, NamedTuple
+
+import optax
+
+from batchfit import losses as losses_lib
+from batchfit import metrics as metrics_lib
+from batchfit import optimizers as optimizers_lib
+from batchfit.errors import check_int
+
+__all__ = ["Settings", "settings_from"]
+
+_REDUCTIONS = ("sum_over_batch_size", "weighted_mean")
+
+# Keras 3's compile() arguments that batchfit does not take, with what to do instead; a value
+# that only asks for what batchfit does anyway is accepted.
+_UNSUPPORTED = {
+    "loss_weights": (None, "batchfit models have one output and one loss; weigh samples with sample_weight"),
+    "weighted_metrics": (None, "metrics are weighted by sample_weight and class_weight today"),
+    "run_eagerly": (False, "every step runs compiled; debug with jax.disable_jit() around the call"),
+    "jit_compile": ((True, "auto"), "every step is compiled with XLA; there is no other mode"),
+    "auto_scale_loss": ((True, False), None),
+}
+
+
+class Settings(NamedTuple):
+    """What compile() chose, checked; `names` is "loss" then each metric's name."""
+
+    loss: Any
+    metrics: tuple
+    names: tuple
+    optimizer: optax.GradientTransformation
+    steps_per_execution: int | str
+    weighted_mean: bool
+    allow_nonfinite: bool
+    by_name: dict | None        # the arguments, when all were given by name (model.save keeps them)
+
+
+def _refuse_unknown(unused: dict) -> None:
+    known = ("optimizer", "loss", "metrics", "steps_per_execution", "loss_reduction", "allow_nonfinite",
+             *_UNSUPPORTED)
+    for name, value in unused.items():
+        if name not in _UNSUPPORTED:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise TypeError(f"compile() got an unexpected keyword argument `{name}`.{hint} "
+                            f"Its arguments are: {', '.join(known)}.")
+        accepted, fix = _UNSUPPORTED[name]
+        if value is accepted or (isinstance(accepted, tuple) and value in accepted):
+            continue
+        raise ValueError(f"compile({name}={value!r}) is a Keras option that batchfit does not support"
+                         + (f": {fix}." if fix else "."))
+
+
+def settings_from(optimizer="rmsprop", loss=None, metrics=None, *, steps_per_execution="auto",
+                  loss_reduction="sum_over_batch_size", allow_nonfinite=False, **unused) -> Settings:
+    """compile()'s arguments as Settings; TypeError / ValueError for anything it cannot train with."""
+    _refuse_unknown(unused)
+    if loss is None:
+        raise ValueError("compile() needs a `loss`, e.g. loss='mse' or loss=bf.losses.BinaryCrossentropy().")
+    if loss_reduction not in _REDUCTIONS:
+        raise ValueError(f"`loss_reduction` must be one of {_REDUCTIONS}; got {loss_reduction!r}.")
+    if steps_per_execution != "auto":
+        check_int("steps_per_execution", steps_per_execution, 1)
+    if not isinstance(allow_nonfinite, bool):
+        raise TypeError(f"`allow_nonfinite` must be True or False; got {allow_nonfinite!r}.")
+    metric_list = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+    loss_obj = losses_lib.get(loss)
+    metric_objs = tuple(metrics_lib.get(m, loss_obj) for m in metric_list)
+    names = [m.name for m in metric_objs]
+    if len(set(names)) != len(names) or "loss" in names:
+        raise ValueError(f"Metric names must be unique and not 'loss'; got {names}.")
+    by_name = None
+    if isinstance(optimizer, str) and isinstance(loss, str) and all(isinstance(m, str) for m in metric_list):
+        by_name = dict(optimizer=optimizer, loss=loss, metrics=metric_list, steps_per_execution=steps_per_execution,
+                       loss_reduction=loss_reduction, allow_nonfinite=allow_nonfinite)
+    return Settings(loss_obj, metric_objs, ("loss", *names), optimizers_lib.get(optimizer), steps_per_execution,
+                    loss_reduction == "weighted_mean", allow_nonfinite, by_name)

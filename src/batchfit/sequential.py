@@ -1,0 +1,126 @@
+"""Sequential: a stack of Keras-style layers, and saving / loading it (bf.load_model)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+from batchfit import activations as activations_lib
+from batchfit import layers as layers_lib
+from batchfit import saving
+from batchfit.errors import describe
+from batchfit.model import Model, _seed
+
+__all__ = ["Sequential", "load_model"]
+
+
+class Sequential(Model):
+    """A stack of Keras-style layers: `Sequential([Dense(16, activation="relu", input_shape=(10,)), ...])`.
+
+    Built when the input shape is known: from the first layer's `input_shape`, or from the
+    first batch it sees. `seed` fixes the initial weights and the dropout masks.
+    """
+
+    def __init__(self, layers=None, seed: int | None = None, name: str | None = None):
+        super().__init__(name=name)
+        self.layers = []
+        self.seed = _seed(seed)
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        if not isinstance(layer, layers_lib.Layer):
+            raise TypeError(f"Sequential takes batchfit layers (bf.layers.Dense, ...); got {describe(layer)}. "
+                            f"Wrap an NNX module with bf.Model(module) instead.")
+        if self._graph is not None:
+            raise ValueError("Cannot add layers to a Sequential that has already run; build a new one.")
+        self.layers.append(layer)
+        self._module = None                     # built again, from the same seed, when first used
+
+    @property
+    def built(self) -> bool:
+        if self._module is None and self.layers and self.layers[0].input_shape is not None:
+            self._build_for(self.layers[0].input_shape)
+        return self._module is not None
+
+    def build(self, input_shape):
+        """Create the weights for inputs of `input_shape`: Keras's batch shape, `(None, 10)`, or
+        the per-sample shape, `(10,)`. A model built already keeps its weights."""
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:             # Keras: the batch axis first, left open
+            shape = shape[1:]
+        if self._module is not None:
+            if shape != tuple(self._module.input_shape):
+                raise ValueError(f"This Sequential is built for per-sample inputs of shape "
+                                 f"{tuple(self._module.input_shape)}; build({tuple(input_shape)}) asks for "
+                                 f"{shape}. Build a new Sequential for other inputs.")
+            return
+        self._build_for(shape)
+
+    def _build_for(self, shape):
+        if not self.layers:
+            raise ValueError("Sequential has no layers; add at least one before using it.")
+        self._module = layers_lib.build_stack(self.layers, tuple(shape), self.seed)
+
+    def _check_x(self, x):
+        if isinstance(x, dict):
+            raise ValueError(f"Sequential takes a single input array; got {describe(x)}. Pass one array, "
+                             f"or build a bf.Model around an NNX module that takes a dict.")
+
+    def _build_from(self, x):
+        if x is None:
+            raise ValueError("This Sequential has no input_shape yet; pass data or set input_shape.")
+        self._check_x(x)
+        self._build_for(x.shape[1:])
+
+    def _compile_defaults(self):
+        """train_on_batch before compile(): Keras's default optimizer, a loss read off the output layer.
+
+        Keras raises here; the articles users learn from call train_on_batch on uncompiled
+        Sequential models, so batchfit compiles them as Keras would by default, and says so.
+        """
+        loss = _default_loss(self.layers)
+        warnings.warn(f"train_on_batch() before compile(): compiling with optimizer='rmsprop' (Keras's "
+                      f"default) and loss='{loss}' (from the output layer). Call compile() to choose.",
+                      UserWarning, stacklevel=3)
+        self.compile(optimizer="rmsprop", loss=loss)
+
+    def save(self, path) -> str:
+        """Write the model to the folder `path` (JSON and .npz, no pickle); `bf.load_model(path)` reads it.
+
+        Saved: the layers, the weights, and the compile settings when they were given by name.
+        Not saved: the optimizer's state. See batchfit/saving.py.
+        """
+        if not self.built:
+            raise ValueError("save() needs a built model: give the first layer input_shape=..., or run it on "
+                             "data first.")
+        config = {"format": saving.FORMAT, "version": saving.VERSION, "class_name": "Sequential",
+                  "seed": self.seed, "input_shape": list(self.module.input_shape),
+                  "layers": [layer.get_config() for layer in self.layers],
+                  "compile": self._settings.by_name if self._settings is not None else None}
+        try:
+            config = json.loads(json.dumps(config))
+        except TypeError as e:
+            raise TypeError(f"save() writes layer configs as JSON, and one of them holds a Python object ({e}). "
+                            f"Give activations, initializers and regularizers by name (e.g. activation='relu') "
+                            f"to save the model, or save the arrays of get_weights() yourself.") from e
+        return saving.write_model(path, config, self.get_weights())
+
+
+def load_model(path, compile: bool = True) -> Sequential:
+    """The model `save()` wrote to `path`, with its weights (and its compile settings, when saved by name)."""
+    config, weights = saving.read_model(path)
+    model = Sequential([layers_lib.layer_from_config(c) for c in config["layers"]], seed=config["seed"])
+    model.build(tuple(config["input_shape"]))
+    model.set_weights(weights)
+    if compile and config.get("compile"):
+        model.compile(**config["compile"])
+    return model
+
+
+def _default_loss(layers) -> str:
+    activation = getattr(layers[-1], "activation", None) if layers else None
+    for name, loss in (("sigmoid", "binary_crossentropy"), ("softmax", "categorical_crossentropy")):
+        if activation is activations_lib.get(name):
+            return loss
+    return "mse"
