@@ -19,7 +19,8 @@ from jax import lax
 
 from workloads import SHUFFLE_OPTIONS, Workload
 
-__all__ = ["init_state", "make_step", "epoch_fn", "jitted_step", "SHUFFLE_OPTIONS", "permutation_fns"]
+__all__ = ["init_state", "glorot_weights", "make_step", "epoch_fn", "jitted_step", "SHUFFLE_OPTIONS",
+           "permutation_fns"]
 
 EPSILON = 1e-7        # Keras's backend epsilon: probabilities are clipped to [eps, 1 - eps]
 LR, BETA_1, BETA_2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-7
@@ -28,12 +29,29 @@ LR, BETA_1, BETA_2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-7
 # ----- model, loss, optimizer --------------------------------------------------------
 
 def init_state(weights):
-    """Training state from Keras-order weights [k0, b0, k1, b1, ...]: params, Adam m and v, count."""
-    params = {f"dense_{i}": {"kernel": jnp.asarray(weights[2 * i]), "bias": jnp.asarray(weights[2 * i + 1])}
+    """Training state from Keras-order weights [k0, b0, k1, b1, ...]: params, Adam m and v, count.
+
+    Made on the host and copied over in one device_put: no eager op to compile, so a fresh
+    process's first epoch (procs.py) can count it at the cost of a copy.
+    """
+    params = {f"dense_{i}": {"kernel": np.asarray(weights[2 * i]), "bias": np.asarray(weights[2 * i + 1])}
               for i in range(len(weights) // 2)}
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return {"params": params, "m": zeros, "v": jax.tree.map(jnp.copy, zeros),
-            "count": jnp.zeros((), jnp.int32)}
+    return jax.device_put({"params": params, "m": jax.tree.map(np.zeros_like, params),
+                           "v": jax.tree.map(np.zeros_like, params), "count": np.zeros((), np.int32)})
+
+
+def glorot_weights(w: Workload, seed: int = 0) -> list:
+    """Keras-order weights [k0, b0, k1, b1, ...] of `w` drawn with NumPy: glorot-uniform kernels, zero biases.
+
+    For a process that times the floor without importing batchfit (procs.py's first epoch).
+    """
+    rng = np.random.default_rng(seed)
+    widths = (w.num_features, *w.hidden, w.outputs)
+    weights = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        weights += [rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32), np.zeros(fan_out, np.float32)]
+    return weights
 
 
 def _forward(w: Workload, params, x, dropout_keys, count):

@@ -1,9 +1,10 @@
 """Process-level measurements: first fit call in a fresh process, the compilation cache, whole jobs, RSS.
 
 Each measurement is a fresh `python` process with its own environment (a temporary
-BATCHFIT_CACHE_DIR, or BATCHFIT_COMPILATION_CACHE=0); repeats of different kinds are
-interleaved. Run as `python benchmarks/procs.py first_fit|rss` this file is the probe
-that such a process runs, printing one JSON line.
+BATCHFIT_CACHE_DIR, or BATCHFIT_COMPILATION_CACHE=0 and no JAX cache dir); repeats of
+different kinds are interleaved. Run as `python benchmarks/procs.py first_fit|floor_first_epoch
+WORKLOAD QUICK` or `python benchmarks/procs.py rss`, this file is the probe that such a
+process runs, printing one JSON line.
 """
 
 from __future__ import annotations
@@ -18,20 +19,27 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOBS = os.path.join(HERE, "jobs")
+# How the floor's first epoch orders the samples: a host permutation, the arrays permuted once
+# inside the jit, as benchmarks/jobs/seed1_jax.py does (batchfit's fit shuffles by default).
+FLOOR_FIRST_EPOCH_OPTION = "host_permutation+permute_once"
 
 
 # ----- the probes (run inside the child) -------------------------------------------------
 
-def _probe_first_fit() -> dict:
+def _probe_first_fit(name: str, quick: bool) -> dict:
+    """batchfit: build and compile() the workload's model, then its first fit call and a second one."""
     start = time.perf_counter()
-    import jax  # noqa: F401
+    import jax
     jax_imported = time.perf_counter()
     import batchfit  # noqa: F401
     imported = time.perf_counter()
+    jax.devices()                          # the backend's start-up (milliseconds) is nobody's first call
+    backend = time.perf_counter()
     sys.path.insert(0, HERE)
     from workloads import WORKLOADS, batchfit_model, make_data
-    w = WORKLOADS["seed1"]
-    x, y = make_data(w)
+    w = WORKLOADS[name]
+    x, y = make_data(w, quick)
+    data = time.perf_counter()
     model = batchfit_model(w)
     built = time.perf_counter()
     model.fit(x, y, batch_size=w.batch_size, epochs=1, verbose=0)
@@ -39,8 +47,41 @@ def _probe_first_fit() -> dict:
     model.fit(x, y, batch_size=w.batch_size, epochs=1, verbose=0)
     second = time.perf_counter()
     return {"import_s": imported - start, "import_jax_s": jax_imported - start,
-            "import_batchfit_after_jax_s": imported - jax_imported, "build_compile_s": built - imported, "first_fit_s": first - built,
-            "second_fit_s": second - first, "cache_dir": jax.config.jax_compilation_cache_dir}
+            "import_batchfit_after_jax_s": imported - jax_imported, "backend_s": backend - imported,
+            "build_compile_s": built - data, "first_fit_s": first - built, "second_fit_s": second - first,
+            "cache_dir": jax.config.jax_compilation_cache_dir}
+
+
+def _probe_floor_first_epoch(name: str, quick: bool) -> dict:
+    """The hand-written floor: its first epoch (NumPy weights and x/y to the device, trace, compile, run,
+    losses on the host), then a second one, shuffled as a hand-written job shuffles (FLOOR_FIRST_EPOCH_OPTION)."""
+    start = time.perf_counter()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    jax_imported = time.perf_counter()
+    jax.devices()
+    backend = time.perf_counter()
+    sys.path.insert(0, HERE)
+    import baselines
+    from workloads import WORKLOADS, make_data
+    w = WORKLOADS[name]
+    x, y = make_data(w, quick)
+    data = time.perf_counter()
+    weights = baselines.glorot_weights(w)
+    epoch = baselines.epoch_fn(w, FLOOR_FIRST_EPOCH_OPTION)       # its dropout keys are drawn here
+    built = time.perf_counter()
+    # batchfit's first fit creates its weights; the floor's first epoch copies them to the device
+    state, xd, yd = baselines.init_state(weights), jnp.asarray(x), jnp.asarray(y)
+    state, losses = epoch(state, xd, yd)
+    np.asarray(losses)
+    first = time.perf_counter()
+    state, losses = epoch(state, jnp.asarray(x), jnp.asarray(y))
+    np.asarray(losses)
+    second = time.perf_counter()
+    return {"import_s": jax_imported - start, "import_jax_s": jax_imported - start, "backend_s": backend - jax_imported,
+            "build_s": built - data, "first_epoch_s": first - built, "second_epoch_s": second - first,
+            "cache_dir": jax.config.jax_compilation_cache_dir}
 
 
 def _rss_bytes() -> int:
@@ -105,25 +146,41 @@ def _summarize(runs: dict) -> dict:
     return out
 
 
-def first_fit(repeats: int, log, quick: bool = False) -> dict:
-    """First fit call of the first article's workload: cache off, a cold cache, a warm cache (second process)."""
+def first_fit(repeats: int, workload_repeats: int, workloads, log, quick: bool = False) -> dict:
+    """First fit call in a fresh process: batchfit against the floor's first epoch, and the cache.
+
+    Per workload, cache off (BATCHFIT_COMPILATION_CACHE=0, no JAX cache dir): batchfit's first
+    fit call ("cache_off") and the hand-written floor's first epoch ("floor"), `workload_repeats`
+    rounds, the two side by side in each round (which goes first alternates). On the first
+    article's workload also `repeats` rounds with a cold cache ("cache_cold", a new cache dir
+    each time; not in --quick) and a warm one ("cache_warm": the second process on one dir).
+    Returns {workload: {mode: {"runs": [...], "median_<field>": ...}}}.
+    """
     tmp = tempfile.mkdtemp(prefix="bf-bench-cache-")
     warm_dir = os.path.join(tmp, "warm")
+    cache_off = _env(BATCHFIT_COMPILATION_CACHE="0")
     try:
-        _run([__file__, "first_fit"], _env(BATCHFIT_CACHE_DIR=warm_dir))          # fills the warm cache
-        modes = {"cache_off": lambda r: _env(BATCHFIT_COMPILATION_CACHE="0"),
-                 "cache_cold": lambda r: _env(BATCHFIT_CACHE_DIR=os.path.join(tmp, f"cold{r}")),
-                 "cache_warm": lambda r: _env(BATCHFIT_CACHE_DIR=warm_dir)}
+        _run([__file__, "first_fit", "seed1", str(quick)], _env(BATCHFIT_CACHE_DIR=warm_dir))   # fills the cache
+        seed1_modes = {"cache_cold": lambda r: _env(BATCHFIT_CACHE_DIR=os.path.join(tmp, f"cold{r}")),
+                       "cache_warm": lambda r: _env(BATCHFIT_CACHE_DIR=warm_dir)}
         if quick:
-            del modes["cache_cold"]
-        runs = {m: [] for m in modes}
-        for r in range(repeats):
-            for mode, env in modes.items():
-                wall, out = _run([__file__, "first_fit"], env(r))
+            del seed1_modes["cache_cold"]
+        runs = {w: {"cache_off": [], "floor": []} for w in workloads}
+        runs.setdefault("seed1", {}).update({m: [] for m in seed1_modes})
+        for r in range(max(repeats, workload_repeats)):
+            plan = []
+            if r < workload_repeats:
+                for w in workloads:
+                    pair = [("cache_off", "first_fit", w, cache_off), ("floor", "floor_first_epoch", w, cache_off)]
+                    plan += pair[::-1] if r % 2 else pair
+            if r < repeats:
+                plan += [(mode, "first_fit", "seed1", env(r)) for mode, env in seed1_modes.items()]
+            for mode, probe, w, env in plan:
+                wall, out = _run([__file__, probe, w, str(quick)], env)
                 row = {**json.loads(out.strip().splitlines()[-1]), "process_wall_s": wall}
-                runs[mode].append(row)
-                log({"event": "first_fit", "mode": mode, "repeat": r, **row})
-        return _summarize(runs)
+                runs[w][mode].append(row)
+                log({"event": "first_fit", "workload": w, "mode": mode, "repeat": r, **row})
+        return {w: _summarize({m: rows for m, rows in modes.items() if rows}) for w, modes in runs.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -176,5 +233,8 @@ def rss(log) -> dict:
 
 
 if __name__ == "__main__":
-    probe = {"first_fit": _probe_first_fit, "rss": _probe_rss}[sys.argv[1]]
-    print(json.dumps(probe()))
+    if sys.argv[1] == "rss":
+        print(json.dumps(_probe_rss()))
+    else:                                   # first_fit|floor_first_epoch WORKLOAD QUICK
+        probe = {"first_fit": _probe_first_fit, "floor_first_epoch": _probe_floor_first_epoch}[sys.argv[1]]
+        print(json.dumps(probe(sys.argv[2], sys.argv[3] == "True")))

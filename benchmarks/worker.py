@@ -77,6 +77,9 @@ class Worker:
         if cmd == "permutation_costs":
             from systems import permutation_costs
             return {str(n): permutation_costs(n, req["repeats"]) for n in req["sizes"]}
+        if cmd == "input_throughput":
+            from input import generator_against_arrays
+            return generator_against_arrays(req["repeats"])
         if cmd == "profile":
             from profiling import profile
             return profile(WORKLOADS[req["workload"]], req["quick"], req["what"], req["calls"], req["top"])
