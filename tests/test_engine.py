@@ -1,6 +1,5 @@
 """Equivalences and invariants of the one-step engine."""
 
-import gc
 import jax
 import numpy as np
 import optax

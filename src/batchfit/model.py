@@ -1,4 +1,4 @@
-"""Model: the thin stateful shell around the pure engine.
+"""Model: Keras's training API (compile, fit, evaluate, predict, *_on_batch) on the shell of _shell.py.
 
 Every method validates its arguments once, delegates to `engine`, and writes the result
 back. The trained values live in one Slot on the device; the NNX module is brought up to
@@ -8,30 +8,22 @@ date from it when it is read (and when `fit` returns).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from batchfit import layers as layers_lib
-from batchfit._compile import settings_from
-from batchfit.callbacks import Callback, CallbackList, History, ProgbarLogger
+from batchfit._settings import check_fit_arguments, settings_from
+from batchfit._shell import NotCompiledError, Shell
+from batchfit.callbacks import CallbackList
+from batchfit.callbacks.setup import callback_list
 from batchfit.data import arrays
-from batchfit.data.source import ArraySource, as_source, is_batch_list, split_source
-from batchfit.data.stream import STREAM_MAX_STEPS, unpack
-from batchfit.engine.compiled import build_executables
+from batchfit.data.source import ArraySource, as_source, split_source, validation_source
+from batchfit.data.stream import STREAM_MAX_STEPS
 from batchfit.engine.loop import Cursor, FitPlan, run_evaluate, run_fit, run_predict
-from batchfit.engine.state import Batch, Position, Slot, TrainState, split_module
-from batchfit.engine.step import Program
-from batchfit.errors import check_int, describe
+from batchfit.errors import check_int
 
 __all__ = ["Model", "NotCompiledError"]
 
 
-class NotCompiledError(RuntimeError, ValueError):
-    """Training or evaluating a model that has not been compiled."""
-
-
-class Model:
+class Model(Shell):
     """A trainable model around any Flax NNX module: `Model(module).compile(...).fit(x, y)`.
 
     Args:
@@ -40,67 +32,6 @@ class Model:
         carried through the compiled step. Training and inference mode are switched with
         NNX's `train()` / `eval()`.
     """
-
-    def __init__(self, module: nnx.Module | None = None, *, name: str | None = None):
-        if module is not None and not isinstance(module, nnx.Module):
-            raise TypeError(f"`Model(module)` expects a flax.nnx.Module; got {describe(module)}. "
-                            f"For Keras-style layers use bf.Sequential([...]).")
-        self.name = name or type(self).__name__.lower()
-        self._module, self._module_is_users = module, module is not None
-        self._settings = self._graph = self._exe = self._slot = None
-        self._synced = 0                   # the slot version the module holds
-        self._running = None               # train_on_batch's running totals (reset_metrics=False)
-        self._outputs: dict = {}           # input signature -> the output's shape
-        self._cursor = self._resume = None   # fit's place; a Position set_position() put back
-        self._busy = None                  # the training call running, if any
-        self.stop_training = False
-        self.history: History | None = None
-
-    # ----- building -------------------------------------------------------------------
-
-    @property
-    def built(self) -> bool:
-        return self._module is not None
-
-    @property
-    def module(self) -> nnx.Module:
-        """The NNX module, up to date with training."""
-        self._sync_module()
-        return self._module
-
-    def _build_from(self, x) -> None:
-        raise ValueError(f"{type(self).__name__} has no module to run; pass one to Model(module).")
-
-    def _check_x(self, x) -> None:
-        """A model's own refusals of an input layout (Sequential: a single array)."""
-
-    def _executables(self, x=None):
-        """The compiled entry points, built (with the module, from x's shape) once per compile().
-
-        A compiled model's state is started here, when data first arrives: the optimizer's
-        initial state and copies of the module's weights, in one compiled call."""
-        if not self.built:
-            self._build_from(x)
-        if self._graph is None:
-            self._graph, params, model_state = split_module(self._module)
-            self._slot = Slot(TrainState(params, model_state, None, np.zeros((), np.int32)))
-            self._synced = self._slot.version
-        if self._exe is None:
-            s = self._settings
-            program = Program(self._graph, s and s.loss, s.metrics if s else (), s and s.optimizer,
-                              bool(s and s.weighted_mean), layers_lib.regularization_penalty)
-            if s is not None:
-                self._slot.put(jax.jit(lambda state: _start(program, state))(self._slot.state))
-            self._exe, self._running = build_executables(program, self._slot.treedef), None
-        return self._exe
-
-    def _sync_module(self):
-        """Write the trained values into the module's variables (copies: the state's buffers get donated)."""
-        if self._slot is not None and self._slot.version != self._synced:
-            state = self._slot.state
-            for variable, value in zip(self._graph.variables, jax.tree.leaves(_copy((state.params, state.model_state)))):
-                variable.set_value(value)
-            self._synced = self._slot.version
 
     # ----- compile --------------------------------------------------------------------
 
@@ -128,17 +59,6 @@ class Model:
     def metrics_names(self) -> list[str]:
         return list(self._settings.names) if self._settings else []
 
-    def _require_compiled(self, what: str):
-        if self._settings is None:
-            raise NotCompiledError(f"You must call compile() before {what}(), e.g. "
-                                   f"model.compile(optimizer='adam', loss='mse').")
-
-    def _refuse_reentry(self, what: str):
-        if self._busy:
-            raise RuntimeError(f"{what}() was called while this model's {self._busy}() is running (from one of "
-                               f"its callbacks). Training calls cannot nest: set model.stop_training = True and "
-                               f"call {what}() after {self._busy}() returns.")
-
     # ----- data at the boundary ------------------------------------------------------
 
     def _accept(self, source):
@@ -151,61 +71,16 @@ class Model:
                 source.check_targets = rule
         return source
 
-    def _target_rule(self, x):
-        """x's shape rule (it runs through the model; once per input signature); the loss's target rule."""
-        self._check_x(x)
-        exe = self._executables(x)
-        signature = tuple((a.shape[1:], a.dtype) for a in arrays.leaves(x))
-        if signature not in self._outputs:
-            try:
-                out = jax.eval_shape(exe.predict_batch, self._slot.leaves, x)
-            except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
-                raise ValueError(f"The model cannot run on `x` ({describe(x)}): {e}. "
-                                 f"Check the feature shape against the model's input_shape.") from e
-            self._outputs[signature] = jax.tree.leaves(out)[0].shape
-        if self._settings is None:
-            return None
-        shape, loss = self._outputs[signature], self._settings.loss
-        return lambda y: loss.validate_targets(np.asarray(y), shape[-1] if shape else None)
-
-    def _batch(self, x, y, sample_weight=None, class_weight=None, need_y=True) -> Batch:
-        """One batch for *_on_batch, checked by the same rules as fit's arrays."""
-        allow = bool(self._settings and self._settings.allow_nonfinite)
-        if x is None:
-            raise ValueError("`x` is required; got None.")
-        if need_y and y is None:
-            raise ValueError("`y` is required to train or evaluate; got None. Pass targets as `y`.")
-        x, y = arrays.standardize(x, "x", allow), arrays.standardize(y, "y", allow) if need_y else None
-        n = arrays.num_samples(x, y)
-        w = arrays.sample_weights(y, n, sample_weight, class_weight) if need_y else None
-        rule = self._target_rule(x)
-        if rule is not None and y is not None:
-            rule(y)
-        return Batch(x, y, w)
-
     def _steps(self, source, callbacks: CallbackList) -> int:
         setting = self._settings.steps_per_execution if self._settings else "auto"
         limit = callbacks.max_steps_per_execution(source.num_batches or STREAM_MAX_STEPS) if setting == "auto" else None
         return source.steps_per_execution(setting, limit)
 
     def _callbacks(self, callbacks, verbose, mode: str, num_batches, epochs=None) -> CallbackList:
-        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-            raise TypeError(f"`callbacks` must be a list of bf.callbacks.Callback; got {describe(callbacks)}. "
-                            f"Wrap a single callback in a list: callbacks=[cb].")
-        user = list(callbacks or [])
-        for cb in user:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"`callbacks` must hold bf.callbacks.Callback objects; got {describe(cb)}. "
-                                f"Subclass bf.callbacks.Callback, or use bf.callbacks.LambdaCallback(...).")
-        if verbose not in ("auto", 0, 1, 2) or isinstance(verbose, bool):
-            raise ValueError(f"`verbose` must be 'auto', 0, 1 or 2; got {verbose!r}.")
-        verbose = 1 if verbose == "auto" else verbose
-        extra = [ProgbarLogger(verbose, mode)] if verbose else []
+        cbs = callback_list(callbacks, verbose, mode, self, num_batches, epochs)
         if mode == "fit":
-            self.history = next((cb for cb in user if isinstance(cb, History)), None) or History()
-            user = [cb for cb in user if cb is not self.history] + extra + [self.history]
-        params = {"epochs": epochs, "steps": num_batches, "verbose": verbose}
-        return CallbackList(user if mode == "fit" else user + extra, model=self, params=params)
+            self.history = cbs.history
+        return cbs
 
     # ----- fit / evaluate / predict --------------------------------------------------
 
@@ -228,14 +103,8 @@ class Model:
         """
         self._require_compiled("fit")
         self._refuse_reentry("fit")
-        epochs, initial_epoch = check_int("epochs", epochs, 0), check_int("initial_epoch", initial_epoch, 0)
-        accumulate_steps = check_int("accumulate_steps", accumulate_steps, 1)
-        if epochs < initial_epoch:
-            raise ValueError(f"`epochs` ({epochs}) must be >= `initial_epoch` ({initial_epoch}): "
-                             f"epochs is the index of the last epoch + 1, as in Keras.")
-        if isinstance(validation_split, bool) or not (isinstance(validation_split, (int, float))
-                                                      and 0.0 <= validation_split < 1.0):
-            raise ValueError(f"`validation_split` must be a float in [0, 1); got {validation_split!r}.")
+        epochs, initial_epoch, accumulate_steps = check_fit_arguments(epochs, initial_epoch, accumulate_steps,
+                                                                      validation_split)
         resume = self._resume
         seed = resume.seed if resume is not None else _seed(seed)
         options = dict(batch_size=batch_size, shuffle=bool(shuffle), seed=seed, steps=steps_per_epoch,
@@ -246,13 +115,14 @@ class Model:
                                        validation_batch_size=validation_batch_size, **options)
         else:
             source = as_source(x, y, sample_weight, class_weight, **options)
-            val = self._validation_source(validation_data, validation_batch_size or batch_size, validation_steps)
+            val = validation_source(validation_data, validation_batch_size or batch_size, validation_steps,
+                                    options["allow_nonfinite"])
         self._accept(source)
         if val is not None:
             self._accept(val)
         cbs = self._callbacks(callbacks, verbose, "fit", source.num_batches, epochs)
         plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._settings.names[1:], accumulate_steps)
-        cursor = Cursor(plan, source.seed, _check_resume(resume, source, plan))
+        cursor = Cursor(plan, source.seed, resume, source.num_batches)
         validate = None if val is None else (
             lambda slot: run_evaluate(self._exe, slot.leaves, val, self._steps(val, cbs), plan.metric_names, cbs))
         self.stop_training, self._resume, self._cursor, self._busy = False, None, cursor, "fit"
@@ -263,39 +133,6 @@ class Model:
         if self._module_is_users:          # a Sequential's module is only reached through .module
             self._sync_module()
         return self.history
-
-    def _validation_source(self, data, batch_size, steps):
-        """`validation_data`: (x, y[, sample_weight]) arrays, or a Dataset / iterable of batches."""
-        if data is None:
-            return None
-        allow = self._settings.allow_nonfinite
-        if isinstance(data, tuple) or (isinstance(data, list) and len(data) <= 3 and not is_batch_list(data)):
-            vx, vy, vw = unpack(tuple(data))
-            return as_source(vx, vy, vw, batch_size=batch_size, steps=steps, allow_nonfinite=allow)
-        return as_source(data, steps=steps, allow_nonfinite=allow)
-
-    def get_position(self) -> Position:
-        """Where training stands, as a host copy (waits for the device): the TrainState and the
-        loop's place. During fit (from a callback) the batch just run; else where the last fit ended."""
-        self._require_compiled("get_position")
-        self._executables()
-        cursor = self._cursor or Cursor(FitPlan(0, 0, 1, self._settings.names[1:]), 0)
-        return cursor.position(self._slot)
-
-    def set_position(self, position: Position) -> None:
-        """Put back a Position from get_position(): the next fit continues from it, bitwise as if
-        training had never stopped (same data and fit arguments; its epoch, batch and data order)."""
-        self._require_compiled("set_position")
-        self._refuse_reentry("set_position")
-        self._executables()
-        if not isinstance(position, Position):
-            raise TypeError(f"set_position() takes what get_position() returns; got {describe(position)}.")
-        expected = jax.tree.map(lambda a: (np.shape(a), np.result_type(a)), self._slot.state)
-        if jax.tree.map(lambda a: (np.shape(a), np.result_type(a)), position.train) != expected:
-            raise ValueError("set_position(): the position's training state does not fit this model (other "
-                             "layers, weights or optimizer). Put it back into a model built and compiled alike.")
-        self._slot.put(jax.tree.map(jnp.array, position.train))
-        self._resume = position
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
@@ -359,60 +196,10 @@ class Model:
 
     # ----- weights ---------------------------------------------------------------------
 
-    def get_weights(self) -> list[np.ndarray]:
-        """All weights as NumPy arrays, in Keras order (per layer: kernel, bias, ...)."""
-        if not self.built:
-            return []
-        self._sync_module()
-        return [np.array(v.get_value()) for v in layers_lib.keras_weight_variables(self._module)]
-
-    def set_weights(self, weights) -> None:
-        """Set all weights from NumPy arrays in `get_weights()` order (the optimizer state is kept)."""
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(f"set_weights() takes a list of arrays in get_weights() order; got {describe(weights)}.")
-        self._sync_module()
-        variables = layers_lib.keras_weight_variables(self._module) if self.built else []
-        expected = [tuple(v.get_value().shape) for v in variables]
-        got = [tuple(np.shape(w)) for w in weights]
-        if expected != got:
-            raise ValueError(f"set_weights() expects {len(expected)} arrays with shapes {expected}; "
-                             f"got {len(got)} with shapes {got}. Use the list get_weights() returns.")
-        for var, value in zip(variables, weights):
-            var[...] = jnp.asarray(value, var.get_value().dtype)
-        if self._graph is not None:
-            _, params, model_state = nnx.split(self._module, nnx.Param, ...)
-            params, model_state = _copy((nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)))
-            self._slot.put(self._slot.state._replace(params=params, model_state=model_state))
-            self._synced = self._slot.version
-
     def save(self, path) -> str:
         raise TypeError(f"save() rebuilds a model from its layers, so it takes a bf.Sequential; got "
                         f"{type(self).__name__}. For bf.Model(module), keep the module's code and save "
                         f"get_weights() with np.savez; set_weights() restores them.")
-
-
-_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-
-
-def _start(program: Program, state: TrainState) -> TrainState:
-    """`state` at step 0 with the optimizer's initial state, on copies of the weights (the
-    module keeps its own buffers; training donates the state's)."""
-    params, model_state = jax.tree.map(jnp.copy, (state.params, state.model_state))
-    return TrainState(params, model_state, program.optimizer.init(params), jnp.zeros((), jnp.int32))
-
-
-def _check_resume(position: Position | None, source, plan: FitPlan) -> Position | None:
-    """The position fit resumes from, checked against this call's data and metrics."""
-    if position is None:
-        return None
-    if position.totals.shape != (1 + len(plan.metric_names), 2):
-        raise ValueError(f"set_position(): the position was taken with {position.totals.shape[0] - 1} metrics; "
-                         f"this model has {len(plan.metric_names)}. Compile it as it was.")
-    if source.num_batches is not None and position.batch > source.num_batches:
-        raise ValueError(f"set_position(): the position is at batch {position.batch} of epoch {position.epoch}, "
-                         f"but an epoch of this data has {source.num_batches} batches. Pass the same data and "
-                         f"batch_size as the run it was taken from.")
-    return position
 
 
 def _seed(seed) -> int:

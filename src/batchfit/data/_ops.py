@@ -17,7 +17,6 @@ import itertools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import jax
 import numpy as np

@@ -27,7 +27,7 @@ from batchfit.data.dataset import INFINITE_CARDINALITY, Dataset, FusedPlan
 from batchfit.data.stream import StreamSource, unpack
 from batchfit.errors import check_int, describe
 
-__all__ = ["ArraySource", "as_source", "split_source", "is_batch_list"]
+__all__ = ["ArraySource", "as_source", "split_source", "validation_source", "is_batch_list"]
 
 
 class ArraySource:
@@ -171,6 +171,16 @@ def split_source(x, y, sample_weight=None, class_weight=None, *, validation_spli
     val = _from_arrays(*tail.sample, batch_size=validation_batch_size or batch_size,
                        allow_nonfinite=allow_nonfinite)
     return train, val
+
+
+def validation_source(data, batch_size, steps, allow_nonfinite: bool):
+    """fit's `validation_data`: (x, y[, sample_weight]) arrays, or a Dataset / iterable of batches (or None)."""
+    if data is None:
+        return None
+    if isinstance(data, tuple) or (isinstance(data, list) and len(data) <= 3 and not is_batch_list(data)):
+        vx, vy, vw = unpack(tuple(data))
+        return as_source(vx, vy, vw, batch_size=batch_size, steps=steps, allow_nonfinite=allow_nonfinite)
+    return as_source(data, steps=steps, allow_nonfinite=allow_nonfinite)
 
 
 def _refuse_array_options(x, y, sample_weight, batch_size):

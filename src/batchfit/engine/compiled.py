@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from batchfit.engine.state import Accumulated, Batch, zero_totals
+from batchfit.engine.state import Accumulated, Batch, TrainState, zero_totals
 from batchfit.engine.step import Program, accumulate_step, apply_accumulated, eval_step, predict_step, train_step
 
-__all__ = ["Executables", "build_executables", "results"]
+__all__ = ["Executables", "build_executables", "start_state", "results"]
 
 _CHUNK_SHAPE = ("num_steps", "tail", "batch_size")
 
@@ -28,7 +28,6 @@ class Executables(NamedTuple):
     [1 + metrics, 2] accumulators of state.py (None: start from zero).
     """
 
-    start: Callable         # (state without opt_state) -> state at step 0 with the optimizer's initial state
     train_batch: Callable   # (state, batch) -> (state, logs): this batch's values, the raw loss L_b
     train_running: Callable  # (state, totals | None, batch) -> (state, totals, logs): running means
     test_batch: Callable    # (state, batch) -> logs
@@ -119,10 +118,6 @@ def _batch_logs(program, totals, loss, running: bool) -> dict:
     return logs if running else {**logs, "loss": loss}
 
 
-def _start(program, state):
-    return state._replace(opt_state=program.optimizer.init(state.params), step=jnp.zeros((), jnp.int32))
-
-
 def _train_batch(program, state, batch):
     state, totals, loss = train_step(program, state, zero_totals(len(program.metrics)), batch)
     return state, _batch_logs(program, totals, loss, False)
@@ -148,6 +143,15 @@ def _zero_accumulated(program, state):
     return Accumulated.zeros(state.params)
 
 
+def start_state(program: Program, state: TrainState) -> TrainState:
+    """`state` at step 0 with the optimizer's initial state, on copies of the weights (the module
+    keeps its own buffers; training donates the state's): one compiled call, per compile()."""
+    def start(state):
+        params, model_state = jax.tree.map(jnp.copy, (state.params, state.model_state))
+        return TrainState(params, model_state, program.optimizer.init(params), jnp.zeros((), jnp.int32))
+    return jax.jit(start)(state)
+
+
 def build_executables(program: Program, state_def) -> Executables:
     """jit every entry point once for `program`; the state's buffers are donated in training.
 
@@ -164,7 +168,6 @@ def build_executables(program: Program, state_def) -> Executables:
         return flat
 
     return Executables(
-        start=jax.jit(lambda state: _start(program, state)),
         train_batch=jax.jit(updates(_train_batch), donate_argnums=(0,)),
         train_running=jax.jit(updates(_train_running), donate_argnums=(0,)),
         test_batch=jax.jit(reads(_test_batch)),

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from batchfit.engine.compiled import Executables
-from batchfit.engine.state import Position, Slot, read_totals, zero_totals
+from batchfit.engine.state import Position, Slot, copy_tree, read_totals, zero_totals
 
 __all__ = ["FitPlan", "Cursor", "run_fit", "run_evaluate", "run_predict"]
 
@@ -36,12 +36,13 @@ class Cursor:
     `prior` holds what a resumed epoch had before this call: its totals and batch losses.
     """
 
-    def __init__(self, plan: FitPlan, seed: int, start: Position | None = None):
+    def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None):
         self.plan, self.seed = plan, seed
         self.width = 2 * (1 + len(plan.metric_names))
         if start is None:
             self.begin(plan.initial_epoch)
         else:
+            _check_start(start, plan, num_batches)
             self.epoch, self.batch = start.epoch, start.batch
             self.totals, self.prior_losses = start.totals, np.asarray(start.batch_losses, np.float32)
             self.accumulated, self.reports = start.accumulated, []
@@ -69,15 +70,26 @@ class Cursor:
         return read_totals(totals, self._names), losses, totals
 
     def position(self, slot: Slot) -> Position:
-        """A host copy of where training stands (waits for the device)."""
+        """A copy of where training stands: the state's arrays copied on the device (training
+        donates the originals), the loop's place on the host (reading it waits for the device)."""
         _, losses, totals = self.results()
-        copy = lambda tree: jax.tree.map(np.array, tree)
-        return Position(copy(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
-                        losses.astype(np.float32), copy(self.accumulated))
+        return Position(copy_tree(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
+                        losses.astype(np.float32), copy_tree(self.accumulated))
 
     @property
     def _names(self):
         return ("loss", *self.plan.metric_names)
+
+
+def _check_start(position: Position, plan: FitPlan, num_batches: int | None) -> None:
+    """A position to resume from, checked against this call's metrics and data."""
+    if position.totals.shape != (1 + len(plan.metric_names), 2):
+        raise ValueError(f"set_position(): the position was taken with {position.totals.shape[0] - 1} metrics; "
+                         f"this model has {len(plan.metric_names)}. Compile it as it was.")
+    if num_batches is not None and position.batch > num_batches:
+        raise ValueError(f"set_position(): the position is at batch {position.batch} of epoch {position.epoch}, "
+                         f"but an epoch of this data has {num_batches} batches. Pass the same data and "
+                         f"batch_size as the run it was taken from.")
 
 
 def _throttle(outputs: list, max_in_flight: int | None):

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 __all__ = ["TrainState", "Batch", "Accumulated", "Position", "Slot", "ModelGraph", "split_module",
-           "zero_totals", "read_totals"]
+           "copy_tree", "zero_totals", "read_totals"]
 
 
 class Batch(NamedTuple):
@@ -56,7 +56,7 @@ class Accumulated(NamedTuple):
 
 
 class Position(NamedTuple):
-    """Where training stands: the TrainState and the loop's place, as one pytree of host arrays.
+    """Where training stands: the TrainState and the loop's place, as one pytree.
 
     epoch: the epoch in progress (or the next one, when `batch` is 0);
     batch: the batches of `epoch` already trained;
@@ -142,6 +142,9 @@ def split_module(module: nnx.Module):
     graph = ModelGraph(train_graph, eval_graph, jax.tree.structure(params), jax.tree.structure(model_state),
                        variables)
     return graph, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
+
+
+copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))   # fresh device buffers (PRNG keys included)
 
 
 def zero_totals(num_metrics: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""compile()'s arguments, checked once: the loss, metrics, optimizer and loop settings a model trains with."""
+"""compile()'s and fit()'s arguments, checked once, before anything is traced or trained."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from batchfit import metrics as metrics_lib
 from batchfit import optimizers as optimizers_lib
 from batchfit.errors import check_int
 
-__all__ = ["Settings", "settings_from"]
+__all__ = ["Settings", "settings_from", "check_fit_arguments"]
 
 _REDUCTIONS = ("sum_over_batch_size", "weighted_mean")
 
@@ -80,3 +80,16 @@ def settings_from(optimizer="rmsprop", loss=None, metrics=None, *, steps_per_exe
                        loss_reduction=loss_reduction, allow_nonfinite=allow_nonfinite)
     return Settings(loss_obj, metric_objs, ("loss", *names), optimizers_lib.get(optimizer), steps_per_execution,
                     loss_reduction == "weighted_mean", allow_nonfinite, by_name)
+
+
+def check_fit_arguments(epochs, initial_epoch, accumulate_steps, validation_split) -> tuple[int, int, int]:
+    """fit()'s counts as ints (epochs, initial_epoch, accumulate_steps); ValueError for bad ones."""
+    epochs, initial_epoch = check_int("epochs", epochs, 0), check_int("initial_epoch", initial_epoch, 0)
+    accumulate_steps = check_int("accumulate_steps", accumulate_steps, 1)
+    if epochs < initial_epoch:
+        raise ValueError(f"`epochs` ({epochs}) must be >= `initial_epoch` ({initial_epoch}): "
+                         f"epochs is the index of the last epoch + 1, as in Keras.")
+    if isinstance(validation_split, bool) or not (isinstance(validation_split, (int, float))
+                                                  and 0.0 <= validation_split < 1.0):
+        raise ValueError(f"`validation_split` must be a float in [0, 1); got {validation_split!r}.")
+    return epochs, initial_epoch, accumulate_steps

@@ -1,0 +1,185 @@
+"""The stateful shell every model shares: the module, its training state in one Slot, and the checks
+at the boundary between the user's data and the compiled calls. model.Model adds Keras's training API."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from batchfit import layers as layers_lib
+from batchfit.data import arrays
+from batchfit.engine.compiled import build_executables, start_state
+from batchfit.engine.loop import Cursor, FitPlan
+from batchfit.engine.state import Batch, Position, Slot, TrainState, copy_tree, split_module
+from batchfit.engine.step import Program
+from batchfit.errors import describe
+
+__all__ = ["Shell", "NotCompiledError"]
+
+
+class NotCompiledError(RuntimeError, ValueError):
+    """Training or evaluating a model that has not been compiled."""
+
+
+class Shell:
+    """The module, the state it trains (a Slot) and the compiled entry points of the last compile()."""
+
+    def __init__(self, module: nnx.Module | None = None, *, name: str | None = None):
+        if module is not None and not isinstance(module, nnx.Module):
+            raise TypeError(f"`Model(module)` expects a flax.nnx.Module; got {describe(module)}. "
+                            f"For Keras-style layers use bf.Sequential([...]).")
+        self.name = name or type(self).__name__.lower()
+        self._module, self._module_is_users = module, module is not None
+        self._settings = self._graph = self._exe = self._slot = None
+        self._synced = 0                   # the slot version the module holds
+        self._running = None               # train_on_batch's running totals (reset_metrics=False)
+        self._outputs: dict = {}           # input signature -> the output's shape
+        self._cursor = self._resume = None   # fit's place; a Position set_position() put back
+        self._busy = None                  # the training call running, if any
+        self.stop_training = False
+        self.history = None                # the History of the last fit
+
+    # ----- building -------------------------------------------------------------------
+
+    @property
+    def built(self) -> bool:
+        return self._module is not None
+
+    @property
+    def module(self) -> nnx.Module:
+        """The NNX module, up to date with training."""
+        self._sync_module()
+        return self._module
+
+    def _build_from(self, x) -> None:
+        raise ValueError(f"{type(self).__name__} has no module to run; pass one to Model(module).")
+
+    def _check_x(self, x) -> None:
+        """A model's own refusals of an input layout (Sequential: a single array)."""
+
+    def _executables(self, x=None):
+        """The compiled entry points, built (with the module, from x's shape) once per compile().
+
+        A compiled model's state is started here, when data first arrives: the optimizer's
+        initial state and copies of the module's weights, in one compiled call."""
+        if not self.built:
+            self._build_from(x)
+        if self._graph is None:
+            self._graph, params, model_state = split_module(self._module)
+            self._slot = Slot(TrainState(params, model_state, None, np.zeros((), np.int32)))
+            self._synced = self._slot.version
+        if self._exe is None:
+            s = self._settings
+            program = Program(self._graph, s and s.loss, s.metrics if s else (), s and s.optimizer,
+                              bool(s and s.weighted_mean), layers_lib.regularization_penalty)
+            if s is not None:
+                self._slot.put(start_state(program, self._slot.state))
+            self._exe, self._running = build_executables(program, self._slot.treedef), None
+        return self._exe
+
+    def _sync_module(self):
+        """Write the trained values into the module's variables (copies: the state's buffers get donated)."""
+        if self._slot is not None and self._slot.version != self._synced:
+            state = self._slot.state
+            for variable, value in zip(self._graph.variables, jax.tree.leaves(copy_tree((state.params, state.model_state)))):
+                variable.set_value(value)
+            self._synced = self._slot.version
+
+    def _require_compiled(self, what: str):
+        if self._settings is None:
+            raise NotCompiledError(f"You must call compile() before {what}(), e.g. "
+                                   f"model.compile(optimizer='adam', loss='mse').")
+
+    def _refuse_reentry(self, what: str):
+        if self._busy:
+            raise RuntimeError(f"{what}() was called while this model's {self._busy}() is running (from one of "
+                               f"its callbacks). Training calls cannot nest: set model.stop_training = True and "
+                               f"call {what}() after {self._busy}() returns.")
+
+    # ----- data at the boundary ------------------------------------------------------
+
+    def _target_rule(self, x):
+        """x's shape rule (it runs through the model; once per input signature); the loss's target rule."""
+        self._check_x(x)
+        exe = self._executables(x)
+        signature = tuple((a.shape[1:], a.dtype) for a in arrays.leaves(x))
+        if signature not in self._outputs:
+            try:
+                out = jax.eval_shape(exe.predict_batch, self._slot.leaves, x)
+            except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
+                raise ValueError(f"The model cannot run on `x` ({describe(x)}): {e}. "
+                                 f"Check the feature shape against the model's input_shape.") from e
+            self._outputs[signature] = jax.tree.leaves(out)[0].shape
+        if self._settings is None:
+            return None
+        shape, loss = self._outputs[signature], self._settings.loss
+        return lambda y: loss.validate_targets(np.asarray(y), shape[-1] if shape else None)
+
+    def _batch(self, x, y, sample_weight=None, class_weight=None, need_y=True) -> Batch:
+        """One batch for *_on_batch, checked by the same rules as fit's arrays."""
+        allow = bool(self._settings and self._settings.allow_nonfinite)
+        if x is None:
+            raise ValueError("`x` is required; got None.")
+        if need_y and y is None:
+            raise ValueError("`y` is required to train or evaluate; got None. Pass targets as `y`.")
+        x, y = arrays.standardize(x, "x", allow), arrays.standardize(y, "y", allow) if need_y else None
+        n = arrays.num_samples(x, y)
+        w = arrays.sample_weights(y, n, sample_weight, class_weight) if need_y else None
+        rule = self._target_rule(x)
+        if rule is not None and y is not None:
+            rule(y)
+        return Batch(x, y, w)
+
+    # ----- the training state -------------------------------------------------------
+
+    def get_position(self) -> Position:
+        """Where training stands, as a host copy (waits for the device): the TrainState and the
+        loop's place. During fit (from a callback) the batch just run; else where the last fit ended."""
+        self._require_compiled("get_position")
+        self._executables()
+        cursor = self._cursor or Cursor(FitPlan(0, 0, 1, self._settings.names[1:]), 0)
+        return cursor.position(self._slot)
+
+    def set_position(self, position: Position) -> None:
+        """Put back a Position from get_position(): the next fit continues from it, bitwise as if
+        training had never stopped (same data and fit arguments; its epoch, batch and data order)."""
+        self._require_compiled("set_position")
+        self._refuse_reentry("set_position")
+        self._executables()
+        if not isinstance(position, Position):
+            raise TypeError(f"set_position() takes what get_position() returns; got {describe(position)}.")
+        layout = lambda tree: (jax.tree.structure(tree), [(jnp.shape(a), jnp.asarray(a).dtype) for a in jax.tree.leaves(tree)])
+        if layout(position.train) != layout(self._slot.state):
+            raise ValueError("set_position(): the position's training state does not fit this model (other "
+                             "layers, weights or optimizer). Put it back into a model built and compiled alike.")
+        self._slot.put(copy_tree(position.train))
+        self._resume = position
+
+    def get_weights(self) -> list[np.ndarray]:
+        """All weights as NumPy arrays, in Keras order (per layer: kernel, bias, ...)."""
+        if not self.built:
+            return []
+        self._sync_module()
+        return [np.array(v.get_value()) for v in layers_lib.keras_weight_variables(self._module)]
+
+    def set_weights(self, weights) -> None:
+        """Set all weights from NumPy arrays in `get_weights()` order (the optimizer state is kept)."""
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"set_weights() takes a list of arrays in get_weights() order; got {describe(weights)}.")
+        self._sync_module()
+        variables = layers_lib.keras_weight_variables(self._module) if self.built else []
+        expected = [tuple(v.get_value().shape) for v in variables]
+        got = [tuple(np.shape(w)) for w in weights]
+        if expected != got:
+            raise ValueError(f"set_weights() expects {len(expected)} arrays with shapes {expected}; "
+                             f"got {len(got)} with shapes {got}. Use the list get_weights() returns.")
+        for var, value in zip(variables, weights):
+            var[...] = jnp.asarray(value, var.get_value().dtype)
+        if self._graph is not None:
+            _, params, model_state = nnx.split(self._module, nnx.Param, ...)
+            params, model_state = copy_tree((nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)))
+            self._slot.put(self._slot.state._replace(params=params, model_state=model_state))
+            self._synced = self._slot.version
+
