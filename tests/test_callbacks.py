@@ -106,3 +106,83 @@ def test_hooks_of_subclasses_instances_and_mixed_lists_fire_in_list_order():
     compiled().fit(X, Y, batch_size=4, epochs=2, verbose=0, callbacks=[EpochEnds("a"), plain, EpochEnds("b")])
     assert events == ["plain begin 0 {}", "a end 0 loss=True", "b end 0 loss=True",
                       "plain begin 1 {}", "a end 1 loss=True", "b end 1 loss=True"]
+
+
+class Recorder(bf.callbacks.Callback):
+    """Records every hook it gets, with the batch index and the logs' keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+
+def _recording(name):
+    def hook(self, *args):
+        self.events.append((name, *[a if isinstance(a, int) else sorted(a or {}) for a in args]))
+    return hook
+
+
+for _name in [n for n in vars(bf.callbacks.Callback) if n.startswith("on_") and n != "on_epoch_batch_losses"]:
+    setattr(Recorder, _name, _recording(_name))
+
+
+def test_evaluate_predict_and_validation_call_keras_test_and_predict_hooks():
+    """10 samples in batches of 4: three test / predict batches, each hook once per dispatch
+    (steps_per_execution=1), with the running logs (evaluate) or the outputs (predict)."""
+    model = compiled(steps_per_execution=1)
+    recorder = Recorder()
+    model.evaluate(X, Y, batch_size=4, verbose=0, callbacks=[recorder])
+    assert recorder.events == [("on_test_begin", []),
+                               *[e for b in range(3) for e in (("on_test_batch_begin", b, []),
+                                                               ("on_test_batch_end", b, ["loss"]))],
+                               ("on_test_end", ["loss"])]
+    recorder.events.clear()
+    out = model.predict(X, batch_size=4, verbose=0, callbacks=[recorder])
+    assert out.shape == (10, 1) and recorder.events[0] == ("on_predict_begin", [])
+    assert [e[0] for e in recorder.events[1:]] == ["on_predict_batch_begin", "on_predict_batch_end"] * 3 + [
+        "on_predict_end"]
+    assert recorder.events[2] == ("on_predict_batch_end", 0, ["outputs"])
+    recorder.events.clear()
+    model.fit(X, Y, batch_size=4, epochs=1, verbose=0, callbacks=[recorder], validation_data=(X[:5], Y[:5]))
+    names = [e[0] for e in recorder.events]
+    assert names.index("on_test_begin") > names.index("on_train_batch_end")      # validation after the batches
+    assert names.index("on_test_end") < names.index("on_epoch_end")
+    assert ("on_test_end", ["loss"]) in recorder.events
+
+
+def test_evaluate_and_predict_show_a_progress_bar_when_verbose(capsys):
+    model = compiled()
+    model.evaluate(X, Y, batch_size=4, verbose=2)
+    model.predict(X, batch_size=4, verbose=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Evaluate - ") and "loss: " in lines[0]
+    assert lines[1].startswith("Predict - ")
+    model.evaluate(X, Y, batch_size=4, verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_an_epoch_callback_that_stops_training_is_obeyed_at_once():
+    """A callback with on_epoch_end sees epoch e end before epoch e + 1 starts (epoch_ends_in_order):
+    stopping at epoch 1's end trains no batch of epoch 2."""
+    model = compiled()
+    steps = []
+
+    class StopAfterOne(bf.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            steps.append(int(model.get_position().train.step))
+            if epoch == 1:
+                self.model.stop_training = True
+    history = model.fit(X, Y, batch_size=4, epochs=5, verbose=0, callbacks=[StopAfterOne()])
+    assert history.epoch == [0, 1] and steps == [3, 6]
+    assert int(model.get_position().train.step) == 6 and model.get_position().epoch == 2
+
+
+def test_a_history_only_fit_reads_each_epoch_once_the_next_runs_and_loses_none():
+    """With History alone, epoch e's logs are read after epoch e + 1 is dispatched: every epoch
+    still lands in History, in order, equal to a fit whose callback keeps the epochs in order."""
+    deferred, in_order = compiled(), compiled()
+    h1 = deferred.fit(X, Y, batch_size=4, epochs=4, verbose=0, shuffle=False)
+    h2 = in_order.fit(X, Y, batch_size=4, epochs=4, verbose=0, shuffle=False,
+                      callbacks=[bf.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)])
+    assert h1.epoch == h2.epoch == [0, 1, 2, 3]
+    assert h1.history == h2.history and h1.batch_history == h2.batch_history

@@ -20,6 +20,11 @@ class Callback:
     so it sees every batch; override `max_steps_per_execution` to allow more.
     """
 
+    # Whether epoch e's on_epoch_end (and on_epoch_batch_losses) must run before epoch e + 1
+    # starts. A callback that only records (History) says False, so fit may read epoch e's logs
+    # once epoch e + 1 is running; one that can stop training or looks at the time must say True.
+    epoch_ends_in_order = True
+
     def __init__(self):
         self.model = None
         self.params: dict = {}
@@ -109,6 +114,12 @@ class CallbackList:
             found = self._listeners[hook] = [getattr(cb, hook) for cb in self.callbacks
                                              if _overrides(type(cb), hook) or hook in getattr(cb, "__dict__", ())]
         return found
+
+    def epoch_ends_can_wait(self) -> bool:
+        """True when every callback with an epoch hook lets fit end epoch e after epoch e + 1 starts."""
+        hooks = ("on_epoch_begin", "on_epoch_end", "on_epoch_batch_losses")
+        return not any(cb.epoch_ends_in_order for cb in self.callbacks
+                       if any(_overrides(type(cb), h) or h in getattr(cb, "__dict__", ()) for h in hooks))
 
     def wants(self, hook: str) -> bool:
         """True when some callback overrides `hook` (so its logs are worth a host copy)."""

@@ -16,6 +16,8 @@ class History(Callback):
     each measured before its own update; `batch_history["loss"][e]` lists those losses.
     """
 
+    epoch_ends_in_order = False      # it only records: fit may hand it epoch e once epoch e + 1 runs
+
     def __init__(self):
         super().__init__()
         self.epoch: list[int] = []
