@@ -76,3 +76,13 @@ def test_compile_settings_given_as_objects_are_not_saved(tmp_path):
     with pytest.raises(bf.NotCompiledError):
         loaded.fit(X, Y, verbose=0)
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_a_bfloat16_model_saves_and_loads_exactly(tmp_path):
+    """.npz has no bfloat16: its weights are stored as float32 (exact) and cast back on load."""
+    model = bf.Sequential([bf.layers.Dense(4, input_shape=(3,), dtype="bfloat16"), bf.layers.Dense(1)], seed=0)
+    model.compile(optimizer="adam", loss="mse")
+    loaded = bf.load_model(model.save(tmp_path / "m"))
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

@@ -39,7 +39,9 @@ def write_model(path, config: dict, weights: list) -> str:
     if os.path.exists(path) and not _is_save(path):
         raise FileExistsError(f"save() would replace '{path}', which is not a batchfit model folder. "
                               f"Choose a new path or remove it first.")
-    weights = {f"w{i}": w for i, w in enumerate(weights)}
+    # NumPy's .npz has no bfloat16 (an ml_dtypes type it would write as raw bytes): such weights
+    # are stored as float32, exactly; set_weights casts them back to the layer's dtype.
+    weights = {f"w{i}": w.astype(np.float32) if w.dtype.kind == "V" else w for i, w in enumerate(weights)}
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".batchfit-save-", dir=parent)
