@@ -239,3 +239,28 @@ def test_ctrl_c_while_streaming_stops_at_once_and_leaves_no_thread():
         child.kill()
     assert line == "interrupted []", child.stderr.read()
     assert stopped < 1.0
+
+
+def test_an_interrupted_fit_stops_drawing_from_a_slow_generator_within_one_batch():
+    """Ctrl-C (here a KeyboardInterrupt raised by a callback) while the stream's worker is filling a
+    chunk of 50 batches from a slow generator: once fit has returned, the generator is not drawn
+    from more than one more time (not until the chunk is full)."""
+    drawn = []
+
+    def slow():
+        while True:
+            time.sleep(0.02)
+            drawn.append(1)
+            yield np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
+
+    class Interrupt(bf.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt
+    model = bf.Sequential([bf.layers.Dense(1, input_shape=(3,))], seed=0)
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=50)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(slow(), steps_per_epoch=10**6, verbose=0, callbacks=[Interrupt()])
+    after_fit = len(drawn)
+    time.sleep(0.3)                               # 15 more batches' time, were the worker still drawing
+    assert len(drawn) <= after_fit + 1 and after_fit < 50 + 2 * 50 + 5
+    model.fit(slow(), steps_per_epoch=3, verbose=0)    # and the model still trains
