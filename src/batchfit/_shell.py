@@ -35,7 +35,7 @@ class Shell:
         self._settings = self._graph = self._exe = self._slot = None
         self._synced = 0                   # the slot version the module holds
         self._running = None               # train_on_batch's running totals (reset_metrics=False)
-        self._outputs: dict = {}           # input signature -> the output's shape
+        self._outputs: dict = {}           # input signature -> the output's shapes; target layouts checked
         self._cursor = self._resume = None   # fit's place; a Position set_position() put back
         self._busy = None                  # the training call running, if any
         self.stop_training = False
@@ -101,21 +101,34 @@ class Shell:
     # ----- data at the boundary ------------------------------------------------------
 
     def _target_rule(self, x):
-        """x's shape rule (it runs through the model; once per input signature); the loss's target rule."""
+        """x's shape rule (it runs through the model; once per input signature); returns the rule for
+        its targets (None before compile()): their shapes fit the loss (once per signature) and their
+        values pass the loss's rule (Loss.validate_targets)."""
         self._check_x(x)
         exe = self._executables(x)
         signature = tuple((a.shape[1:], a.dtype) for a in arrays.leaves(x))
         if signature not in self._outputs:
             try:
-                out = jax.eval_shape(exe.predict_batch, self._slot.leaves, x)
+                self._outputs[signature] = jax.eval_shape(exe.predict_batch, self._slot.leaves, x)
             except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
                 raise ValueError(f"The model cannot run on `x` ({describe(x)}): {e}. "
                                  f"Check the feature shape against the model's input_shape.") from e
-            self._outputs[signature] = jax.tree.leaves(out)[0].shape
         if self._settings is None:
             return None
-        shape, loss = self._outputs[signature], self._settings.loss
-        return lambda y: loss.validate_targets(np.asarray(y), shape[-1] if shape else None)
+        out, loss = self._outputs[signature], self._settings.loss
+        shape = jax.tree.leaves(out)[0].shape
+
+        def rule(y):
+            key = (signature, tuple(y.shape[1:]), y.dtype)
+            if key not in self._outputs:
+                try:
+                    jax.eval_shape(loss.call, jax.ShapeDtypeStruct(y.shape, y.dtype), out)
+                except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
+                    raise ValueError(f"`y` ({describe(y)}) does not fit the model's output "
+                                     f"({describe(jax.tree.leaves(out)[0])}) under the loss {loss.name}: {e}") from e
+                self._outputs[key] = True
+            loss.validate_targets(np.asarray(y), shape[-1] if shape else None)
+        return rule
 
     def _batch(self, x, y, sample_weight=None, class_weight=None, need_y=True) -> Batch:
         """One batch for *_on_batch, checked by the same rules as fit's arrays."""

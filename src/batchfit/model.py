@@ -61,14 +61,18 @@ class Model(Shell):
 
     # ----- data at the boundary ------------------------------------------------------
 
-    def _accept(self, source):
+    def _accept(self, source, what: str = ""):
         """Check a source against the model before any step: x's shapes run through the model, and the
-        loss's target rule on y (arrays: once, here; streams: here on the first batch, then on every chunk)."""
-        rule = self._target_rule(source.sample.x)
-        if rule is not None and source.sample.y is not None:
-            rule(source.sample.y)
-            if not isinstance(source, ArraySource):
-                source.check_targets = rule
+        rule for its targets (arrays: once, here; streams: here on the first batch, then on every chunk).
+        `what` names the data in an error ("the validation data")."""
+        try:
+            rule = self._target_rule(source.sample.x)
+            if rule is not None and source.sample.y is not None:
+                rule(source.sample.y)
+                if not isinstance(source, ArraySource):
+                    source.check_targets = rule
+        except ValueError as e:
+            raise (ValueError(f"In {what}: {e}") if what else e) from None
         return source
 
     def _steps(self, source, callbacks: CallbackList) -> int:
@@ -115,11 +119,11 @@ class Model(Shell):
                                        validation_batch_size=validation_batch_size, **options)
         else:
             source = as_source(x, y, sample_weight, class_weight, **options)
-            val = validation_source(validation_data, validation_batch_size or batch_size, validation_steps,
+            val = validation_source(validation_data, batch_size, validation_batch_size, validation_steps,
                                     options["allow_nonfinite"])
         self._accept(source)
         if val is not None:
-            self._accept(val)
+            self._accept(val, "the validation data")
         cbs = self._callbacks(callbacks, verbose, "fit", source.num_batches, epochs)
         plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._settings.names[1:], accumulate_steps)
         cursor = Cursor(plan, source.seed, resume, source.num_batches)
@@ -138,7 +142,7 @@ class Model(Shell):
                  callbacks=None, return_dict=False):
         """The sample-weighted mean loss (and metrics) over all of x (or `steps` batches), in inference mode."""
         self._require_compiled("evaluate")
-        source = self._accept(as_source(x, y, sample_weight, batch_size=batch_size, steps=steps,
+        source = self._accept(as_source(x, y, sample_weight, batch_size=batch_size, steps=steps, steps_name="steps",
                                         allow_nonfinite=self._settings.allow_nonfinite))
         cbs = self._callbacks(callbacks, verbose, "test", source.num_batches)
         logs = run_evaluate(self._exe, self._slot.leaves, source, self._steps(source, cbs), self._settings.names[1:],
@@ -147,7 +151,7 @@ class Model(Shell):
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """The model's outputs on all of x (or `steps` batches), as a NumPy array, in inference mode."""
-        source = as_source(x, batch_size=batch_size, steps=steps, need_y=False)
+        source = as_source(x, batch_size=batch_size, steps=steps, need_y=False, steps_name="steps")
         self._target_rule(source.sample.x)
         cbs = self._callbacks(callbacks, verbose, "predict", source.num_batches)
         return run_predict(self._exe, self._slot.leaves, source, self._steps(source, cbs), cbs)

@@ -64,7 +64,7 @@ class Sequential(Model):
 
     def _check_x(self, x):
         if isinstance(x, dict):
-            raise ValueError(f"Sequential takes a single input array; got {describe(x)}. Pass one array, "
+            raise ValueError(f"`x` must be a single array for a Sequential; got {describe(x)}. Pass one array, "
                              f"or build a bf.Model around an NNX module that takes a dict.")
 
     def _build_from(self, x):

@@ -128,7 +128,7 @@ def _kind(x) -> str:
 
 
 def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=None, shuffle=False, seed=0,
-              steps=None, need_y=True, allow_nonfinite=False, first_key=0):
+              steps=None, need_y=True, allow_nonfinite=False, first_key=0, steps_name="steps_per_epoch"):
     """The source for any accepted input; every check on the data happens here, once.
 
     Args:
@@ -141,7 +141,7 @@ def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=No
       need_y: False for predict. first_key: the first epoch's index (fit's initial_epoch).
     """
     if steps is not None:
-        steps = check_int("steps_per_epoch", steps, 1)
+        steps = check_int(steps_name, steps, 1)
     kind = _kind(x)
     if kind == "arrays":
         return _from_arrays(x, y, sample_weight, class_weight, batch_size=batch_size, shuffle=shuffle,
@@ -173,14 +173,20 @@ def split_source(x, y, sample_weight=None, class_weight=None, *, validation_spli
     return train, val
 
 
-def validation_source(data, batch_size, steps, allow_nonfinite: bool):
+def validation_source(data, batch_size, validation_batch_size, steps, allow_nonfinite: bool):
     """fit's `validation_data`: (x, y[, sample_weight]) arrays, or a Dataset / iterable of batches (or None)."""
     if data is None:
         return None
-    if isinstance(data, tuple) or (isinstance(data, list) and len(data) <= 3 and not is_batch_list(data)):
-        vx, vy, vw = unpack(tuple(data))
-        return as_source(vx, vy, vw, batch_size=batch_size, steps=steps, allow_nonfinite=allow_nonfinite)
-    return as_source(data, steps=steps, allow_nonfinite=allow_nonfinite)
+    if validation_batch_size is not None:
+        batch_size = check_int("validation_batch_size", validation_batch_size, 1)
+    options = dict(steps=steps, allow_nonfinite=allow_nonfinite, steps_name="validation_steps")
+    try:
+        if isinstance(data, tuple) or (isinstance(data, list) and len(data) <= 3 and not is_batch_list(data)):
+            vx, vy, vw = unpack(tuple(data))
+            return as_source(vx, vy, vw, batch_size=batch_size, **options)
+        return as_source(data, **options)
+    except ValueError as e:
+        raise ValueError(f"`validation_data`: {e}") from None
 
 
 def _refuse_array_options(x, y, sample_weight, batch_size):

@@ -244,16 +244,17 @@ class StreamSource:
         return x, y, w
 
     def _batch(self, columns: list, host: bool = False, where: str = "the first batch"):
+        """The chunk's columns as DeviceData, after the value rules that need all of it (the
+        loss's target rule, finite sample and class weights): an error names the chunk's batches."""
         x, y, w = jax.tree.unflatten(self._layout.treedef, columns)
-        if self._need_y and self.check_targets is not None:
+        if self._need_y:
             try:
-                self.check_targets(y)
+                if self.check_targets is not None:
+                    self.check_targets(y)
+                weights = sample_weights(y, jax.tree.leaves(x)[0].shape[0], w, self._class_weight)
             except ValueError as e:
                 raise ValueError(f"{where.capitalize()} of the input: {e}") from None
-        if self._need_y:
-            rows = jax.tree.leaves(x)[0].shape[0]
-            weights = sample_weights(y, rows, w, self._class_weight)   # None for every batch, or for none
-            if weights is not None:
+            if weights is not None:                # None for every batch, or for none
                 w = aligned_empty(weights.shape, weights.dtype)
                 w[...] = weights
         data = DeviceData(x, y, w)
