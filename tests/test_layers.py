@@ -432,3 +432,28 @@ def test_in_range_configs_are_kept():
     assert L.BatchNormalization(momentum=1).momentum == 1.0
     assert L.LayerNormalization(epsilon=np.float64(1e-5)).epsilon == 1e-5
     assert L.Dense(2, input_shape=np.array([4, 5])).input_shape == (4, 5)
+
+
+@pytest.mark.parametrize("name", ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal",
+                                  "uniform", "normal"])
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4, 6)])
+def test_initializers_draw_the_numbers_of_a_shaped_draw(name, shape):
+    """The initializers draw one flat vector and reshape it (a smaller program to compile): the
+    same bits as drawing the shape itself, since threefry numbers elements by flat index."""
+    import jax
+    from batchfit.layers.initializers import get_initializer
+    key = jax.random.key(3)
+    init = get_initializer(name)
+    fan_in, fan_out = (shape[0], shape[0]) if len(shape) == 1 else (
+        shape[-2] * int(np.prod(shape[:-2])), shape[-1] * int(np.prod(shape[:-2])))
+    scale = {"glorot": 2.0 / (fan_in + fan_out), "he": 2.0 / fan_in, "lecun": 1.0 / fan_in}
+    family = name.split("_")[0]
+    if name in ("uniform", "normal"):
+        shaped = (jax.random.uniform(key, shape, minval=-0.05, maxval=0.05) if name == "uniform"
+                  else 0.05 * jax.random.normal(key, shape))
+    elif name.endswith("uniform"):
+        limit = np.sqrt(3.0 * scale[family])
+        shaped = jax.random.uniform(key, shape, minval=-limit, maxval=limit)
+    else:
+        shaped = np.sqrt(scale[family]) / 0.87962566103423978 * jax.random.truncated_normal(key, -2.0, 2.0, shape)
+    np.testing.assert_array_equal(np.asarray(init(key, shape)), np.asarray(shaped))
