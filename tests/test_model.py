@@ -72,7 +72,7 @@ def test_weights_round_trip_and_module_stays_in_sync():
     clone.set_weights(weights)
     x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     np.testing.assert_allclose(clone.predict(x), model.predict(x), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(model.module(x)), model.predict(x), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.module(x)), model.predict(x), rtol=1e-5)   # eager vs compiled
 
 
 def test_sequential_infers_its_input_shape_from_the_first_batch():
@@ -132,8 +132,7 @@ def test_a_users_module_is_written_back_when_fit_returns_and_never_shares_donate
 
 def test_a_second_process_finds_every_program_in_the_compilation_cache(tmp_path):
     """The cache is on by default: a second process that builds the same model with a fresh
-    seed (other weights) and fits it compiles nothing new. The seed is the init program's
-    argument, not a constant in it, so that program is the same in every process."""
+    seed (other weights, drawn on the host) and fits it compiles nothing new."""
     code = ("import numpy as np, batchfit as bf\n"
             "m = bf.Sequential([bf.layers.Dense(4, activation='relu', input_shape=(3,)), bf.layers.Dense(1)])\n"
             "m.compile(optimizer='adam', loss='mse')\n"
@@ -149,5 +148,5 @@ def test_a_second_process_finds_every_program_in_the_compilation_cache(tmp_path)
     weights_1, cached_1 = run()
     weights_2, cached_2 = run()
     assert weights_1 != weights_2                          # fresh seeds: other initial weights
-    assert any(name.startswith("jit_construct-") for name in cached_1), cached_1
+    assert len(cached_1) >= 2, cached_1                   # the optimizer's start and the fit program at least
     assert cached_2 == cached_1                            # nothing compiled in the second process

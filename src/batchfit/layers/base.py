@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from batchfit.layers.initializers import initial_value
 from batchfit.registry import Registry
 
 __all__ = ["Layer", "LAYERS", "layer_from_config"]
@@ -120,11 +121,10 @@ def _autocast(x, dtype):
     return x
 
 
-def _initial_weight(initializer, key, shape, dtype):
-    """`initializer`'s draw, made at float32 (or wider) and rounded to `dtype`, so a half
-    precision layer starts from the float32 layer's weights of the same seed, rounded."""
-    wide = jnp.promote_types(dtype, jnp.float32)
-    return jnp.asarray(initializer(key, shape, wide)).astype(dtype)
+def _initial_weight(initializer, rng, shape, dtype):
+    """`initializer`'s draw (initializers.initial_value): made at float32 (or wider) and rounded to
+    `dtype`, so a half precision layer starts from the float32 layer's weights of the same seed, rounded."""
+    return initial_value(initializer, rng, shape, dtype)
 
 
 class Layer:

@@ -6,10 +6,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from batchfit.registry import Registry
 
-__all__ = ["INITIALIZERS", "get_initializer"]
+__all__ = ["INITIALIZERS", "HostRngs", "get_initializer", "initial_value"]
 
 INITIALIZERS = Registry("initializer")
 
@@ -21,32 +22,32 @@ def _fans(shape) -> tuple[float, float]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
-def _flat(draw, shape):
-    """`draw(shape)`, drawn as one vector and reshaped: the same numbers, a smaller program.
-
-    Threefry numbers each element by its flat row-major index, so the vector holds the same
-    bits. XLA:CPU compiles threefry's loop over a matrix into a far larger kernel than over a
-    vector (9,635 lines of LLVM IR for [256, 256] against under 1,000): build_stack's program
-    for a 64-256-256-10 MLP compiles in 0.6 s of CPU instead of 1.4 s (7,200 lines, 25,000).
-    """
-    shape = tuple(shape)
-    return draw((math.prod(shape),)).reshape(shape)
+def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Standard normal values cut at +-2 (Keras's truncated normal): out-of-range draws are drawn again."""
+    values = rng.standard_normal(shape)
+    outside = np.abs(values) > 2.0
+    while outside.any():
+        values[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(values) > 2.0
+    return values
 
 
 def _variance_scaling(scale: float, mode: str, distribution: str):
-    def init(key, shape, dtype=jnp.float32):
+    def init(rng, shape, dtype=np.float32):
         fan_in, fan_out = _fans(tuple(shape))
         n = {"fan_in": fan_in, "fan_avg": (fan_in + fan_out) / 2}[mode]
         variance = scale / max(1.0, n)
         if distribution == "uniform":
             limit = math.sqrt(3.0 * variance)
-            return _flat(lambda s: jax.random.uniform(key, s, dtype, -limit, limit), shape)
+            return rng.uniform(-limit, limit, shape).astype(dtype)
         stddev = math.sqrt(variance) / 0.87962566103423978  # std of N(0, 1) cut at +-2
-        return stddev * _flat(lambda s: jax.random.truncated_normal(key, -2.0, 2.0, s, dtype),
-                              shape)
+        return (stddev * _truncated_normal(rng, shape)).astype(dtype)
     return init
 
 
+# The built-in initializers draw on the host, with NumPy: `init(rng, shape, dtype)` takes a
+# np.random.Generator and returns a NumPy array. Drawing with jax.random inside a compiled
+# program would cost a fresh process a threefry compile per weight shape before the first step.
 for _names, _init in {
     ("glorot_uniform",): _variance_scaling(1.0, "fan_avg", "uniform"),
     ("glorot_normal",): _variance_scaling(1.0, "fan_avg", "normal"),
@@ -54,18 +55,47 @@ for _names, _init in {
     ("he_normal",): _variance_scaling(2.0, "fan_in", "normal"),
     ("lecun_uniform",): _variance_scaling(1.0, "fan_in", "uniform"),
     ("lecun_normal",): _variance_scaling(1.0, "fan_in", "normal"),
-    ("zeros",): lambda key, shape, dtype=jnp.float32: jnp.zeros(shape, dtype),
-    ("ones",): lambda key, shape, dtype=jnp.float32: jnp.ones(shape, dtype),
-    ("uniform", "random_uniform"): lambda key, shape, dtype=jnp.float32: _flat(
-        lambda s: jax.random.uniform(key, s, dtype, -0.05, 0.05), shape),
-    ("normal", "random_normal"): lambda key, shape, dtype=jnp.float32: 0.05 * _flat(
-        lambda s: jax.random.normal(key, s, dtype), shape),
+    ("zeros",): lambda rng, shape, dtype=np.float32: np.zeros(shape, dtype),
+    ("ones",): lambda rng, shape, dtype=np.float32: np.ones(shape, dtype),
+    ("uniform", "random_uniform"): lambda rng, shape, dtype=np.float32: rng.uniform(-0.05, 0.05, shape).astype(dtype),
+    ("normal", "random_normal"): lambda rng, shape, dtype=np.float32: (0.05 * rng.standard_normal(shape)).astype(dtype),
 }.items():
+    _init.on_host = True
     INITIALIZERS.register(*_names)(_init)
 
 
+class HostRngs:
+    """The random streams a model's layers are built from, on the host: `params()` hands each
+    weight its own np.random.Generator, `dropout()` each Dropout layer its own seed; both follow
+    from the model's seed and the order of the calls, so the same seed builds the same model."""
+
+    def __init__(self, seed: int):
+        self._params, self._dropout = (np.random.SeedSequence([int(seed), stream]) for stream in (0, 1))
+
+    def params(self) -> np.random.Generator:
+        return np.random.default_rng(self._params.spawn(1)[0])
+
+    def dropout(self) -> int:
+        return int(self._dropout.spawn(1)[0].generate_state(1)[0] >> 1)
+
+    def __contains__(self, stream: str) -> bool:
+        return stream in ("params", "dropout")
+
+
+def initial_value(initializer, rng: np.random.Generator, shape, dtype):
+    """The initial weight [shape] as a JAX array of `dtype`: drawn at float32 (or wider) and rounded
+    to `dtype`, so a half-precision layer starts from the float32 weights, rounded. A user's
+    initializer that is not a host one gets a JAX key drawn from `rng`, as jax.nn.initializers expect."""
+    wide = np.promote_types(np.dtype(dtype), np.float32)
+    if getattr(initializer, "on_host", False):
+        value = np.asarray(initializer(rng, tuple(shape), wide))
+    else:
+        value = initializer(jax.random.key(int(rng.integers(2**31))), tuple(shape), wide)
+    return jnp.asarray(np.asarray(value).astype(dtype))
+
+
 def get_initializer(identifier):
-    """The Keras initializer `init(key, shape, dtype)` for a name; callables pass through.
+    """The Keras initializer for a name (a host one: `init(rng, shape, dtype)`); callables pass through.
 
     >>> float(get_initializer("ones")(None, (2, 3)).sum())
     6.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from batchfit.layers.base import Layer, _autocast, _jax_dtype, _real
@@ -17,6 +18,11 @@ from batchfit.layers.base import Layer, _autocast, _jax_dtype, _real
 def _epsilon(value, owner: str) -> float:
     return _real(value, "epsilon", owner, "a finite number > 0, added to the variance",
                  lambda e: e > 0, 1e-3)
+
+
+def _filled(value, shape, dtype):
+    """A constant weight, made on the host (an eager jnp.ones compiles a program of its own)."""
+    return jnp.asarray(np.full(shape, value, np.dtype(dtype)))
 
 
 class _NormModule(nnx.Module):
@@ -31,8 +37,8 @@ class _NormModule(nnx.Module):
         self.shape = tuple(input_shape[a - 1] for a in self.axes)
         self.compute_dtype = _jax_dtype(layer.compute_dtype)
         self.variable_dtype = _jax_dtype(layer.variable_dtype)
-        self.gamma = nnx.Param(jnp.ones(self.shape, self.variable_dtype)) if layer.scale else None
-        self.beta = nnx.Param(jnp.zeros(self.shape, self.variable_dtype)) if layer.center else None
+        self.gamma = nnx.Param(_filled(1, self.shape, self.variable_dtype)) if layer.scale else None
+        self.beta = nnx.Param(_filled(0, self.shape, self.variable_dtype)) if layer.center else None
         self.epsilon = layer.epsilon
 
     def _widened(self, x):
@@ -57,8 +63,8 @@ class BatchNormModule(_NormModule):
 
     def __init__(self, layer: "BatchNormalization", input_shape, use_running_average=True):
         self._setup(layer, input_shape)
-        self.moving_mean = nnx.BatchStat(jnp.zeros(self.shape, self.variable_dtype))
-        self.moving_variance = nnx.BatchStat(jnp.ones(self.shape, self.variable_dtype))
+        self.moving_mean = nnx.BatchStat(_filled(0, self.shape, self.variable_dtype))
+        self.moving_variance = nnx.BatchStat(_filled(1, self.shape, self.variable_dtype))
         self.keras_weights = tuple(n for n in type(self).keras_weights
                                    if getattr(self, n) is not None)
         self.momentum, self.use_running_average = layer.momentum, use_running_average

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from batchfit.layers.initializers import HostRngs
 from batchfit.layers.base import Layer, _shape
 
 
@@ -55,8 +55,9 @@ def _initial_shape(layers, input_shape) -> tuple:
 def build_stack(layers, input_shape=None, seed: int = 0) -> Stack:
     """Builds `layers` in order for per-sample `input_shape` (default: the first layer's).
 
-    Weights come from `nnx.Rngs(params=seed, dropout=seed + 1)`, so the same seed gives the
-    same weights. The Stack starts in inference mode: call `.train()` / `.eval()` to switch.
+    Weights are drawn on the host from `seed` (initializers.HostRngs), so the same seed gives the
+    same weights, with nothing to compile. The Stack starts in inference mode: call `.train()` /
+    `.eval()` to switch.
     """
     layers = list(layers)
     if not layers or not all(isinstance(layer, Layer) for layer in layers):
@@ -66,23 +67,13 @@ def build_stack(layers, input_shape=None, seed: int = 0) -> Stack:
         raise TypeError(f"`seed` must be an int; got {seed!r}. Pass e.g. seed=0.")
     shape = _initial_shape(layers, input_shape)
 
-    def construct(seeds):
-        rngs = nnx.Rngs(params=jax.random.key(seeds[0]), dropout=jax.random.key(seeds[1]))
-        modules, current = [], shape
-        for index, layer in enumerate(layers):
-            _check_declared(layer, index, current)
-            output = tuple(layer.compute_output_shape(current))
-            modules.append(layer.build(current, rngs))
-            current = output
-        return Stack(modules, _unique_names(layers), shape, current)
-
-    # One compiled program draws every initial weight: eagerly, each random and fill op of
-    # each shape would be compiled on its own (about 0.4 s of a fresh process's first fit).
-    # The seeds are its argument, not constants in it: a model built with a fresh seed is then
-    # the same program in every process, found in the compilation cache. jax.random.key of a
-    # Python int keeps its low 32 bits, as this uint32 does.
-    seeds = np.array([int(seed) % 2**32, (int(seed) + 1) % 2**32], np.uint32)
-    stack = nnx.jit(construct)(seeds)
+    rngs, modules, current = HostRngs(seed), [], shape
+    for index, layer in enumerate(layers):
+        _check_declared(layer, index, current)
+        output = tuple(layer.compute_output_shape(current))
+        modules.append(layer.build(current, rngs))
+        current = output
+    stack = Stack(modules, _unique_names(layers), shape, current)
     stack.eval()
     return stack
 
