@@ -27,6 +27,7 @@ class Sequential(Model):
         self.seed = _seed(seed)
         for layer in layers or []:
             self.add(layer)
+        self.built                  # as Keras does: built now when the first layer declares its input shape
 
     def add(self, layer):
         if not isinstance(layer, layers_lib.Layer):

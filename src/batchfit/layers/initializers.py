@@ -91,7 +91,7 @@ def initial_value(initializer, rng: np.random.Generator, shape, dtype):
         value = np.asarray(initializer(rng, tuple(shape), wide))
     else:
         value = initializer(jax.random.key(int(rng.integers(2**31))), tuple(shape), wide)
-    return jnp.asarray(np.asarray(value).astype(dtype))
+    return jax.device_put(np.asarray(value).astype(dtype))      # a transfer; jnp.asarray would compile one
 
 
 def get_initializer(identifier):

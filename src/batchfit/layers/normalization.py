@@ -21,8 +21,8 @@ def _epsilon(value, owner: str) -> float:
 
 
 def _filled(value, shape, dtype):
-    """A constant weight, made on the host (an eager jnp.ones compiles a program of its own)."""
-    return jnp.asarray(np.full(shape, value, np.dtype(dtype)))
+    """A constant weight, made on the host and transferred (an eager jnp.ones or jnp.asarray compiles a program)."""
+    return jax.device_put(np.full(shape, value, np.dtype(dtype)))
 
 
 class _NormModule(nnx.Module):
