@@ -23,6 +23,30 @@ class NotCompiledError(RuntimeError, ValueError):
     """Training or evaluating a model that has not been compiled."""
 
 
+_PLAIN = (np.dtype(np.float32), np.dtype(np.int32))
+
+
+def _plain_layout(x, y, need_y: bool):
+    """The layout of NumPy x and y, to look up its checks (Shell._batch stores only layouts that the
+    data rules take as they are: float32 / int32 with a batch axis); None for anything else."""
+    if type(x) is not np.ndarray:
+        return None
+    if not need_y:
+        return x.shape, x.dtype
+    return (x.shape, x.dtype, y.shape, y.dtype) if type(y) is np.ndarray else None
+
+
+def _is_plain(array) -> bool:
+    return array is None or (array.dtype in _PLAIN and array.ndim > 0)
+
+
+def _no_rule(y) -> None:
+    """The target rule before compile(): nothing to check."""
+
+
+_no_rule.refuses_nonfinite = False
+
+
 class Shell:
     """The module, the state it trains (a Slot) and the compiled entry points of the last compile()."""
 
@@ -36,6 +60,7 @@ class Shell:
         self._synced = 0                   # the slot version the module holds
         self._running = None               # train_on_batch's running totals (reset_metrics=False)
         self._outputs: dict = {}           # input signature -> the output's shapes; target layouts checked
+        self._layouts: dict = {}           # *_on_batch: the layout of plain arrays checked -> its target rule
         self._cursor = self._resume = None   # fit's place; a Position set_position() put back
         self._busy = None                  # the training call running, if any
         self.stop_training = False
@@ -118,6 +143,9 @@ class Shell:
         out, loss = self._outputs[signature], self._settings.loss
         shape = jax.tree.leaves(out)[0].shape
 
+        def values(y):
+            loss.validate_targets(np.asarray(y), shape[-1] if shape else None)
+
         def rule(y):
             key = (signature, tuple(y.shape[1:]), y.dtype)
             if key not in self._outputs:
@@ -127,12 +155,24 @@ class Shell:
                     raise ValueError(f"`y` ({describe(y)}) does not fit the model's output "
                                      f"({describe(jax.tree.leaves(out)[0])}) under the loss {loss.name}: {e}") from e
                 self._outputs[key] = True
-            loss.validate_targets(np.asarray(y), shape[-1] if shape else None)
+            values(y)
+        rule.values, values.refuses_nonfinite = values, loss.refuses_nonfinite_targets
         return rule
 
     def _batch(self, x, y, sample_weight=None, class_weight=None, need_y=True) -> Batch:
-        """One batch for *_on_batch, checked by the same rules as fit's arrays."""
+        """One batch for *_on_batch, checked by the same rules as fit's arrays. The checks of a layout
+        (types, shapes, the model and the loss on them) run on its first batch; the value rules (finite
+        x and y, the loss's targets) on every batch."""
         allow = bool(self._settings and self._settings.allow_nonfinite)
+        layout = _plain_layout(x, y, need_y) if sample_weight is None and class_weight is None else None
+        rule = self._layouts.get(layout)
+        if rule is not None:
+            arrays.check_finite(x, "x", allow)
+            if need_y:
+                if not rule.refuses_nonfinite:
+                    arrays.check_finite(y, "y", allow)
+                rule(y)
+            return Batch(x, y, None)
         if x is None:
             raise ValueError("`x` is required; got None.")
         if need_y and y is None:
@@ -140,9 +180,11 @@ class Shell:
         x, y = arrays.standardize(x, "x", allow), arrays.standardize(y, "y", allow) if need_y else None
         n = arrays.num_samples(x, y)
         w = arrays.sample_weights(y, n, sample_weight, class_weight) if need_y else None
-        rule = self._target_rule(x)
-        if rule is not None and y is not None:
+        rule = self._target_rule(x) or _no_rule
+        if y is not None:
             rule(y)
+        if layout is not None and _is_plain(x) and _is_plain(y):
+            self._layouts[layout] = getattr(rule, "values", rule)     # the layout is checked: its values from now on
         return Batch(x, y, w)
 
     # ----- the training state -------------------------------------------------------

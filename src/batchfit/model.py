@@ -51,6 +51,7 @@ class Model(Shell):
         """
         self._refuse_reentry("compile")
         self._settings = settings_from(optimizer, loss, metrics, **kwargs)
+        self._outputs, self._layouts = {}, {}     # the new loss checks every layout again
         if self._slot is not None:       # a new optimizer state, started when data arrives
             self._slot.put(self._slot.state._replace(opt_state=None))
         self._exe = None

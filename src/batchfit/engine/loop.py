@@ -41,7 +41,7 @@ class Cursor:
     """The loop's place in fit: the epoch, the batches of it done, and what they left on the device.
 
     `reports` are the epoch's chunk reports (compiled.Executables.fit_chunk), read on demand;
-    `prior` holds what a resumed epoch had before this call: its totals and batch losses.
+    `prior_losses` are the batch losses a resumed epoch had before this call.
     """
 
     def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None):
@@ -218,14 +218,14 @@ def run_evaluate(exe: Executables, leaves: list, source, steps_per_execution: in
     """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights,
     with Keras's test hooks (on_test_begin, on_test_batch_begin / _end per dispatch, on_test_end)."""
     names = ("loss", *metric_names)
-    totals, outputs = zero_totals(len(metric_names)), []
+    totals, outputs = device_zeros(len(metric_names)), []
     want_begin, want_end = callbacks.wants("on_test_batch_begin"), callbacks.wants("on_test_batch_end")
     callbacks.on_test_begin()
     for piece in _one_pass(source, steps_per_execution, outputs):
         chunk = piece.chunk
         if want_begin:
             callbacks.on_test_batch_begin(chunk.first)
-        totals = exe.eval_chunk(leaves, totals, piece.data, np.int32(chunk.start), piece.order,
+        totals = exe.eval_chunk(leaves, totals, piece.data, device_int(chunk.start), piece.order,
                                 num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         outputs.append(totals)
         if want_end:
@@ -245,7 +245,7 @@ def run_predict(exe: Executables, leaves: list, source, steps_per_execution: int
         chunk = piece.chunk
         if want_begin:
             callbacks.on_predict_batch_begin(chunk.first)
-        outs.append(exe.predict_chunk(leaves, piece.data.x, np.int32(chunk.start), num_steps=chunk.num_steps,
+        outs.append(exe.predict_chunk(leaves, piece.data.x, device_int(chunk.start), num_steps=chunk.num_steps,
                                       tail=chunk.tail, batch_size=piece.batch_size))
         if want_end:
             callbacks.on_predict_batch_end(chunk.last, {"outputs": jax.tree.map(np.asarray, outs[-1])})
