@@ -262,3 +262,18 @@ def test_fit_refuses_nonfinite_targets_written_into_arrays_it_took_before(loss):
             m.fit(x, y, verbose=0)
         for a, b in zip(weights, m.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_new_loss_checks_train_on_batch_layouts_again():
+    """*_on_batch checks a layout's shapes once; compile() with another loss checks them (and the
+    values) by the new loss's rules: y of 2.0 trains under mse, is refused under binary crossentropy."""
+    m = bf.Sequential([bf.layers.Dense(1, activation="sigmoid", input_shape=(3,))], seed=0)
+    x, y = np.ones((8, 3), np.float32), np.full((8, 1), 2.0, np.float32)
+    m.compile(optimizer="sgd", loss="mse")
+    m.train_on_batch(x, y)
+    m.compile(optimizer="sgd", loss="binary_crossentropy")
+    with pytest.raises(ValueError, match=r"binary_crossentropy needs targets in \[0, 1\].*max 2"):
+        unchanged(m, lambda: m.train_on_batch(x, y))
+    with pytest.raises(ValueError, match=r"`y` \(float32\[8, 1\]\) contains 1 NaN or infinite"):
+        y[3] = np.nan
+        unchanged(m, lambda: m.train_on_batch(x, y))
