@@ -376,6 +376,9 @@ def validate_targets(loss, y, num_outputs: int | None) -> None:
     get(loss).validate_targets(np.asarray(y), num_outputs)
 
 
+_LIST_RANGE_MAX = 256      # targets ranged through a Python list (see _range)
+
+
 def _finite_range(y, name: str) -> tuple:
     """_range, refusing NaN and inf with the finite rule's message (a range rule covers that rule for y)."""
     low, high = _range(y)
@@ -395,7 +398,7 @@ def _range(y) -> tuple:
     y = np.asarray(y)
     if y.size == 0 or y.dtype.kind not in "biuf":
         return None, None
-    if y.size <= 256:
+    if y.size <= _LIST_RANGE_MAX:
         values = y.ravel().tolist()
         if math.isfinite(sum(values)):
             return float(min(values)), float(max(values))

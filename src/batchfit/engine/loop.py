@@ -8,7 +8,6 @@ and only when a callback wants per-batch logs; otherwise once per epoch. The loo
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from typing import Callable, NamedTuple
 
@@ -19,12 +18,6 @@ from batchfit.engine.compiled import Executables
 from batchfit.engine.state import Position, Slot, copy_tree, read_totals, zero_totals
 
 __all__ = ["FitPlan", "Cursor", "run_fit", "run_evaluate", "run_predict"]
-
-
-# The zero totals and the chunks' int arguments go to the compiled calls as device arrays made
-# once: a host value is copied to the device on every dispatch, about 10% of a small model's epoch.
-device_int = functools.lru_cache(maxsize=4096)(lambda value: jax.device_put(np.int32(value)))
-device_zeros = functools.cache(lambda num_metrics: jax.device_put(zero_totals(num_metrics)))
 
 
 class FitPlan(NamedTuple):
@@ -57,7 +50,7 @@ class Cursor:
 
     def begin(self, epoch: int) -> None:
         self.epoch, self.batch = epoch, 0
-        self.totals = device_zeros(len(self.plan.metric_names))
+        self.totals = zero_totals(len(self.plan.metric_names))
         self.prior_losses = np.zeros(0, np.float32)
         self.accumulated, self.reports = None, []
 
@@ -124,8 +117,8 @@ def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, sh
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
         slot.leaves, totals, cursor.accumulated, report = exe.fit_chunk(
-            slot.leaves, cursor.totals, cursor.accumulated, piece.data, device_int(chunk.start), piece.order,
-            device_int(chunk.first), num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size,
+            slot.leaves, cursor.totals, cursor.accumulated, piece.data, np.int32(chunk.start), piece.order,
+            np.int32(chunk.first), num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size,
             accumulate=k)
         cursor.advance(chunk.last, totals, report)
         if want_end:
@@ -218,14 +211,14 @@ def run_evaluate(exe: Executables, leaves: list, source, steps_per_execution: in
     """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights,
     with Keras's test hooks (on_test_begin, on_test_batch_begin / _end per dispatch, on_test_end)."""
     names = ("loss", *metric_names)
-    totals, outputs = device_zeros(len(metric_names)), []
+    totals, outputs = zero_totals(len(metric_names)), []
     want_begin, want_end = callbacks.wants("on_test_batch_begin"), callbacks.wants("on_test_batch_end")
     callbacks.on_test_begin()
     for piece in _one_pass(source, steps_per_execution, outputs):
         chunk = piece.chunk
         if want_begin:
             callbacks.on_test_batch_begin(chunk.first)
-        totals = exe.eval_chunk(leaves, totals, piece.data, device_int(chunk.start), piece.order,
+        totals = exe.eval_chunk(leaves, totals, piece.data, np.int32(chunk.start), piece.order,
                                 num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         outputs.append(totals)
         if want_end:
@@ -245,7 +238,7 @@ def run_predict(exe: Executables, leaves: list, source, steps_per_execution: int
         chunk = piece.chunk
         if want_begin:
             callbacks.on_predict_batch_begin(chunk.first)
-        outs.append(exe.predict_chunk(leaves, piece.data.x, device_int(chunk.start), num_steps=chunk.num_steps,
+        outs.append(exe.predict_chunk(leaves, piece.data.x, np.int32(chunk.start), num_steps=chunk.num_steps,
                                       tail=chunk.tail, batch_size=piece.batch_size))
         if want_end:
             callbacks.on_predict_batch_end(chunk.last, {"outputs": jax.tree.map(np.asarray, outs[-1])})

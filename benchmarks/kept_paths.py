@@ -1,0 +1,115 @@
+"""In-process A/B of each special path batchfit keeps: the figure a user sees with the path and without it.
+
+A special path stays only if it buys at least 5% on such a figure (issue 20). Each path is
+switched off by replacing the one name it lives in, the figure is timed with and without it in
+alternating blocks (per-round ratios shrug off drifts in machine load), and the result goes to
+kept_paths.json, which report.py prints in RESULTS.md.
+
+    python benchmarks/kept_paths.py            # about 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from workloads import WORKLOADS, batchfit_model, make_data  # noqa: E402
+
+import batchfit._shell as shell  # noqa: E402
+import batchfit.data.arrays as arrays  # noqa: E402
+import batchfit.losses as losses  # noqa: E402
+from batchfit.callbacks import History  # noqa: E402
+
+
+@contextlib.contextmanager
+def _replaced(owner, name, value):
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
+
+
+PATHS = {
+    "epoch e's logs read once epoch e + 1 is dispatched (History.epoch_ends_in_order = False)":
+        lambda: _replaced(History, "epoch_ends_in_order", True),
+    "finite check by a BLAS sum of squares first (data/arrays.py: _squares_finite)":
+        lambda: _replaced(arrays, "_squares_finite", lambda a: False),
+    "*_on_batch: a layout's shape checks once, its values every batch (_shell.py: _plain_layout)":
+        lambda: _replaced(shell, "_plain_layout", lambda x, y, need_y: None),
+    "a batch's targets ranged through a Python list (losses.py: _LIST_RANGE_MAX)":
+        lambda: _replaced(losses, "_LIST_RANGE_MAX", 0),
+}
+
+
+def _figures(workload: str, epochs: int, steps: int):
+    """name -> (work, units per call): the user-visible figures each path may move."""
+    w = WORKLOADS[workload]
+    x, y = make_data(w)
+    model = batchfit_model(w)
+    batches = [(x[i:i + w.batch_size], y[i:i + w.batch_size]) for i in range(0, steps * w.batch_size, w.batch_size)]
+
+    def fit_epochs():
+        model.fit(x, y, batch_size=w.batch_size, epochs=epochs, verbose=0, shuffle=False)
+
+    def fit_call():
+        model.fit(x, y, batch_size=w.batch_size, epochs=1, verbose=0, shuffle=False)
+
+    def train_on_batch_read():
+        for xb, yb in batches:
+            float(model.train_on_batch(xb, yb))
+    return {f"{workload}: fit(epochs={epochs}), per epoch": (fit_epochs, epochs),
+            f"{workload}: fit(x, y, epochs=1), per call": (fit_call, 1),
+            f"{workload}: train_on_batch, loss read, per step": (train_on_batch_read, steps)}
+
+
+def measure(path, work, units, rounds: int, calls: int) -> dict:
+    """Median time per unit with and without `path`, and the median per-round ratio without / with."""
+    for _ in range(3):
+        work()
+        with path():
+            work()
+    with_path, without = [], []
+    for _ in range(rounds):
+        for switched_off, out in ((False, with_path), (True, without)):
+            with path() if switched_off else contextlib.nullcontext():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    work()
+                out.append((time.perf_counter() - start) / calls / units)
+    ratios = [b / a for a, b in zip(with_path, without)]
+    return {"with_us": 1e6 * statistics.median(with_path), "without_us": 1e6 * statistics.median(without),
+            "without_over_with": statistics.median(ratios)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--workloads", default="seed1,seed2")
+    parser.add_argument("--out", default=os.path.join(HERE, "kept_paths.json"))
+    args = parser.parse_args()
+    results = []
+    for workload in args.workloads.split(","):
+        figures = _figures(workload, epochs=20 if workload == "seed1" else 2, steps=31)
+        for path_name, path in PATHS.items():
+            for figure, (work, units) in figures.items():
+                calls = 10 if "per call" in figure and workload == "seed1" else 1
+                row = {"path": path_name, "figure": figure, **measure(path, work, units, args.rounds, calls)}
+                results.append(row)
+                print(json.dumps(row), flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"command": " ".join(["python", *sys.argv]), "rounds": args.rounds, "rows": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
