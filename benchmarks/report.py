@@ -117,22 +117,17 @@ def _paired_runs(a, b, field_a, field_b):
 def targets(results) -> list[dict]:
     """Every target of issue 20 that this run measured, with its value and whether it is met."""
     refs, rows = _ratios(results), []
-    for w, limit in FIT_EPOCHS_LIMITS.items():
-        for tag, order, ref in ORDERS:
-            epochs, floor = _get(results, w, f"bf_fit_epochs[{tag}]"), refs.get(w, {}).get(ref)
-            if epochs and floor:
-                paired = _paired(results, w, f"bf_fit_epochs[{tag}]", _floor_key(refs, w, tag))
-                _target(rows, f"{w}: fit(epochs=R) per epoch, {order} / floor", epochs / floor, limit,
-                        note=f"{_fmt(epochs)} vs {_fmt(floor)} us/step; per-round ratio {_fmt(paired)}",
-                        kind="fit_epochs", workload=w)
-    for w, limit in FIT_CALL_LIMITS.items():
-        for tag, order, ref in ORDERS:
-            bf, floor = _get(results, w, f"bf_fit[{tag}]"), refs.get(w, {}).get(ref)
-            if bf and floor:
-                paired = _paired(results, w, f"bf_fit[{tag}]", _floor_key(refs, w, tag))
-                _target(rows, f"{w}: fit(x, y, epochs=1) per call, {order} / floor", bf / floor, limit,
-                        note=f"{_fmt(bf)} vs {_fmt(floor)} us/step; per-round ratio {_fmt(paired)}",
-                        kind="fit_call", workload=w)
+    fit_rows = (("bf_fit_epochs", FIT_EPOCHS_LIMITS, "fit(epochs=R) per epoch", "fit_epochs"),
+                ("bf_fit", FIT_CALL_LIMITS, "fit(x, y, epochs=1) per call", "fit_call"))
+    for key, limits, what, kind in fit_rows:
+        for w, limit in limits.items():
+            for tag, order, ref in ORDERS:
+                bf, floor = _get(results, w, f"{key}[{tag}]"), refs.get(w, {}).get(ref)
+                if bf and floor:
+                    paired = _paired(results, w, f"{key}[{tag}]", _floor_key(refs, w, tag))
+                    _target(rows, f"{w}: {what}, {order} / floor", bf / floor, limit,
+                            note=f"{_fmt(bf)} vs {_fmt(floor)} us/step; per-round ratio {_fmt(paired)}",
+                            kind=kind, workload=w)
     for w, limit in TRAIN_ON_BATCH_LIMITS.items():
         bf, hand = _get(results, w, "bf_tob_read"), _get(results, w, "jit_loop_read")
         if bf and hand:
