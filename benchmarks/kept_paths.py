@@ -25,7 +25,7 @@ from workloads import WORKLOADS, batchfit_model, make_data  # noqa: E402
 
 import batchfit._shell as shell  # noqa: E402
 import batchfit.data.arrays as arrays  # noqa: E402
-import batchfit.losses as losses  # noqa: E402
+import batchfit._target_rules as target_rules  # noqa: E402
 from batchfit.callbacks import History  # noqa: E402
 
 
@@ -46,8 +46,8 @@ PATHS = {
         lambda: _replaced(arrays, "_squares_finite", lambda a: False),
     "*_on_batch: a layout's shape checks once, its values every batch (_shell.py: _plain_layout)":
         lambda: _replaced(shell, "_plain_layout", lambda x, y, need_y: None),
-    "a batch's targets ranged through a Python list (losses.py: _LIST_RANGE_MAX)":
-        lambda: _replaced(losses, "_LIST_RANGE_MAX", 0),
+    "a batch's targets ranged through a Python list (_target_rules.py: _LIST_RANGE_MAX)":
+        lambda: _replaced(target_rules, "_LIST_RANGE_MAX", 0),
 }
 
 

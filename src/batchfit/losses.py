@@ -6,13 +6,13 @@ axis then "sum_over_batch_size" gives); `Loss.__call__` reduces as `sum(w * l) /
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from batchfit._target_rules import check_sparse_labels, finite_range
 from batchfit.errors import describe
 from batchfit.registry import Registry
 
@@ -287,7 +287,7 @@ class BinaryCrossentropy(LossFunctionWrapper):
 
     def validate_targets(self, y, num_outputs: int | None) -> None:
         """Targets in [0, 1]."""
-        low, high = _finite_range(y, "binary_crossentropy")
+        low, high = finite_range(y, "binary_crossentropy")
         if low is None or (low >= 0 and high <= 1):
             return
         raise ValueError(
@@ -321,9 +321,9 @@ class SparseCategoricalCrossentropy(LossFunctionWrapper):
 
     def validate_targets(self, y, num_outputs: int | None) -> None:
         """Whole-number class labels in [0, num_outputs)."""
-        low, high = _finite_range(y, "sparse_categorical_crossentropy")
+        low, high = finite_range(y, "sparse_categorical_crossentropy")
         if low is not None:
-            _check_sparse_labels(y, low, high, num_outputs, f"y: {describe(y)} has min {low:g} and max {high:g}")
+            check_sparse_labels(y, low, high, num_outputs, f"y: {describe(y)} has min {low:g} and max {high:g}")
 
 
 class Huber(LossFunctionWrapper):
@@ -374,57 +374,3 @@ def get(identifier) -> Loss:
 def validate_targets(loss, y, num_outputs: int | None) -> None:
     """`get(loss).validate_targets(y, num_outputs)`: the loss's rule on host targets `y` (ValueError)."""
     get(loss).validate_targets(np.asarray(y), num_outputs)
-
-
-_LIST_RANGE_MAX = 256      # targets ranged through a Python list (see _range)
-
-
-def _finite_range(y, name: str) -> tuple:
-    """_range, refusing NaN and inf with the finite rule's message (a range rule covers that rule for y)."""
-    low, high = _range(y)
-    if low is not None and not (math.isfinite(low) and math.isfinite(high)):
-        bad = int(np.size(y) - np.count_nonzero(np.isfinite(y)))
-        raise ValueError(f"`y` ({describe(y)}) contains {bad} NaN or infinite values; {name} needs finite targets. "
-                         f"Clean or impute them.")
-    return low, high
-
-
-def _range(y) -> tuple:
-    """(min, max) of numeric host targets as floats (NaN when any is NaN); (None, None) when empty or not numeric.
-
-    A batch's few targets go through a Python list: right after a compiled step, a NumPy reduction
-    costs about 10 us (its machinery evicted from the CPU caches by the step), the list about 1 us.
-    Their sum is finite exactly when no value is NaN or inf; otherwise NumPy's reductions decide."""
-    y = np.asarray(y)
-    if y.size == 0 or y.dtype.kind not in "biuf":
-        return None, None
-    if y.size <= _LIST_RANGE_MAX:
-        values = y.ravel().tolist()
-        if math.isfinite(sum(values)):
-            return float(min(values)), float(max(values))
-    return float(np.minimum.reduce(y, axis=None)), float(np.maximum.reduce(y, axis=None))
-
-
-def _check_sparse_labels(y, low: float, high: float, num_outputs: int | None, found: str) -> None:
-    """Sparse labels must be whole numbers in [0, num_outputs)."""
-    valid = (f"[0, {num_outputs}) for a model with {num_outputs} outputs" if num_outputs
-             else "[0, num_classes)")
-    whole = y.dtype.kind in "biu" or (np.isfinite(low) and np.isfinite(high) and np.all(y == np.round(y)))
-    if not whole:
-        raise ValueError(
-            f"sparse_categorical_crossentropy needs integer class labels in {valid}; "
-            f"{found} and non-integer values. Pass integer class ids, or use "
-            "binary_crossentropy / categorical_crossentropy for probability targets.")
-    if low >= 0 and (not num_outputs or high < num_outputs):
-        return
-    if low < 0:
-        fix = "Remap the labels to 0..num_classes-1, e.g. np.unique(y, return_inverse=True)[1]."
-    elif num_outputs == 1:
-        fix = "With one output unit use loss='binary_crossentropy', or one unit per class."
-    elif low >= 1 and high == num_outputs:
-        fix = "The labels look 1-based: pass y - 1."
-    else:
-        fix = (f"Give the last layer {int(high) + 1} units (one per class), or remap the "
-               "labels to 0..num_classes-1, e.g. np.unique(y, return_inverse=True)[1].")
-    raise ValueError(
-        f"sparse_categorical_crossentropy needs integer class labels in {valid}; {found}. {fix}")
