@@ -140,6 +140,13 @@ class Shell:
                                  f"Check the feature shape against the model's input_shape.") from e
         if self._settings is None:
             return None
+        rule = self._outputs.get(("rule", signature))
+        if rule is None:
+            rule = self._outputs[("rule", signature)] = self._make_rule(signature)
+        return rule
+
+    def _make_rule(self, signature):
+        """The rule for the targets of inputs of `signature` (see _target_rule)."""
         out, loss = self._outputs[signature], self._settings.loss
         shape = jax.tree.leaves(out)[0].shape
 

@@ -169,7 +169,8 @@ class Model(Shell):
         """
         if self._settings is None:
             self._compile_defaults()
-        self._refuse_reentry("train_on_batch")
+        if self._busy:
+            self._refuse_reentry("train_on_batch")
         batch = self._batch(x, y, sample_weight, class_weight)
         if reset_metrics:
             self._running = None

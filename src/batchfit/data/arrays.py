@@ -6,6 +6,7 @@ applied by a gather inside the compiled call, so the loop over batches reads con
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import os
@@ -280,6 +281,7 @@ def take(tree, index):
     return jax.tree.map(lambda a: a[index], tree)
 
 
+@functools.lru_cache(maxsize=256)        # a pure function of ints that fit asks every epoch
 def plan_chunks(n: int, batch_size: int, steps_per_execution: int, first_batch: int = 0) -> tuple[Chunk, ...]:
     """Split an epoch of n samples, from batch `first_batch` on, into compiled calls of at most
     `steps_per_execution` batches.

@@ -7,7 +7,6 @@ and only when a callback wants per-batch logs; otherwise once per epoch. The loo
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Callable, NamedTuple
 
@@ -56,7 +55,8 @@ class Cursor:
 
     def end_epoch(self) -> "Cursor":
         """The epoch just dispatched (its logs read on demand), the cursor now at the next one's start."""
-        ended = copy.copy(self)
+        ended = Cursor.__new__(Cursor)
+        ended.__dict__.update(self.__dict__)
         self.begin(self.epoch + 1)
         return ended
 

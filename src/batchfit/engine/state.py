@@ -85,6 +85,7 @@ class Slot:
     """
 
     def __init__(self, state: TrainState):
+        self.version = -1
         self.put(state)
 
     def put(self, state: TrainState) -> None:
@@ -98,7 +99,7 @@ class Slot:
     @leaves.setter
     def leaves(self, leaves: list) -> None:
         self._leaves = leaves
-        self.version = getattr(self, "version", -1) + 1
+        self.version += 1
 
     @property
     def state(self) -> TrainState:
