@@ -44,8 +44,8 @@ PATHS = {
         lambda: _replaced(History, "epoch_ends_in_order", True),
     "finite check by a BLAS sum of squares first (data/arrays.py: _squares_finite)":
         lambda: _replaced(arrays, "_squares_finite", lambda a: False),
-    "*_on_batch: a layout's shape checks once, its values every batch (_shell.py: _plain_layout)":
-        lambda: _replaced(shell, "_plain_layout", lambda x, y, need_y: None),
+    "*_on_batch: a layout's shape checks once, its values every batch (_shell.py: checks_layouts_once)":
+        lambda: _replaced(shell.Shell, "checks_layouts_once", False),
     "a batch's targets ranged through a Python list (_target_rules.py: _LIST_RANGE_MAX)":
         lambda: _replaced(target_rules, "_LIST_RANGE_MAX", 0),
 }

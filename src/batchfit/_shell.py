@@ -3,6 +3,8 @@ at the boundary between the user's data and the compiled calls. model.Model adds
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,17 +28,9 @@ class NotCompiledError(RuntimeError, ValueError):
 _PLAIN = (np.dtype(np.float32), np.dtype(np.int32))
 
 
-def _plain_layout(x, y, need_y: bool):
-    """The layout of NumPy x and y, to look up its checks (Shell._batch stores only layouts that the
-    data rules take as they are: float32 / int32 with a batch axis); None for anything else."""
-    if type(x) is not np.ndarray:
-        return None
-    if not need_y:
-        return x.shape, x.dtype
-    return (x.shape, x.dtype, y.shape, y.dtype) if type(y) is np.ndarray else None
-
-
 def _is_plain(array) -> bool:
+    """Whether the data rules take `array` as it is (float32 / int32 with a batch axis), so that
+    Shell._batch can look its layout's checks up."""
     return array is None or (array.dtype in _PLAIN and array.ndim > 0)
 
 
@@ -49,6 +43,8 @@ _no_rule.refuses_nonfinite = False
 
 class Shell:
     """The module, the state it trains (a Slot) and the compiled entry points of the last compile()."""
+
+    checks_layouts_once = True     # *_on_batch: a layout's shape checks on its first batch only
 
     def __init__(self, module: nnx.Module | None = None, *, name: str | None = None):
         if module is not None and not isinstance(module, nnx.Module):
@@ -150,8 +146,7 @@ class Shell:
         out, loss = self._outputs[signature], self._settings.loss
         shape = jax.tree.leaves(out)[0].shape
 
-        def values(y):
-            loss.validate_targets(np.asarray(y), shape[-1] if shape else None)
+        values = functools.partial(loss.validate_targets, num_outputs=shape[-1] if shape else None)
 
         def rule(y):
             key = (signature, tuple(y.shape[1:]), y.dtype)
@@ -170,8 +165,13 @@ class Shell:
         """One batch for *_on_batch, checked by the same rules as fit's arrays. The checks of a layout
         (types, shapes, the model and the loss on them) run on its first batch; the value rules (finite
         x and y, the loss's targets) on every batch."""
-        allow = bool(self._settings and self._settings.allow_nonfinite)
-        layout = _plain_layout(x, y, need_y) if sample_weight is None and class_weight is None else None
+        allow = self._settings is not None and self._settings.allow_nonfinite
+        layout = None          # NumPy x and y, no weights: look their layout's checks up (see _plain_layout)
+        if sample_weight is None and class_weight is None and type(x) is np.ndarray:
+            if not need_y:
+                layout = x.shape, x.dtype
+            elif type(y) is np.ndarray:
+                layout = x.shape, x.dtype, y.shape, y.dtype
         rule = self._layouts.get(layout)
         if rule is not None:
             arrays.check_finite(x, "x", allow)
@@ -190,7 +190,7 @@ class Shell:
         rule = self._target_rule(x) or _no_rule
         if y is not None:
             rule(y)
-        if layout is not None and _is_plain(x) and _is_plain(y):
+        if layout is not None and self.checks_layouts_once and _is_plain(x) and _is_plain(y):
             self._layouts[layout] = getattr(rule, "values", rule)     # the layout is checked: its values from now on
         return Batch(x, y, w)
 

@@ -12,21 +12,12 @@ import numpy as np
 
 from batchfit.errors import describe
 
-_LIST_RANGE_MAX = 256      # targets ranged through a Python list (see _range)
+_LIST_RANGE_MAX = 256      # targets ranged through a Python list (see finite_range)
 
 
 def finite_range(y, name: str) -> tuple:
-    """_range, refusing NaN and inf with the finite rule's message (a range rule covers that rule for y)."""
-    low, high = _range(y)
-    if low is not None and not (math.isfinite(low) and math.isfinite(high)):
-        bad = int(np.size(y) - np.count_nonzero(np.isfinite(y)))
-        raise ValueError(f"`y` ({describe(y)}) contains {bad} NaN or infinite values; {name} needs finite targets. "
-                         f"Clean or impute them.")
-    return low, high
-
-
-def _range(y) -> tuple:
-    """(min, max) of numeric host targets as floats (NaN when any is NaN); (None, None) when empty or not numeric.
+    """(min, max) of numeric host targets as floats; (None, None) when empty or not numeric. NaN and
+    inf are refused here with the finite rule's message (a range rule covers that rule for y).
 
     A batch's few targets go through a Python list: right after a compiled step, a NumPy reduction
     costs about 10 us (its machinery evicted from the CPU caches by the step), the list about 1 us.
@@ -38,7 +29,12 @@ def _range(y) -> tuple:
         values = y.ravel().tolist()
         if math.isfinite(sum(values)):
             return float(min(values)), float(max(values))
-    return float(np.minimum.reduce(y, axis=None)), float(np.maximum.reduce(y, axis=None))
+    low, high = float(np.minimum.reduce(y, axis=None)), float(np.maximum.reduce(y, axis=None))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = int(np.size(y) - np.count_nonzero(np.isfinite(y)))
+        raise ValueError(f"`y` ({describe(y)}) contains {bad} NaN or infinite values; {name} needs finite targets. "
+                         f"Clean or impute them.")
+    return low, high
 
 
 def check_sparse_labels(y, low: float, high: float, num_outputs: int | None, found: str) -> None:
