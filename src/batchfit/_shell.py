@@ -166,8 +166,8 @@ class Shell:
         (types, shapes, the model and the loss on them) run on its first batch; the value rules (finite
         x and y, the loss's targets) on every batch."""
         allow = self._settings is not None and self._settings.allow_nonfinite
-        layout = None          # NumPy x and y, no weights: look their layout's checks up (see _plain_layout)
-        if sample_weight is None and class_weight is None and type(x) is np.ndarray:
+        layout = None          # NumPy x and y, no weights: look their layout's checks up (see _is_plain)
+        if sample_weight is None and class_weight is None and type(x) is np.ndarray and self.checks_layouts_once:
             if not need_y:
                 layout = x.shape, x.dtype
             elif type(y) is np.ndarray:
@@ -190,7 +190,7 @@ class Shell:
         rule = self._target_rule(x) or _no_rule
         if y is not None:
             rule(y)
-        if layout is not None and self.checks_layouts_once and _is_plain(x) and _is_plain(y):
+        if layout is not None and _is_plain(x) and _is_plain(y):
             self._layouts[layout] = getattr(rule, "values", rule)     # the layout is checked: its values from now on
         return Batch(x, y, w)
 
