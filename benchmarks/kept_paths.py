@@ -5,7 +5,7 @@ switched off by replacing the one name it lives in, the figure is timed with and
 alternating blocks (per-round ratios shrug off drifts in machine load), and the result goes to
 kept_paths.json, which report.py prints in RESULTS.md.
 
-    python benchmarks/kept_paths.py            # about 2 minutes
+    python benchmarks/kept_paths.py            # about 30 seconds
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def measure(path, work, units, rounds: int, calls: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=45)
     parser.add_argument("--workloads", default="seed1,seed2")
     parser.add_argument("--out", default=os.path.join(HERE, "kept_paths.json"))
     args = parser.parse_args()
