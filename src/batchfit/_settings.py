@@ -82,10 +82,13 @@ def settings_from(optimizer="rmsprop", loss=None, metrics=None, *, steps_per_exe
                     loss_reduction == "weighted_mean", allow_nonfinite, by_name)
 
 
-def check_fit_arguments(epochs, initial_epoch, accumulate_steps, validation_split) -> tuple[int, int, int]:
+def check_fit_arguments(epochs, initial_epoch, accumulate_steps, validation_split,
+                        validation_batch_size) -> tuple[int, int, int]:
     """fit()'s counts as ints (epochs, initial_epoch, accumulate_steps); ValueError for bad ones."""
     epochs, initial_epoch = check_int("epochs", epochs, 0), check_int("initial_epoch", initial_epoch, 0)
     accumulate_steps = check_int("accumulate_steps", accumulate_steps, 1)
+    if validation_batch_size is not None:
+        check_int("validation_batch_size", validation_batch_size, 1)
     if epochs < initial_epoch:
         raise ValueError(f"`epochs` ({epochs}) must be >= `initial_epoch` ({initial_epoch}): "
                          f"epochs is the index of the last epoch + 1, as in Keras.")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -197,8 +196,9 @@ class Shell:
     # ----- the training state -------------------------------------------------------
 
     def get_position(self) -> Position:
-        """Where training stands, as a host copy (waits for the device): the TrainState and the
-        loop's place. During fit (from a callback) the batch just run; else where the last fit ended."""
+        """Where training stands: a copy of the TrainState (on the device) and the loop's place (on the
+        host; reading it waits for the device). During fit (from a callback) the batch just run; else
+        where the last fit ended."""
         self._require_compiled("get_position")
         self._executables()
         cursor = self._cursor or Cursor(FitPlan(0, 0, 1, self._settings.names[1:]), 0)
@@ -212,7 +212,7 @@ class Shell:
         self._executables()
         if not isinstance(position, Position):
             raise TypeError(f"set_position() takes what get_position() returns; got {describe(position)}.")
-        layout = lambda tree: (jax.tree.structure(tree), [(jnp.shape(a), jnp.asarray(a).dtype) for a in jax.tree.leaves(tree)])
+        layout = lambda tree: (jax.tree.structure(tree), [(np.shape(a), a.dtype) for a in jax.tree.leaves(tree)])
         if layout(position.train) != layout(self._slot.state):
             raise ValueError("set_position(): the position's training state does not fit this model (other "
                              "layers, weights or optimizer). Put it back into a model built and compiled alike.")
@@ -238,7 +238,7 @@ class Shell:
             raise ValueError(f"set_weights() expects {len(expected)} arrays with shapes {expected}; "
                              f"got {len(got)} with shapes {got}. Use the list get_weights() returns.")
         for var, value in zip(variables, weights):
-            var[...] = jnp.asarray(value, var.get_value().dtype)
+            var[...] = jax.device_put(np.asarray(value, var.get_value().dtype))   # a transfer, no compile
         if self._graph is not None:
             _, params, model_state = nnx.split(self._module, nnx.Param, ...)
             params, model_state = copy_tree((nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)))

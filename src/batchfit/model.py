@@ -109,7 +109,7 @@ class Model(Shell):
         self._require_compiled("fit")
         self._refuse_reentry("fit")
         epochs, initial_epoch, accumulate_steps = check_fit_arguments(epochs, initial_epoch, accumulate_steps,
-                                                                      validation_split)
+                                                                      validation_split, validation_batch_size)
         resume = self._resume
         seed = resume.seed if resume is not None else _seed(seed)
         options = dict(batch_size=batch_size, shuffle=bool(shuffle), seed=seed, steps=steps_per_epoch,
@@ -120,7 +120,7 @@ class Model(Shell):
                                        validation_batch_size=validation_batch_size, **options)
         else:
             source = as_source(x, y, sample_weight, class_weight, **options)
-            val = validation_source(validation_data, batch_size, validation_batch_size, validation_steps,
+            val = validation_source(validation_data, validation_batch_size or batch_size, validation_steps,
                                     options["allow_nonfinite"])
         self._accept(source)
         if val is not None:

@@ -299,10 +299,6 @@ def plan_chunks(n: int, batch_size: int, steps_per_execution: int, first_batch: 
     return tuple(chunks)
 
 
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
-
-
 def fresh_seed() -> int:
     """A seed for `seed=None`, from Python's generator (seeded from the OS, and again in a forked child)."""
     return random.getrandbits(31)

@@ -166,19 +166,15 @@ def split_source(x, y, sample_weight=None, class_weight=None, *, validation_spli
     head, tail = full.split(validation_split)
     train = _from_arrays(*head.sample, class_weight, batch_size=batch_size, shuffle=shuffle, seed=seed,
                          steps=steps, allow_nonfinite=allow_nonfinite, first_key=first_key)   # class_weight: training only
-    if validation_batch_size is not None:
-        check_int("validation_batch_size", validation_batch_size, 1)
     val = _from_arrays(*tail.sample, batch_size=validation_batch_size or batch_size,
                        allow_nonfinite=allow_nonfinite)
     return train, val
 
 
-def validation_source(data, batch_size, validation_batch_size, steps, allow_nonfinite: bool):
+def validation_source(data, batch_size, steps, allow_nonfinite: bool):
     """fit's `validation_data`: (x, y[, sample_weight]) arrays, or a Dataset / iterable of batches (or None)."""
     if data is None:
         return None
-    if validation_batch_size is not None:
-        batch_size = check_int("validation_batch_size", validation_batch_size, 1)
     options = dict(steps=steps, allow_nonfinite=allow_nonfinite, steps_name="validation_steps")
     try:
         if isinstance(data, tuple) or (isinstance(data, list) and len(data) <= 3 and not is_batch_list(data)):

@@ -7,6 +7,7 @@ and only when a callback wants per-batch logs; otherwise once per epoch. The loo
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Callable, NamedTuple
 
@@ -55,8 +56,7 @@ class Cursor:
 
     def end_epoch(self) -> "Cursor":
         """The epoch just dispatched (its logs read on demand), the cursor now at the next one's start."""
-        ended = Cursor.__new__(Cursor)
-        ended.__dict__.update(self.__dict__)
+        ended = copy.copy(self)
         self.begin(self.epoch + 1)
         return ended
 
