@@ -27,6 +27,9 @@ class ProgbarLogger(Callback):
         self.verbose, self.mode = verbose, mode
         self._progress = self._task = None
         self._start = 0.0
+        if mode == "test":      # only evaluate's bar listens to the test hooks: fit's validation reads no logs for it
+            self.on_test_begin, self.on_test_batch_end, self.on_test_end = (
+                self._test_begin, self._test_batch_end, self._test_end)
 
     def max_steps_per_execution(self, num_batches):
         return max(1, math.ceil(num_batches / _UPDATES_PER_EPOCH)) if self.verbose == 1 else None
@@ -71,17 +74,14 @@ class ProgbarLogger(Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._end(self._epochs(epoch), logs)
 
-    def on_test_begin(self, logs=None):
-        if self.mode == "test":
-            self._begin("Evaluate")
+    def _test_begin(self, logs=None):
+        self._begin("Evaluate")
 
-    def on_test_batch_end(self, batch, logs=None):
-        if self.mode == "test":
-            self._update(batch, logs)
+    def _test_batch_end(self, batch, logs=None):
+        self._update(batch, logs)
 
-    def on_test_end(self, logs=None):
-        if self.mode == "test":
-            self._end("Evaluate", logs)
+    def _test_end(self, logs=None):
+        self._end("Evaluate", logs)
 
     def on_predict_begin(self, logs=None):
         self._begin("Predict")
