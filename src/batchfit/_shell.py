@@ -16,6 +16,7 @@ from batchfit.engine.loop import Cursor, FitPlan
 from batchfit.engine.state import Batch, Position, Slot, TrainState, copy_tree, split_module
 from batchfit.engine.step import Program
 from batchfit.errors import describe
+from batchfit.layers import _scope
 
 __all__ = ["Shell", "NotCompiledError"]
 
@@ -58,6 +59,8 @@ class Shell:
         self._layouts: dict = {}           # *_on_batch: the layout of plain arrays checked -> its target rule
         self._cursor = self._resume = None   # fit's place; a Position set_position() put back
         self._busy = None                  # the training call running, if any
+        self._edits = 0                    # _scope.edits when the state last read the module
+        self._nodes = []                   # calls on symbolic tensors (a model used as a layer)
         self.stop_training = False
         self.history = None                # the History of the last fit
 
@@ -89,7 +92,11 @@ class Shell:
         if self._graph is None:
             self._graph, params, model_state = split_module(self._module)
             self._slot = Slot(TrainState(params, model_state, None, np.zeros((), np.int32)))
-            self._synced = self._slot.version
+            self._synced, self._edits = self._slot.version, _scope.edits
+            for layer in self._all_layers():
+                layer._owners.add(self)
+        elif self._edits != _scope.edits:        # a layer's weights were set from outside: read them
+            self._pull_module()
         if self._exe is None:
             s = self._settings
             program = Program(self._graph, s and s.loss, s.metrics if s else (), s and s.optimizer,
@@ -219,19 +226,47 @@ class Shell:
         self._slot.put(copy_tree(position.train))
         self._resume = position
 
+    def _all_layers(self) -> list:
+        """Every layer this model runs, sublayers of custom layers included (their weights sync with it)."""
+        from batchfit.layers.custom import sublayers
+        found, stack = [], list(self._weight_layers())
+        while stack:
+            layer = stack.pop(0)
+            if isinstance(layer, layers_lib.Layer) and layer not in found:
+                found.append(layer)
+                stack.extend(sublayers(layer))
+        return found
+
+    def _weight_layers(self) -> list:
+        """The layers whose weights make the model's, in Keras order (none for a plain NNX module)."""
+        return []
+
+    def _weight_variables(self) -> list:
+        """The model's weights as NNX variables, in Keras's get_weights order."""
+        layers = self._weight_layers()
+        if not layers:
+            return layers_lib.keras_weight_variables(self._module)
+        variables, seen = [], set()
+        for layer in layers:
+            for handle in layer.weights:
+                if id(handle._home) not in seen:
+                    seen.add(id(handle._home))
+                    variables.append(handle._home)
+        return variables
+
     def get_weights(self) -> list[np.ndarray]:
         """All weights as NumPy arrays, in Keras order (per layer: kernel, bias, ...)."""
         if not self.built:
             return []
         self._sync_module()
-        return [np.array(v.get_value()) for v in layers_lib.keras_weight_variables(self._module)]
+        return [np.array(v.get_value()) for v in self._weight_variables()]
 
     def set_weights(self, weights) -> None:
         """Set all weights from NumPy arrays in `get_weights()` order (the optimizer state is kept)."""
         if not isinstance(weights, (list, tuple)):
             raise TypeError(f"set_weights() takes a list of arrays in get_weights() order; got {describe(weights)}.")
         self._sync_module()
-        variables = layers_lib.keras_weight_variables(self._module) if self.built else []
+        variables = self._weight_variables() if self.built else []
         expected = [tuple(v.get_value().shape) for v in variables]
         got = [tuple(np.shape(w)) for w in weights]
         if expected != got:
@@ -239,9 +274,13 @@ class Shell:
                              f"got {len(got)} with shapes {got}. Use the list get_weights() returns.")
         for var, value in zip(variables, weights):
             var[...] = jax.device_put(np.asarray(value, var.get_value().dtype))   # a transfer, no compile
+        self._pull_module()
+
+    def _pull_module(self) -> None:
+        """Take the module's variables as the training state (after they were set from outside)."""
         if self._graph is not None:
             _, params, model_state = nnx.split(self._module, nnx.Param, ...)
             params, model_state = copy_tree((nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)))
             self._slot.put(self._slot.state._replace(params=params, model_state=model_state))
-            self._synced = self._slot.version
+            self._synced, self._edits = self._slot.version, _scope.edits
 

@@ -10,28 +10,70 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from batchfit import _random
+from batchfit._handling import Handling
 from batchfit._settings import check_fit_arguments, settings_from
 from batchfit._shell import NotCompiledError, Shell
 from batchfit.callbacks import CallbackList
 from batchfit.callbacks.setup import callback_list
-from batchfit.data import arrays
 from batchfit.data.source import ArraySource, as_source, split_source, validation_source
 from batchfit.data.stream import STREAM_MAX_STEPS
 from batchfit.engine.loop import Cursor, FitPlan, run_evaluate, run_fit, run_predict
 from batchfit.errors import check_int
+from batchfit.layers.base import run_module
 
 __all__ = ["Model", "NotCompiledError"]
 
 
-class Model(Shell):
-    """A trainable model around any Flax NNX module: `Model(module).compile(...).fit(x, y)`.
+class Model(Shell, Handling):
+    """A trainable model, built in one of Keras's ways or around a Flax NNX module.
 
-    Args:
-      module: an `nnx.Module` called as `module(x)` on a batch [B, ...]. Its `nnx.Param`
-        variables are trained; every other variable (batch statistics, RNG streams) is
-        carried through the compiled step. Training and inference mode are switched with
-        NNX's `train()` / `eval()`.
+    * `Model(inputs, outputs)`: the functional API, from `bf.Input` tensors (batchfit/functional.py).
+    * `class M(Model)` with layers made in `__init__` and `call(self, x, training=False)`: built on
+      its first data (batchfit/_subclass.py).
+    * `Model(module)`: any `nnx.Module` called as `module(x)` on a batch [B, ...]. Its `nnx.Param`
+      variables are trained; every other variable (batch statistics, RNG streams) is carried
+      through the compiled step; NNX's `train()` / `eval()` switch the mode.
     """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is Model and (len(args) >= 2 or "inputs" in kwargs or "outputs" in kwargs):
+            from batchfit.functional import Functional
+            cls = Functional
+        return super().__new__(cls)
+
+    def __init__(self, module=None, *, name=None, seed=None, **kwargs):
+        unknown = set(kwargs) - {"trainable", "dtype"}
+        if unknown:
+            raise TypeError(f"Model() got unexpected keyword arguments {sorted(unknown)}; it takes a module, or "
+                            f"inputs and outputs (functional API), and name=, seed=.")
+        super().__init__(module, name=name)
+        self.seed = _seed(seed)
+
+    def call(self, inputs, training=False):
+        """The forward pass: a subclass defines it; a module model runs its module."""
+        return run_module(self.module, inputs, (), {"training": training})
+
+    def _subclassed(self) -> bool:
+        return type(self).call is not Model.call
+
+    def _build_from(self, x) -> None:
+        if not self._subclassed():
+            super()._build_from(x)
+        from batchfit._subclass import build_subclassed
+        self._module = build_subclassed(self, x)
+
+    def _weight_layers(self) -> list:
+        if not self._subclassed() or self._module is None:
+            return []
+        from batchfit.layers.custom import sublayers
+        return sublayers(self)
+
+    def build(self, input_shape) -> None:
+        """Build a subclassed model for inputs of `input_shape` (Keras's batch shape `(None, 10)`)."""
+        shape = tuple(input_shape)[1:] if tuple(input_shape)[:1] == (None,) else tuple(input_shape)
+        if not self.built:
+            self._executables(np.zeros((1, *shape), np.float32))
 
     # ----- compile --------------------------------------------------------------------
 
@@ -210,5 +252,5 @@ class Model(Shell):
 
 def _seed(seed) -> int:
     if seed is None:
-        return arrays.fresh_seed()
+        return _random.next_seed()
     return check_int("seed", seed, 0)

@@ -9,7 +9,8 @@ from batchfit import activations as activations_lib
 from batchfit import layers as layers_lib
 from batchfit import saving
 from batchfit.errors import describe
-from batchfit.model import Model, _seed
+from batchfit.layers._symbolic import KerasTensor
+from batchfit.model import Model
 
 __all__ = ["Sequential", "load_model"]
 
@@ -21,32 +22,60 @@ class Sequential(Model):
     first batch it sees. `seed` fixes the initial weights and the dropout masks.
     """
 
-    def __init__(self, layers=None, seed: int | None = None, name: str | None = None):
-        super().__init__(name=name)
-        self.layers = []
-        self.seed = _seed(seed)
+    def __init__(self, layers=None, seed: int | None = None, name: str | None = None, **kwargs):
+        super().__init__(name=name, seed=seed, **kwargs)
+        self._layers = []
         for layer in layers or []:
             self.add(layer)
         self.built                  # as Keras does: built now when the first layer declares its input shape
 
+    @property
+    def layers(self) -> list:
+        """The layers, as Keras lists them (an InputLayer is not one)."""
+        return [layer for layer in self._layers if not isinstance(layer, layers_lib.InputLayer)]
+
+    def _weight_layers(self) -> list:
+        return self.layers
+
     def add(self, layer):
+        """Append a layer (or a bf.Input, which declares the input shape). A model that has run keeps the
+        weights of its layers; its compiled programs and optimizer state start again."""
+        if isinstance(layer, KerasTensor):
+            layer = layer.input_layer
+            if layer is None or self._layers:
+                raise ValueError("Sequential takes a bf.Input only as its first entry.")
         if not isinstance(layer, layers_lib.Layer):
             raise TypeError(f"Sequential takes batchfit layers (bf.layers.Dense, ...); got {describe(layer)}. "
                             f"Wrap an NNX module with bf.Model(module) instead.")
-        if self._graph is not None:
-            raise ValueError("Cannot add layers to a Sequential that has already run; build a new one.")
-        self.layers.append(layer)
-        self._module = None                     # built again, from the same seed, when first used
+        self._layers.append(layer)
+        self._changed()
+
+    def pop(self):
+        """Remove the last layer and return it."""
+        if not self.layers:
+            raise TypeError("There are no layers in the model to pop.")
+        layer = self._layers.pop()
+        self._changed()
+        return layer
+
+    def _changed(self):
+        self._sync_module()
+        self._module = self._graph = self._exe = self._slot = None     # built again, keeping built layers
+        self._outputs, self._layouts = {}, {}
 
     @property
     def built(self) -> bool:
-        if self._module is None and self.layers and self.layers[0].input_shape is not None:
-            self._build_for(self.layers[0].input_shape)
+        if self._module is None and self._layers and self._layers[0].input_shape is not None:
+            self._build_for(self._layers[0].input_shape)
         return self._module is not None
 
-    def build(self, input_shape):
+    def build(self, input_shape=None):
         """Create the weights for inputs of `input_shape`: Keras's batch shape, `(None, 10)`, or
         the per-sample shape, `(10,)`. A model built already keeps its weights."""
+        if input_shape is None:
+            if not self.built:
+                raise ValueError("build() needs input_shape: this Sequential does not declare one.")
+            return
         shape = tuple(input_shape)
         if shape and shape[0] is None:             # Keras: the batch axis first, left open
             shape = shape[1:]
@@ -59,9 +88,9 @@ class Sequential(Model):
         self._build_for(shape)
 
     def _build_for(self, shape):
-        if not self.layers:
+        if not self._layers:
             raise ValueError("Sequential has no layers; add at least one before using it.")
-        self._module = layers_lib.build_stack(self.layers, tuple(shape), self.seed)
+        self._module = layers_lib.build_stack(self._layers, tuple(shape), self.seed)
 
     def _check_x(self, x):
         if isinstance(x, dict):
@@ -80,7 +109,7 @@ class Sequential(Model):
         Keras raises here; the articles users learn from call train_on_batch on uncompiled
         Sequential models, so batchfit compiles them as Keras would by default, and says so.
         """
-        loss = _default_loss(self.layers)
+        loss = _default_loss(self._layers)
         warnings.warn(f"train_on_batch() before compile(): compiling with optimizer='rmsprop' (Keras's "
                       f"default) and loss='{loss}' (from the output layer). Call compile() to choose.",
                       UserWarning, stacklevel=3)
@@ -97,7 +126,7 @@ class Sequential(Model):
                              "data first.")
         config = {"format": saving.FORMAT, "version": saving.VERSION, "class_name": "Sequential",
                   "seed": self.seed, "input_shape": list(self.module.input_shape),
-                  "layers": [layer.get_config() for layer in self.layers],
+                  "layers": [layer.get_config() for layer in self._layers],
                   "compile": self._settings.by_name if self._settings is not None else None}
         try:
             config = json.loads(json.dumps(config))

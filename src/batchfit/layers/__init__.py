@@ -1,6 +1,7 @@
 """Keras-named layers: config objects that build Flax NNX modules once shapes are known.
 
-`layer.build(input_shape, rngs)` returns a fresh NNX module for inputs [B, *input_shape].
+`layer.make_module(input_shape, rngs)` returns a fresh NNX module for inputs [B, *input_shape];
+`layer(x)` builds it on first use (on arrays, or on bf.Input tensors for a functional model).
 Built modules start in inference mode; `module.train()` / `module.eval()` switch Dropout
 (`deterministic`) and BatchNormalization (`use_running_average`). Each Dropout holds its own
 `nnx.Rngs` stream, whose key and count are NNX state advanced on every training call.
@@ -14,9 +15,10 @@ from batchfit.layers.core import (
     Dropout,
     Embedding,
     Flatten,
-    Input,
     InputLayer,
 )
+from batchfit.layers._symbolic import Input, KerasTensor
+from batchfit.layers.variable import Variable
 from batchfit.layers.initializers import INITIALIZERS, get_initializer
 from batchfit.layers.normalization import BatchNormalization, LayerNormalization
 from batchfit.layers.stack import (
@@ -29,6 +31,6 @@ from batchfit.layers.stack import (
 __all__ = [
     "INITIALIZERS", "get_initializer", "Layer", "Dense", "Activation", "Dropout", "Flatten",
     "BatchNormalization", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D",
-    "InputLayer", "Input", "Stack", "build_stack", "keras_weight_variables",
+    "InputLayer", "Input", "KerasTensor", "Variable", "Stack", "build_stack", "keras_weight_variables",
     "regularization_penalty", "layer_from_config",
 ]

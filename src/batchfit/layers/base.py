@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import weakref
 from typing import NamedTuple
 
 import jax
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from batchfit.layers import _scope, _symbolic
 from batchfit.layers.initializers import initial_value
 from batchfit.registry import Registry
 
@@ -128,7 +130,8 @@ def _initial_weight(initializer, rng, shape, dtype):
 
 
 class Layer:
-    """Base config: `build(input_shape, rngs)` -> NNX module for [B, *input_shape].
+    """A Keras layer: `layer(x)` on arrays or on symbolic tensors (bf.Input); its weights live in the NNX
+    module `make_module(input_shape, rngs)` builds for [B, *input_shape] when the shape is first known.
 
     `dtype` (Keras's argument): "float32" (None), "bfloat16", "float16", "float64", or a NumPy or
     JAX dtype of these. The built module's weights are `variable_dtype` and it computes in
@@ -158,8 +161,12 @@ class Layer:
         self.input_shape = None if input_shape is None else _shape(input_shape, "input_shape",
                                                                    owner)
         snake = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", owner)  # as Keras
-        self.name = name or re.sub(r"([a-z])([A-Z])", r"\1_\2", snake).lower()
+        self.name = name or _symbolic.unique_name(re.sub(r"([a-z])([A-Z])", r"\1_\2", snake).lower())
         self._dtype_policy = _dtype_policy(dtype, owner, self._accepted_dtypes)
+        self._module = None             # the built module: this layer's weights
+        self._nodes = []                # its calls on symbolic tensors (functional models)
+        self._pending = []              # weights added before the module exists (add_weight in __init__)
+        self._owners = weakref.WeakSet()  # the models built on this layer: reading a weight syncs them
 
     @property
     def dtype(self) -> str:
@@ -180,9 +187,104 @@ class Layer:
         """Per-sample output shape for a per-sample `input_shape` (the identity here)."""
         return tuple(input_shape)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-        """A fresh module for [B, *input_shape]; weights drawn from `rngs.params()`."""
-        raise NotImplementedError(f"{type(self).__name__} must define build(input_shape, rngs).")
+    def make_module(self, input_shape, rngs) -> nnx.Module:
+        """A fresh module for [B, *input_shape] (a list of shapes for several inputs); weights drawn
+        from `rngs.params()`. A layer written as Keras writes one (`build`, `add_weight`, `call`) gets
+        a module that runs its `call` (layers/custom.py)."""
+        if type(self).call is Layer.call:
+            raise NotImplementedError(f"{type(self).__name__} must define call(self, inputs) (and build(self, "
+                                      f"input_shape) to create its weights with self.add_weight).")
+        from batchfit.layers.custom import CustomModule
+        return CustomModule(self, input_shape, rngs)
+
+    # ----- Keras's runtime: layer(x), build, add_weight, weights ---------------------------------
+
+    def __call__(self, inputs, *args, **kwargs):
+        """On symbolic tensors (bf.Input): a node of a functional model. On arrays: the layer's output,
+        built for their shapes on first use (inside a model's step: that step's copy of the layer)."""
+        if _symbolic.is_symbolic(inputs):
+            return _symbolic.call_layer(self, inputs, args, kwargs)
+        module = _scope.lookup(self) or self._module_for(inputs)
+        out = run_module(module, inputs, args, kwargs)
+        if hasattr(out, "shape"):
+            self._output_shape = (None, *out.shape[1:])       # for summary()
+        return out
+
+    def call(self, inputs, *args, **kwargs):
+        """The computation of a layer written as Keras writes one (subclasses define it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define call().")
+
+    def build(self, input_shape) -> None:
+        """Keras's build(input_shape): create the weights for inputs of `input_shape` (batch axis
+        first, None). A custom layer overrides it and calls `self.add_weight`."""
+        if self._module is None and type(self).call is Layer.call:
+            self._adopt(self.make_module(_per_sample(input_shape), _scope.build_rngs()))
+
+    def _module_for(self, inputs) -> nnx.Module:
+        if self._module is None:
+            specs = jax.tree.map(lambda a: a if hasattr(a, "shape") else jnp.asarray(a), inputs,
+                                 is_leaf=lambda a: hasattr(a, "shape"))
+            self._build_inputs = specs          # a custom layer's module runs its call once on zeros of these
+            shapes = jax.tree.map(lambda a: tuple(a.shape[1:]), specs, is_leaf=lambda a: hasattr(a, "shape"))
+            self._adopt(self.make_module(shapes, _scope.build_rngs()))
+        return self._module
+
+    def _module_for_graph(self) -> nnx.Module:
+        """The built module (an InputLayer is built here, from its declared shape)."""
+        if self._module is None:
+            self._adopt(self.make_module(self.input_shape, _scope.build_rngs()))
+        return self._module
+
+    def _adopt(self, module: nnx.Module) -> None:
+        module.eval()
+        self._module = module
+
+    @property
+    def built(self) -> bool:
+        return self._module is not None
+
+    @built.setter
+    def built(self, value) -> None:
+        """Keras code sets `self.built = True` at the end of build(); the module says whether it is built."""
+
+    def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True, name=None,
+                   regularizer=None, constraint=None, **kwargs):
+        """A new weight of this layer (Keras's add_weight), as a handle: use it in `call` like an array."""
+        from batchfit.layers.custom import add_weight
+        return add_weight(self, shape, initializer, dtype, trainable, name, regularizer, constraint, kwargs)
+
+    @property
+    def weights(self) -> list:
+        """The layer's weights as Variable handles, in Keras order (trainable ones first for a custom layer)."""
+        from batchfit.layers.custom import weight_handles
+        return weight_handles(self)
+
+    @property
+    def trainable_weights(self) -> list:
+        return [w for w in self.weights if w.trainable]
+
+    @property
+    def non_trainable_weights(self) -> list:
+        return [w for w in self.weights if not w.trainable]
+
+    def get_weights(self) -> list:
+        return [w.numpy() for w in self.weights]
+
+    def set_weights(self, weights) -> None:
+        from batchfit.layers.custom import set_weights
+        set_weights(self, weights)
+
+    def count_params(self) -> int:
+        return int(sum(math.prod(w.shape) for w in self.weights))
+
+    @property
+    def output(self):
+        """The symbolic output of the layer's one node in a functional model (Keras's layer.output)."""
+        return _symbolic.single_node(self, "output").outputs
+
+    @property
+    def input(self):
+        return _symbolic.single_node(self, "input").inputs
 
     def get_config(self) -> dict:
         """{"class_name", "config"}: the constructor arguments as given, `dtype` as its name."""
@@ -195,6 +297,48 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _per_sample(input_shape):
+    """Keras's build shape (batch axis first: `(None, 10)`) as the per-sample shape `(10,)`; a list for
+    several inputs."""
+    if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
+        return [_per_sample(s) for s in input_shape]
+    return tuple(input_shape)[1:]
+
+
+def run_module(module: nnx.Module, inputs, args=(), kwargs=None):
+    """`module(inputs)` with Keras's call arguments: `training=` switches the mode for this call only."""
+    kwargs = dict(kwargs or {})
+    training = kwargs.pop("training", None)
+    kwargs.pop("mask", None)
+    if not getattr(module, "takes_call_arguments", False) and (args or kwargs):
+        raise TypeError(f"{type(module).__name__} takes only the inputs (and training=); got "
+                        f"{len(args)} more positional and {sorted(kwargs)} keyword arguments.")
+    if training is None:
+        return module(inputs, *args, **kwargs)
+    with _mode(module, bool(training)):
+        return module(inputs, *args, **kwargs)
+
+
+class _mode:
+    """Within the block, `module` (and its submodules) run in training mode or not."""
+
+    _FLAGS = ("deterministic", "use_running_average")
+
+    def __init__(self, module, training: bool):
+        self.module, self.training, self.saved = module, training, []
+
+    def __enter__(self):
+        for _, node in nnx.iter_graph(self.module):
+            for flag in self._FLAGS:
+                if isinstance(node, nnx.Module) and hasattr(node, flag):
+                    self.saved.append((node, flag, getattr(node, flag)))
+                    setattr(node, flag, not self.training)
+
+    def __exit__(self, *exc):
+        for node, flag, value in self.saved:
+            setattr(node, flag, value)
 
 
 def layer_from_config(config: dict) -> Layer:

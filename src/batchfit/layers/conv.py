@@ -52,7 +52,7 @@ class Conv2D(_Affine):
         return _window_shape(self, input_shape, self.kernel_size, self.strides, self.padding,
                              self.filters)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> Conv2DModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> Conv2DModule:
         return Conv2DModule(self, (*self.kernel_size, int(input_shape[-1]), self.filters), rngs)
 
 
@@ -85,5 +85,5 @@ class MaxPooling2D(Layer):
         return _window_shape(self, input_shape, self.pool_size, self.strides, self.padding,
                              input_shape[-1] if input_shape else None)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> MaxPoolModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> MaxPoolModule:
         return MaxPoolModule(self.pool_size, self.strides, self.padding, self.compute_dtype)

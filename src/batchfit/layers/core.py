@@ -1,4 +1,4 @@
-"""Dense, Activation, Flatten, Input, Dropout, Embedding."""
+"""Dense, Activation, Flatten, InputLayer, Dropout, Embedding."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class Dense(_Affine):
             self._fail(input_shape, "a known last axis")
         return (*input_shape[:-1], self.units)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> DenseModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> DenseModule:
         return DenseModule(self, (int(input_shape[-1]), self.units), rngs)
 
 
@@ -115,7 +115,7 @@ class Activation(Layer):
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
         return FunctionModule(self.activation, self.compute_dtype)
 
 
@@ -131,7 +131,7 @@ class Flatten(Layer):
             self._fail(input_shape, "a fully known shape")
         return (math.prod(input_shape),)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
         return FunctionModule(_flatten, self.compute_dtype)
 
 
@@ -147,13 +147,8 @@ class InputLayer(Layer):
     def __init__(self, shape=None, **kwargs):
         super().__init__(**({"input_shape": shape, **kwargs} if shape is not None else kwargs))
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:
         return FunctionModule(activations.linear, self.compute_dtype)
-
-
-def Input(shape, name=None, dtype=None) -> InputLayer:  # noqa: N802 (the Keras name)
-    """Keras `Input(shape, dtype=)`; here an `InputLayer` to put first in a Sequential."""
-    return InputLayer(shape=shape, name=name, dtype=dtype)
 
 
 class DropoutModule(nnx.Module):
@@ -184,7 +179,7 @@ class Dropout(Layer):
                           "to drop", lambda r: 0 <= r < 1, 0.5)
         self.seed = seed
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> DropoutModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> DropoutModule:
         if self.seed is not None:
             return DropoutModule(self.rate, nnx.Rngs(dropout=self.seed),
                                  compute_dtype=self.compute_dtype)
@@ -244,5 +239,5 @@ class Embedding(Layer):
     def compute_output_shape(self, input_shape) -> tuple:
         return (*input_shape, self.output_dim)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> EmbeddingModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> EmbeddingModule:
         return EmbeddingModule(self, rngs)

@@ -99,7 +99,7 @@ class BatchNormalization(Layer):
         self.axis, self.epsilon = axis, _epsilon(epsilon, "BatchNormalization")
         self.center, self.scale = bool(center), bool(scale)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> BatchNormModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> BatchNormModule:
         return BatchNormModule(self, tuple(input_shape))
 
 
@@ -126,5 +126,5 @@ class LayerNormalization(Layer):
         self.axis, self.epsilon = axis, _epsilon(epsilon, "LayerNormalization")
         self.center, self.scale = bool(center), bool(scale)
 
-    def build(self, input_shape, rngs: nnx.Rngs) -> LayerNormModule:
+    def make_module(self, input_shape, rngs: nnx.Rngs) -> LayerNormModule:
         return LayerNormModule(self, tuple(input_shape))

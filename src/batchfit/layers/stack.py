@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from batchfit.layers.initializers import HostRngs
+from batchfit.layers import _scope
 from batchfit.layers.base import Layer, _shape
 
 
@@ -67,12 +69,21 @@ def build_stack(layers, input_shape=None, seed: int = 0) -> Stack:
         raise TypeError(f"`seed` must be an int; got {seed!r}. Pass e.g. seed=0.")
     shape = _initial_shape(layers, input_shape)
 
-    rngs, modules, current = HostRngs(seed), [], shape
+    rngs, modules, current, dtype = HostRngs(seed), [], shape, "float32"
     for index, layer in enumerate(layers):
         _check_declared(layer, index, current)
-        output = tuple(layer.compute_output_shape(current))
-        modules.append(layer.build(current, rngs))
-        current = output
+        if layer._module is None or getattr(layer, "_built_shape", None) != current:   # built layers keep weights
+            layer._build_inputs = jax.ShapeDtypeStruct((1, *current), dtype)
+            with _scope.building(rngs):
+                layer._adopt(layer.make_module(current, rngs))
+            layer._built_shape = current
+        modules.append(layer._module)
+        if type(layer).call is Layer.call:
+            output = tuple(layer.compute_output_shape(current))
+        else:
+            output = tuple(jax.eval_shape(lambda x: layer(x), layer._build_inputs).shape[1:])
+        layer._output_shape = (None, *output)
+        current, dtype = output, layer.compute_dtype
     stack = Stack(modules, _unique_names(layers), shape, current)
     stack.eval()
     return stack
