@@ -7,6 +7,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from batchfit._keras_names import missing as _missing
 from batchfit.registry import Registry
 
 __all__ = [
@@ -156,3 +157,6 @@ def get(identifier) -> Callable:
     raise TypeError(
         f"`activation` must be a name, a callable or None; got {type(identifier).__name__} "
         f"{identifier!r}. Pass e.g. activation='relu' or activation=jax.nn.relu.")
+
+
+__getattr__ = _missing(__name__, lambda: list(globals()))   # a Keras name batchfit lacks says so

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from batchfit._keras_names import missing as _missing
 from batchfit.registry import Registry
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Optimizer", "AdamState", "get",
@@ -397,3 +398,6 @@ def set_learning_rate(opt_state, learning_rate):
     hyperparams = {**target.hyperparams, "learning_rate": new}
     return _tree_map(lambda s: s._replace(hyperparams=hyperparams) if s is target else s,
                      opt_state, is_leaf=_is_injected)
+
+
+__getattr__ = _missing(__name__, lambda: list(globals()))   # a Keras name batchfit lacks says so

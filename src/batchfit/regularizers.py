@@ -8,6 +8,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from batchfit._keras_names import missing as _missing
 from batchfit.registry import Registry
 
 __all__ = ["REGULARIZERS", "Regularizer", "L1", "L2", "L1L2", "l1", "l2", "l1_l2", "get"]
@@ -116,3 +117,6 @@ def get(identifier) -> Callable | None:
         f"A regularizer must be None, a name ('l1', 'l2', 'l1_l2') or a callable "
         f"`weight -> scalar`; got {type(identifier).__name__} {identifier!r}. "
         f"Pass e.g. kernel_regularizer=batchfit.regularizers.L2(1e-4).")
+
+
+__getattr__ = _missing(__name__, lambda: list(globals()))   # a Keras name batchfit lacks says so
