@@ -29,6 +29,12 @@ class Handling:
     def _present(self, out):
         return out
 
+    def _structure_pair(self, data):
+        """validation_data=(x, y[, w]) with x and y in the module's structure; other data as it is."""
+        if isinstance(data, tuple) and len(data) in (2, 3):
+            return (self._structure_x(data[0]), self._structure_y(data[1]), *data[2:])
+        return data
+
     def __call__(self, x, training=None, **kwargs):
         """The model's output on `x` (arrays: computed now, compiled; symbolic tensors: a node of a
         functional model; inside another model's call: that model's copy of this one)."""

@@ -10,6 +10,7 @@ import optax
 from batchfit import losses as losses_lib
 from batchfit import metrics as metrics_lib
 from batchfit import optimizers as optimizers_lib
+from batchfit._outputs import per_output
 from batchfit.errors import check_int
 
 __all__ = ["Settings", "settings_from", "check_fit_arguments"]
@@ -19,7 +20,6 @@ _REDUCTIONS = ("sum_over_batch_size", "weighted_mean")
 # Keras 3's compile() arguments that batchfit does not take, with what to do instead; a value
 # that only asks for what batchfit does anyway is accepted.
 _UNSUPPORTED = {
-    "loss_weights": (None, "batchfit models have one output and one loss; weigh samples with sample_weight"),
     "weighted_metrics": (None, "metrics are weighted by sample_weight and class_weight today"),
     "run_eagerly": (False, "every step runs compiled; debug with jax.disable_jit() around the call"),
     "jit_compile": ((True, "auto"), "every step is compiled with XLA; there is no other mode"),
@@ -41,8 +41,8 @@ class Settings(NamedTuple):
 
 
 def _refuse_unknown(unused: dict) -> None:
-    known = ("optimizer", "loss", "metrics", "steps_per_execution", "loss_reduction", "allow_nonfinite",
-             *_UNSUPPORTED)
+    known = ("optimizer", "loss", "metrics", "loss_weights", "steps_per_execution", "loss_reduction",
+             "allow_nonfinite", *_UNSUPPORTED)
     for name, value in unused.items():
         if name not in _UNSUPPORTED:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
@@ -56,9 +56,11 @@ def _refuse_unknown(unused: dict) -> None:
                          + (f": {fix}." if fix else "."))
 
 
-def settings_from(optimizer="rmsprop", loss=None, metrics=None, *, steps_per_execution="auto",
-                  loss_reduction="sum_over_batch_size", allow_nonfinite=False, **unused) -> Settings:
-    """compile()'s arguments as Settings; TypeError / ValueError for anything it cannot train with."""
+def settings_from(optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, *, steps_per_execution="auto",
+                  loss_reduction="sum_over_batch_size", allow_nonfinite=False, output_names=None, **unused) -> Settings:
+    """compile()'s arguments as Settings; TypeError / ValueError for anything it cannot train with.
+
+    `output_names`: the model's outputs when it has several (a loss and metrics per output, _outputs.py)."""
     _refuse_unknown(unused)
     if loss is None:
         raise ValueError("compile() needs a `loss`, e.g. loss='mse' or loss=bf.losses.BinaryCrossentropy().")
@@ -69,17 +71,38 @@ def settings_from(optimizer="rmsprop", loss=None, metrics=None, *, steps_per_exe
     if not isinstance(allow_nonfinite, bool):
         raise TypeError(f"`allow_nonfinite` must be True or False; got {allow_nonfinite!r}.")
     metric_list = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
-    loss_obj = losses_lib.get(loss)
-    metric_objs = tuple(metrics_lib.get(m, loss_obj) for m in metric_list)
+    if output_names and len(output_names) > 1:
+        loss_obj, metric_objs = per_output(loss, metrics, loss_weights, tuple(output_names))
+    else:
+        loss, metrics, loss_weights = (_single(v, output_names, what) for v, what in
+                                       ((loss, "loss"), (metrics, "metrics"), (loss_weights, "loss_weights")))
+        if loss_weights not in (None, 1, 1.0):
+            raise ValueError(f"compile(loss_weights={loss_weights!r}) on a model with one output: scale the loss "
+                             f"itself (e.g. a bf.losses.Loss subclass) or the learning rate instead.")
+        metric_list = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+        loss_obj = losses_lib.get(loss)
+        metric_objs = tuple(metrics_lib.get(m, loss_obj) for m in metric_list)
     names = [m.name for m in metric_objs]
     if len(set(names)) != len(names) or "loss" in names:
         raise ValueError(f"Metric names must be unique and not 'loss'; got {names}.")
     by_name = None
-    if isinstance(optimizer, str) and isinstance(loss, str) and all(isinstance(m, str) for m in metric_list):
+    if isinstance(optimizer, str) and isinstance(loss, str) and all(isinstance(m, str) for m in metric_list) \
+            and not (output_names and len(output_names) > 1):
         by_name = dict(optimizer=optimizer, loss=loss, metrics=metric_list, steps_per_execution=steps_per_execution,
                        loss_reduction=loss_reduction, allow_nonfinite=allow_nonfinite)
     return Settings(loss_obj, metric_objs, ("loss", *names), optimizers_lib.get(optimizer), steps_per_execution,
                     loss_reduction == "weighted_mean", allow_nonfinite, by_name)
+
+
+def _single(value, output_names, what: str):
+    """A setting for a one-output model given as a one-entry list or dict (as Keras accepts): its entry."""
+    if isinstance(value, dict) and len(value) == 1 and (not output_names or set(value) == set(output_names)):
+        return next(iter(value.values()))
+    if isinstance(value, (list, tuple)) and len(value) == 1 and what != "metrics":
+        return value[0]
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], (list, tuple)):
+        return value[0]
+    return value
 
 
 def check_fit_arguments(epochs, initial_epoch, accumulate_steps, validation_split,

@@ -150,18 +150,18 @@ class Shell:
     def _make_rule(self, signature):
         """The rule for the targets of inputs of `signature` (see _target_rule)."""
         out, loss = self._outputs[signature], self._settings.loss
-        shape = jax.tree.leaves(out)[0].shape
+        sizes = jax.tree.map(lambda o: o.shape[-1] if o.shape else None, out)   # per output, for a dict of them
 
-        values = functools.partial(loss.validate_targets, num_outputs=shape[-1] if shape else None)
+        values = functools.partial(loss.validate_targets, num_outputs=sizes)
 
         def rule(y):
-            key = (signature, tuple(y.shape[1:]), y.dtype)
+            key = (signature, tuple((tuple(a.shape[1:]), a.dtype) for a in jax.tree.leaves(y)))
             if key not in self._outputs:
                 try:
-                    jax.eval_shape(loss.call, jax.ShapeDtypeStruct(y.shape, y.dtype), out)
+                    jax.eval_shape(loss.call, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), y), out)
                 except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
                     raise ValueError(f"`y` ({describe(y)}) does not fit the model's output "
-                                     f"({describe(jax.tree.leaves(out)[0])}) under the loss {loss.name}: {e}") from e
+                                     f"({describe(out)}) under the loss {loss.name}: {e}") from e
                 self._outputs[key] = True
             values(y)
         rule.values, values.refuses_nonfinite = values, loss.refuses_nonfinite_targets

@@ -54,6 +54,11 @@ class Model(Shell, Handling):
         """The forward pass: a subclass defines it; a module model runs its module."""
         return run_module(self.module, inputs, (), {"training": training})
 
+    def _output_names(self):
+        """The names of the model's outputs when it has several (a functional model's), else None."""
+        names = getattr(self, "output_names", None)
+        return tuple(names) if names and len(names) > 1 else None
+
     def _subclassed(self) -> bool:
         return type(self).call is not Model.call
 
@@ -92,7 +97,7 @@ class Model(Shell, Handling):
         Other Keras arguments raise: TypeError for unknown names, ValueError for unsupported values.
         """
         self._refuse_reentry("compile")
-        self._settings = settings_from(optimizer, loss, metrics, **kwargs)
+        self._settings = settings_from(optimizer, loss, metrics, output_names=self._output_names(), **kwargs)
         self._outputs, self._layouts = {}, {}     # the new loss checks every layout again
         if self._slot is not None:       # a new optimizer state, started when data arrives
             self._slot.put(self._slot.state._replace(opt_state=None))
@@ -152,6 +157,7 @@ class Model(Shell, Handling):
         self._refuse_reentry("fit")
         epochs, initial_epoch, accumulate_steps = check_fit_arguments(epochs, initial_epoch, accumulate_steps,
                                                                       validation_split, validation_batch_size)
+        x, y, validation_data = self._structure_x(x), self._structure_y(y), self._structure_pair(validation_data)
         resume = self._resume
         seed = resume.seed if resume is not None else _seed(seed)
         options = dict(batch_size=batch_size, shuffle=bool(shuffle), seed=seed, steps=steps_per_epoch,
@@ -185,6 +191,7 @@ class Model(Shell, Handling):
                  callbacks=None, return_dict=False):
         """The sample-weighted mean loss (and metrics) over all of x (or `steps` batches), in inference mode."""
         self._require_compiled("evaluate")
+        x, y = self._structure_x(x), self._structure_y(y)
         source = self._accept(as_source(x, y, sample_weight, batch_size=batch_size, steps=steps, steps_name="steps",
                                         allow_nonfinite=self._settings.allow_nonfinite))
         cbs = self._callbacks(callbacks, verbose, "test", source.num_batches)
@@ -194,10 +201,10 @@ class Model(Shell, Handling):
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """The model's outputs on all of x (or `steps` batches), as a NumPy array, in inference mode."""
-        source = as_source(x, batch_size=batch_size, steps=steps, need_y=False, steps_name="steps")
+        source = as_source(self._structure_x(x), batch_size=batch_size, steps=steps, need_y=False, steps_name="steps")
         self._target_rule(source.sample.x)
         cbs = self._callbacks(callbacks, verbose, "predict", source.num_batches)
-        return run_predict(self._exe, self._slot.leaves, source, self._steps(source, cbs), cbs)
+        return self._present(run_predict(self._exe, self._slot.leaves, source, self._steps(source, cbs), cbs))
 
     # ----- one batch at a time -------------------------------------------------------
 
@@ -213,7 +220,7 @@ class Model(Shell, Handling):
             self._compile_defaults()
         if self._busy:
             self._refuse_reentry("train_on_batch")
-        batch = self._batch(x, y, sample_weight, class_weight)
+        batch = self._batch(self._structure_x(x), self._structure_y(y), sample_weight, class_weight)
         if reset_metrics:
             self._running = None
             self._slot.leaves, logs = self._exe.train_batch(self._slot.leaves, batch)
@@ -228,13 +235,13 @@ class Model(Shell, Handling):
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """The loss (and metrics) of one batch at the current weights, in inference mode; no update."""
         self._require_compiled("test_on_batch")
-        batch = self._batch(x, y, sample_weight)
+        batch = self._batch(self._structure_x(x), self._structure_y(y), sample_weight)
         return self._format(self._exe.test_batch(self._slot.leaves, batch), return_dict)
 
     def predict_on_batch(self, x):
         """The model's output on one batch, as a NumPy array."""
-        batch = self._batch(x, None, need_y=False)
-        return jax.tree.map(np.asarray, self._exe.predict_batch(self._slot.leaves, batch.x))
+        batch = self._batch(self._structure_x(x), None, need_y=False)
+        return self._present(jax.tree.map(np.asarray, self._exe.predict_batch(self._slot.leaves, batch.x)))
 
     def _format(self, logs: dict, return_dict: bool):
         if return_dict:

@@ -4,7 +4,7 @@
   that are only rows of arrays, shuffled and batched). Put on the device once; each epoch
   is one gather in the epoch order and contiguous slices in the compiled loop.
 * `StreamSource` (data/stream.py): everything else (Datasets with map / filter / ...,
-  generators, iterables, grain, PyTorch DataLoader, NumPy memmaps, arrays with
+  PyDatasets, generators, iterables, grain, PyTorch DataLoader, NumPy memmaps, arrays with
   steps_per_epoch), assembled into chunks on a background thread.
 
 Both hand the loop `feed(keys, steps_per_execution).epoch(key)`: an iterator of Pieces.
@@ -13,6 +13,7 @@ Both hand the loop `feed(keys, steps_per_execution).epoch(key)`: an iterator of 
 from __future__ import annotations
 
 import collections.abc
+import itertools
 import math
 import numbers
 from typing import Iterator
@@ -27,7 +28,7 @@ from batchfit.data.dataset import INFINITE_CARDINALITY, Dataset, FusedPlan
 from batchfit.data.stream import StreamSource, unpack
 from batchfit.errors import check_int, describe
 
-__all__ = ["ArraySource", "as_source", "split_source", "validation_source", "is_batch_list"]
+__all__ = ["ArraySource", "as_source", "split_source", "validation_source", "is_batch_list", "is_py_dataset"]
 
 
 class ArraySource:
@@ -116,9 +117,16 @@ def is_batch_list(x) -> bool:
             and any(getattr(v, "ndim", 0) >= 1 for v in x[0]))
 
 
+def is_py_dataset(x) -> bool:
+    """A Keras-style PyDataset (bf.utils.PyDataset, keras.utils.PyDataset or a subclass): batches by index."""
+    return any(cls.__name__ == "PyDataset" for cls in type(x).__mro__)
+
+
 def _kind(x) -> str:
     if isinstance(x, Dataset):
         return "dataset"
+    if is_py_dataset(x):
+        return "py_dataset"
     if is_batch_list(x):
         return "iterable"
     if (x is None or isinstance(x, (np.ndarray, jax.Array, list, tuple, dict, str, bytes, numbers.Number))
@@ -132,8 +140,9 @@ def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=No
     """The source for any accepted input; every check on the data happens here, once.
 
     Args:
-      x: arrays (NumPy, JAX, pandas, a dict of them), a bf.data.Dataset, or an iterable /
-        generator / grain dataset or loader / PyTorch DataLoader of (x, y[, sample_weight]) batches.
+      x: arrays (NumPy, JAX, pandas, a dict of them), a bf.data.Dataset, a PyDataset, or an
+        iterable / generator / grain dataset or loader / PyTorch DataLoader of (x, y[, sample_weight])
+        batches.
       y, sample_weight, class_weight: with arrays; with batches, only class_weight.
       batch_size: with arrays (default 32); must be None with batches.
       shuffle, seed: with arrays (a Dataset shuffles itself).
@@ -152,6 +161,8 @@ def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=No
                    first_key=first_key, steps=steps)
     if kind == "dataset":
         return _from_dataset(x, options)
+    if kind == "py_dataset":
+        return _from_py_dataset(x, options)
     return _from_iterable(x, options)
 
 
@@ -254,3 +265,38 @@ def _from_iterable(data, options: dict) -> StreamSource:
         num_batches = None
     opener = (lambda key: data) if one_shot else (lambda key: iter(data))
     return StreamSource(opener, reiterable=not one_shot, num_batches=num_batches, what="The input", **options)
+
+
+def _from_py_dataset(dataset, options: dict) -> StreamSource:
+    """A PyDataset: each pass is on_epoch_begin(), batches 0 .. num_batches - 1 in order, then
+    on_epoch_end(), run on the worker thread in that order (fit's `shuffle` does not apply, as in Keras)."""
+    name = type(dataset).__name__
+    try:
+        num_batches = dataset.num_batches
+    except NotImplementedError:
+        num_batches = None
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, numbers.Integral)
+                                    or num_batches < 1):
+        raise ValueError(f"The PyDataset {name} has {num_batches!r} batches (its __len__ / num_batches); it "
+                         f"needs at least 1. Make __len__ return the number of batches, e.g. "
+                         f"math.ceil(num_samples / batch_size).")
+    if num_batches is None and options["steps"] is None:
+        raise ValueError(f"The PyDataset {name} has no length (num_batches is None): pass steps_per_epoch "
+                         f"(validation_steps, steps) to say how many batches make an epoch, or define __len__.")
+
+    def batch(index: int):
+        element = dataset[index]
+        if isinstance(element, (tuple, list)) and 1 <= len(element) <= 3 or isinstance(element, dict) \
+                or hasattr(element, "shape"):
+            return element
+        raise TypeError(f"{name}[{index}] returned {describe(element)}; a PyDataset's __getitem__ must return "
+                        f"a batch: (x, y) or (x, y, sample_weight) (x alone to predict), arrays [B, ...] or "
+                        f"dicts of them.")
+
+    def one_pass(key):
+        getattr(dataset, "on_epoch_begin", lambda: None)()
+        for index in range(num_batches) if num_batches is not None else itertools.count():
+            yield batch(index)
+        getattr(dataset, "on_epoch_end", lambda: None)()
+    return StreamSource(one_pass, reiterable=True, num_batches=num_batches, what=f"The PyDataset {name}",
+                        **options)

@@ -20,6 +20,7 @@ from batchfit.layers.core import (
 from batchfit.layers._symbolic import Input, KerasTensor
 from batchfit.layers.variable import Variable
 from batchfit.layers.initializers import INITIALIZERS, get_initializer
+from batchfit.layers.merging import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from batchfit.layers.normalization import BatchNormalization, LayerNormalization
 from batchfit.layers.stack import (
     Stack,
@@ -31,6 +32,10 @@ from batchfit.layers.stack import (
 __all__ = [
     "INITIALIZERS", "get_initializer", "Layer", "Dense", "Activation", "Dropout", "Flatten",
     "BatchNormalization", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D",
-    "InputLayer", "Input", "KerasTensor", "Variable", "Stack", "build_stack", "keras_weight_variables",
+    "InputLayer", "Input", "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "KerasTensor", "Variable", "Stack", "build_stack", "keras_weight_variables",
     "regularization_penalty", "layer_from_config",
 ]
+
+from batchfit._keras_names import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__, lambda: list(globals()))

@@ -1,66 +1,51 @@
-"""Keras weight initializers by name (glorot_uniform, he_normal, zeros, ...)."""
+"""How layers draw their weights: on the host, from the model's random streams.
+
+The initializers themselves (names, classes, distributions) are batchfit/initializers.py's;
+here they become host functions `init(rng, shape, dtype)` fed by `HostRngs`.
+"""
 
 from __future__ import annotations
 
-import math
+import inspect
 
 import jax
 import numpy as np
 
-from batchfit.registry import Registry
+from batchfit import initializers
+from batchfit.initializers import INITIALIZERS, Initializer
 
 __all__ = ["INITIALIZERS", "HostRngs", "get_initializer", "initial_value"]
 
-INITIALIZERS = Registry("initializer")
+
+class _OnHost:
+    """A Keras-style initializer as the layers draw it: `init(rng, shape, dtype)` -> NumPy array.
+
+    An Initializer without a seed of its own draws from `rng` (the model's stream for this
+    weight); a seeded one from its seed; a plain function(shape, dtype) is called as it is.
+    """
+
+    on_host = True
+
+    def __init__(self, initializer):
+        self.initializer = initializer
+
+    def __call__(self, rng, shape, dtype=np.float32):
+        init = self.initializer
+        if isinstance(init, Initializer):
+            return np.asarray(init.draw(init._generator(rng), tuple(shape), dtype))
+        return np.asarray(init(tuple(shape), dtype))
+
+    def __repr__(self) -> str:
+        return f"on_host({self.initializer!r})"
 
 
-def _fans(shape) -> tuple[float, float]:
-    if len(shape) < 2:  # Keras: a vector counts its length as both fans
-        return (shape[0], shape[0]) if shape else (1, 1)
-    receptive = math.prod(shape[:-2])
-    return shape[-2] * receptive, shape[-1] * receptive
-
-
-def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
-    """Standard normal values cut at +-2 (Keras's truncated normal): out-of-range draws are drawn again."""
-    values = rng.standard_normal(shape)
-    outside = np.abs(values) > 2.0
-    while outside.any():
-        values[outside] = rng.standard_normal(int(outside.sum()))
-        outside = np.abs(values) > 2.0
-    return values
-
-
-def _variance_scaling(scale: float, mode: str, distribution: str):
-    def init(rng, shape, dtype=np.float32):
-        fan_in, fan_out = _fans(tuple(shape))
-        n = {"fan_in": fan_in, "fan_avg": (fan_in + fan_out) / 2}[mode]
-        variance = scale / max(1.0, n)
-        if distribution == "uniform":
-            limit = math.sqrt(3.0 * variance)
-            return rng.uniform(-limit, limit, shape).astype(dtype)
-        stddev = math.sqrt(variance) / 0.87962566103423978  # std of N(0, 1) cut at +-2
-        return (stddev * _truncated_normal(rng, shape)).astype(dtype)
-    return init
-
-
-# The built-in initializers draw on the host, with NumPy: `init(rng, shape, dtype)` takes a
-# np.random.Generator and returns a NumPy array. Drawing with jax.random inside a compiled
-# program would cost a fresh process a threefry compile per weight shape before the first step.
-for _names, _init in {
-    ("glorot_uniform",): _variance_scaling(1.0, "fan_avg", "uniform"),
-    ("glorot_normal",): _variance_scaling(1.0, "fan_avg", "normal"),
-    ("he_uniform",): _variance_scaling(2.0, "fan_in", "uniform"),
-    ("he_normal",): _variance_scaling(2.0, "fan_in", "normal"),
-    ("lecun_uniform",): _variance_scaling(1.0, "fan_in", "uniform"),
-    ("lecun_normal",): _variance_scaling(1.0, "fan_in", "normal"),
-    ("zeros",): lambda rng, shape, dtype=np.float32: np.zeros(shape, dtype),
-    ("ones",): lambda rng, shape, dtype=np.float32: np.ones(shape, dtype),
-    ("uniform", "random_uniform"): lambda rng, shape, dtype=np.float32: rng.uniform(-0.05, 0.05, shape).astype(dtype),
-    ("normal", "random_normal"): lambda rng, shape, dtype=np.float32: (0.05 * rng.standard_normal(shape)).astype(dtype),
-}.items():
-    _init.on_host = True
-    INITIALIZERS.register(*_names)(_init)
+def _keras_style(function) -> bool:
+    """Whether a callable takes (shape, dtype=None), as Keras's do, rather than jax.nn's (key, shape, dtype)."""
+    try:
+        first = next(iter(inspect.signature(function).parameters), None)
+    except (TypeError, ValueError):
+        return False
+    return first == "shape"
 
 
 class HostRngs:
@@ -94,14 +79,21 @@ def initial_value(initializer, rng: np.random.Generator, shape, dtype):
 
 
 def get_initializer(identifier):
-    """The Keras initializer for a name (a host one: `init(rng, shape, dtype)`); callables pass through.
+    """The host initializer `init(rng, shape, dtype)` the layers draw a weight with.
+
+    Names ("glorot_uniform", "HeNormal", "orthogonal", ...), config dicts, bf.initializers objects
+    and Keras-style functions(shape, dtype=None) become host initializers; host ones
+    (`.on_host`) and JAX-style callables(key, shape, dtype) such as jax.nn.initializers pass through.
 
     >>> float(get_initializer("ones")(None, (2, 3)).sum())
     6.0
     """
-    if isinstance(identifier, str):
-        return INITIALIZERS.get(identifier)
-    if callable(identifier):
+    if getattr(identifier, "on_host", False):
         return identifier
-    raise TypeError(f"An initializer must be a name or a callable (key, shape, dtype); got "
-                    f"{type(identifier).__name__}. Pass e.g. 'glorot_uniform'.")
+    if isinstance(identifier, (str, dict, Initializer)) or (isinstance(identifier, type)
+                                                             and issubclass(identifier, Initializer)):
+        return _OnHost(initializers.get(identifier))
+    if callable(identifier):
+        return _OnHost(identifier) if _keras_style(identifier) else identifier
+    raise TypeError(f"An initializer must be a name, a bf.initializers object or a callable (shape, dtype) "
+                    f"or (key, shape, dtype); got {type(identifier).__name__}. Pass e.g. 'glorot_uniform'.")
