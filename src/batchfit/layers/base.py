@@ -259,6 +259,14 @@ class Layer:
         from batchfit.layers.custom import weight_handles
         return weight_handles(self)
 
+    def __getattr__(self, name):
+        """A built layer's weights by their Keras names (`dense.kernel`, `norm.moving_mean`), as handles."""
+        if not name.startswith("_") and self.__dict__.get("_module") is not None:
+            for handle in self.weights:
+                if handle.name == name:
+                    return handle
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
     @property
     def trainable_weights(self) -> list:
         return [w for w in self.weights if w.trainable]
