@@ -3,10 +3,23 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("BATCHFIT_COMPILATION_CACHE", "0")
 
+import random
+
 import numpy as np
 import pytest
 
 import batchfit as bf
+from batchfit import _random
+
+
+@pytest.fixture(autouse=True)
+def _keep_global_seeds():
+    """bf.utils.set_random_seed changes process-wide state: put it back for the tests that follow."""
+    state = (_random._sequence, random.getstate(), np.random.get_state())
+    yield
+    _random._sequence = state[0]
+    random.setstate(state[1])
+    np.random.set_state(state[2])
 
 
 def linear_model(weights, bias=0.0, *, regularizer=None):

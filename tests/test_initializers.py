@@ -2,7 +2,6 @@
 
 import math
 import os
-import random
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -12,20 +11,10 @@ import pytest
 
 import batchfit as bf
 from batchfit import initializers as I
-from batchfit import _random, utils
+from batchfit import utils
 from batchfit.layers.initializers import get_initializer
 
 keras = pytest.importorskip("keras")
-
-
-@pytest.fixture(autouse=True)
-def _keep_global_seeds():
-    """set_random_seed changes process-wide state: put it back for the tests that follow."""
-    state = (_random._sequence, random.getstate(), np.random.get_state())
-    yield
-    _random._sequence = state[0]
-    random.setstate(state[1])
-    np.random.set_state(state[2])
 
 SHAPE = (200, 400)                 # fan_in 200, fan_out 400, fan_avg 300; 80,000 values
 N = math.prod(SHAPE)

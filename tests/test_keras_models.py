@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import batchfit as bf
-from batchfit import layers as L
 
 keras = pytest.importorskip("keras")
 

@@ -10,19 +10,9 @@ import numpy as np
 import pytest
 
 import batchfit as bf
-from batchfit import _random, utils
+from batchfit import utils
 
 keras = pytest.importorskip("keras")
-
-
-@pytest.fixture(autouse=True)
-def _keep_global_seeds():
-    """set_random_seed changes process-wide state: put it back for the tests that follow."""
-    state = (_random._sequence, random.getstate(), np.random.get_state())
-    yield
-    _random._sequence = state[0]
-    random.setstate(state[1])
-    np.random.set_state(state[2])
 
 
 # ----- to_categorical -------------------------------------------------------------------------

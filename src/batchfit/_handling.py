@@ -11,11 +11,12 @@ import numpy as np
 from batchfit import optimizers as optimizers_lib
 from batchfit.layers import _scope, _symbolic
 from batchfit.layers.base import run_module
+from batchfit.layers.variable import WeightLists
 
 __all__ = ["Handling", "OptimizerView"]
 
 
-class Handling:
+class Handling(WeightLists):
     """Keras's model methods that read the model; mixed into bf.Model."""
 
     # ----- the boundary: Keras's structures <-> the module's (functional models override) ------------
@@ -91,14 +92,6 @@ class Handling:
             from batchfit.layers.variable import Variable
             handles = [Variable(v, f"variable_{i}") for i, v in enumerate(self._weight_variables())]
         return handles
-
-    @property
-    def trainable_weights(self) -> list:
-        return [w for w in self.weights if w.trainable]
-
-    @property
-    def non_trainable_weights(self) -> list:
-        return [w for w in self.weights if not w.trainable]
 
     def count_params(self) -> int:
         if not self.built:

@@ -15,6 +15,7 @@ from flax import nnx
 
 from batchfit.layers import _scope, _symbolic
 from batchfit.layers.initializers import initial_value
+from batchfit.layers.variable import WeightLists
 from batchfit.registry import Registry
 
 __all__ = ["Layer", "LAYERS", "layer_from_config"]
@@ -129,7 +130,7 @@ def _initial_weight(initializer, rng, shape, dtype):
     return initial_value(initializer, rng, shape, dtype)
 
 
-class Layer:
+class Layer(WeightLists):
     """A Keras layer: `layer(x)` on arrays or on symbolic tensors (bf.Input); its weights live in the NNX
     module `make_module(input_shape, rngs)` builds for [B, *input_shape] when the shape is first known.
 
@@ -266,14 +267,6 @@ class Layer:
                 if handle.name == name:
                     return handle
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
-
-    @property
-    def trainable_weights(self) -> list:
-        return [w for w in self.weights if w.trainable]
-
-    @property
-    def non_trainable_weights(self) -> list:
-        return [w for w in self.weights if not w.trainable]
 
     def get_weights(self) -> list:
         return [w.numpy() for w in self.weights]

@@ -15,11 +15,23 @@ from flax import nnx
 
 from batchfit.layers import _scope
 
-__all__ = ["Variable", "NonTrainable"]
+__all__ = ["Variable", "NonTrainable", "WeightLists"]
 
 
 class NonTrainable(nnx.Variable):
     """A weight the optimizer leaves alone (`add_weight(trainable=False)`): model state, not a Param."""
+
+
+class WeightLists:
+    """Keras's `trainable_weights` / `non_trainable_weights`, from an owner's `weights`."""
+
+    @property
+    def trainable_weights(self) -> list:
+        return [w for w in self.weights if w.trainable]
+
+    @property
+    def non_trainable_weights(self) -> list:
+        return [w for w in self.weights if not w.trainable]
 
 
 class Variable:
