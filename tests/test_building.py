@@ -161,3 +161,12 @@ def test_summary_prints_keras_table_and_totals():
     text = lines[0]
     assert "d1 (Dense)" in text and "(None, 64)" in text and "704" in text
     assert "Total params: 1,025 (4.00 KB)" in text and "Non-trainable params: 128 (512.00 B)" in text
+
+
+def test_freezing_is_refused_rather_than_ignored():
+    model = bf.Sequential([L.Dense(1, input_shape=(2,))])
+    with pytest.raises(NotImplementedError, match="trainable = False"):
+        model.layers[0].trainable = False
+    with pytest.raises(NotImplementedError, match="optax.multi_transform"):
+        model.trainable = False
+    model.layers[0].trainable = True                     # asks for what batchfit does: accepted

@@ -10,7 +10,7 @@ import numpy as np
 
 from batchfit import optimizers as optimizers_lib
 from batchfit.layers import _scope, _symbolic
-from batchfit.layers.base import run_module
+from batchfit.layers.base import _refuse_freezing, run_module
 from batchfit.layers.variable import WeightLists
 
 __all__ = ["Handling", "OptimizerView"]
@@ -58,6 +58,14 @@ class Handling(WeightLists):
         return self._module
 
     # ----- layers and weights ------------------------------------------------------------------------
+
+    @property
+    def trainable(self) -> bool:
+        return True
+
+    @trainable.setter
+    def trainable(self, value) -> None:
+        _refuse_freezing(value, f"model '{self.name}'")
 
     @property
     def layers(self) -> list:

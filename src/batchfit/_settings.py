@@ -74,10 +74,11 @@ def settings_from(optimizer="rmsprop", loss=None, metrics=None, loss_weights=Non
     if output_names and len(output_names) > 1:
         loss_obj, metric_objs = per_output(loss, metrics, loss_weights, tuple(output_names))
     else:
+        given = loss_weights
         loss, metrics, loss_weights = (_single(v, output_names, what) for v, what in
                                        ((loss, "loss"), (metrics, "metrics"), (loss_weights, "loss_weights")))
         if loss_weights not in (None, 1, 1.0):
-            raise ValueError(f"compile(loss_weights={loss_weights!r}) on a model with one output: scale the loss "
+            raise ValueError(f"compile(loss_weights={given!r}) on a model with one output: scale the loss "
                              f"itself (e.g. a bf.losses.Loss subclass) or the learning rate instead.")
         metric_list = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
         loss_obj = losses_lib.get(loss)
