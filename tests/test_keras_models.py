@@ -199,3 +199,35 @@ def test_summary_totals_equal_keras():
     text = []
     f_mine.summary(print_fn=text.append)
     assert "Connected to" in text[0] and "cat[0][0]" in text[0] and "shared (Dense)" in text[0]
+
+
+def test_a_stateful_metric_per_output_sees_only_its_output():
+    """Keras 3.15 on this JAX cannot run such a metric in fit (its variable hits __jax_array__ while
+    tracing), so the reference is the hand computation: the largest |y1 - o1| at fixed weights."""
+    a, b, y1, y2 = data(30, seed=2)
+    mine = two_in_two_out(bf)
+    mine.compile(optimizer=bf.optimizers.SGD(0.05), loss=["mse", "mse"], metrics={"o1": [_peak(bf)()]})
+    history = mine.fit([a, b], [y1, y2], epochs=2, batch_size=8, shuffle=False, verbose=0)
+    assert set(history.history) == {"loss", "o1_loss", "o2_loss", "o1_peak"}
+    logs = mine.evaluate([a, b], [y1, y2], batch_size=7, verbose=0, return_dict=True)
+    o1 = mine.predict([a, b], verbose=0)[0]
+    assert logs["o1_peak"] == pytest.approx(float(np.max(np.abs(y1 - o1))), rel=1e-6)
+
+
+def _peak(lib):
+    class Peak(lib.metrics.Metric):
+        def __init__(self, name="peak", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.peak = self.add_variable(shape=(), initializer="zeros", name="peak")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            ops = lib.ops
+            self.peak.assign(ops.maximum(self.peak.value, ops.max(ops.abs(y_true - y_pred))))
+
+        def result(self):
+            return self.peak
+
+        def reset_state(self):
+            self.peak.assign(0.0)
+
+    return Peak

@@ -57,11 +57,16 @@ def test_regression_metrics_by_hand():
     assert values(MeanSquaredError(), np.array([1.0, 2.0]), np.array([[3.0], [2.0]])) == [4, 0]
 
 
-def test_weighted_mean_of_one_batch():
+def test_weighted_mean_of_one_batch_then_running_as_keras():
     # hits [1, 0, 1], weights [3, 1, 0]: (3 + 0 + 0) / 4 = 0.75; unweighted 2/3
-    acc, y_true, y_pred = BinaryAccuracy(), np.array([1, 0, 1]), np.array([0.9, 0.8, 0.7])
-    assert float(jitted(acc)(y_true, y_pred, np.array([3.0, 1.0, 0.0]))) == approx(0.75)
-    assert float(jitted(acc)(y_true, y_pred)) == approx(2 / 3)
+    y_true, y_pred = np.array([1, 0, 1]), np.array([0.9, 0.8, 0.7])
+    assert float(BinaryAccuracy()(y_true, y_pred, np.array([3.0, 1.0, 0.0]))) == approx(0.75)
+    acc = BinaryAccuracy()
+    assert float(acc(y_true, y_pred)) == approx(2 / 3)
+    # __call__ accumulates, as Keras's: (2 + 3 * 1) / (3 + 3) after a second batch [1] of weight 3
+    assert float(acc(np.array([1]), np.array([0.6]), np.array([3.0]))) == approx(5 / 6)
+    acc.reset_state()
+    assert float(acc.result()) == 0.0
 
 
 def test_outputs_are_float32_per_sample():

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from batchfit import losses as losses_lib
 from batchfit import metrics as metrics_lib
 
-__all__ = ["OutputsLoss", "OutputLoss", "OutputMetric", "per_output"]
+__all__ = ["OutputsLoss", "OutputLoss", "OutputMetric", "OutputStatefulMetric", "per_output"]
 
 
 class OutputsLoss(losses_lib.Loss):
@@ -75,6 +75,27 @@ class OutputMetric(metrics_lib.MeanMetricWrapper):
         return super().call(y_true[self.output], y_pred[self.output])
 
 
+class OutputStatefulMetric(metrics_lib.Metric):
+    """A metric with its own variables (Keras's update_state / result), of output k: `{output}_{name}`."""
+
+    def __init__(self, output: str, metric):
+        super().__init__(name=f"{output}_{metric.name}")
+        self.output, self.inner = output, metric
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.inner.update_state(y_true[self.output], y_pred[self.output], sample_weight=sample_weight)
+
+    def result(self):
+        return self.inner.result()
+
+    def reset_state(self):
+        self.inner.reset_state()
+
+
+def _for_output(name: str, metric):
+    return OutputMetric(name, metric) if metric.per_sample_mean else OutputStatefulMetric(name, metric)
+
+
 def _by_output(value, names: tuple, what: str) -> dict:
     """A setting given once, as a list in the outputs' order, or as a dict by output name."""
     if isinstance(value, dict):
@@ -118,6 +139,6 @@ def per_output(loss, metrics, loss_weights, names: tuple):
     weights = {name: 1.0 if w is None else float(w)
                for name, w in _by_output(loss_weights, names, "loss_weights").items()}
     tracked = [OutputLoss(name, loss) for name, loss in losses.items()]
-    measured = [OutputMetric(name, metrics_lib.get(m, losses.get(name)))
+    measured = [_for_output(name, metrics_lib.get(m, losses.get(name)))
                 for name, specs in _metric_lists(metrics, names).items() for m in specs]
     return OutputsLoss(losses, weights), tuple(tracked + measured)

@@ -1,17 +1,17 @@
 """Per-sample losses `(y_true, y_pred) -> [B]` with Keras 3 numerics, and their registry.
 
 Elementwise losses average all trailing axes (the same number Keras's mean over the last
-axis then "sum_over_batch_size" gives); `Loss.__call__` reduces as `sum(w * l) / B`.
+axis then "sum_over_batch_size" gives); `Loss.__call__` reduces as `sum(w * l) / B` by default.
+`Loss` and `LossFunctionWrapper` (Keras's base classes, for custom losses) live in _loss_base.py.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from batchfit._loss_base import Loss, LossFunctionWrapper, _align, _as_float, _per_sample, checked
 from batchfit._target_rules import check_sparse_labels, finite_range
 from batchfit.errors import describe
 from batchfit.registry import Registry
@@ -28,25 +28,6 @@ EPSILON = 1e-7  # keras.backend.epsilon(): probabilities are clipped to [EPSILON
 LOSSES = Registry("loss")
 
 
-def _as_float(x):
-    """`x` as a JAX array of at least float32 (Keras computes losses in float32)."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _align(y_true, y_pred):
-    """Keras `squeeze_or_expand_to_same_rank`: fix ranks that differ by a trailing 1."""
-    if y_true.ndim == y_pred.ndim + 1 and y_true.shape[-1] == 1:
-        if y_pred.ndim == 1:
-            return y_true, y_pred[:, None]
-        return jnp.squeeze(y_true, -1), y_pred
-    if y_pred.ndim == y_true.ndim + 1 and y_pred.shape[-1] == 1:
-        if y_true.ndim == 1:
-            return y_true[:, None], y_pred
-        return y_true, jnp.squeeze(y_pred, -1)
-    return y_true, y_pred
-
-
 def _prepare(y_true, y_pred, loss_name: str, hint: str = ""):
     """Cast `y_true` to `y_pred`'s float dtype and align the ranks; check the shapes."""
     y_pred = _as_float(y_pred)
@@ -59,13 +40,6 @@ def _prepare(y_true, y_pred, loss_name: str, hint: str = ""):
             f"{describe(y_true)}, y_pred: {describe(y_pred)}. Reshape the targets to "
             f"match the model output.{hint}")
     return y_true, y_pred
-
-
-def _per_sample(values):
-    """Average `values` [B, ...] over every axis but the first: [B]."""
-    if values.ndim <= 1:
-        return values
-    return jnp.mean(values, axis=tuple(range(1, values.ndim)))
 
 
 def _log_probabilities(y_pred, from_logits: bool):
@@ -187,79 +161,6 @@ def huber(y_true, y_pred, delta: float = 1.0):
                                  delta * abs_error - 0.5 * delta ** 2))
 
 
-class Loss:
-    """Base class: subclasses implement `call(y_true, y_pred) -> [B]` and set `name`."""
-
-    name = "loss"
-
-    def call(self, y_true, y_pred):
-        """Per-sample losses [B] for y_true, y_pred of shape [B, ...]."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `call`.")
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        """Scalar "sum_over_batch_size" loss: `sum(w * l) / B`, with w=1 when absent."""
-        values = self.call(y_true, y_pred)
-        if sample_weight is not None:
-            values = values * _sample_weight(sample_weight, values)
-        return jnp.sum(values) / values.shape[0]
-
-    # True when validate_targets refuses NaN and inf itself (a range rule): y's finite check is then work done twice.
-    refuses_nonfinite_targets = False
-
-    def validate_targets(self, y, num_outputs: int | None) -> None:
-        """The loss's rule on the values of host targets `y` [N, ...] (raises ValueError): fit
-        runs it once per call on arrays and once per chunk on streams. `num_outputs`: the size
-        of the model output's last axis (None when unknown). Nothing to check by default."""
-
-    def __repr__(self):
-        return f"{type(self).__name__}(name={self.name!r})"
-
-
-def _sample_weight(sample_weight, values):
-    """`sample_weight` (scalar, [B] or [B, 1]) as [B] in the dtype of `values`."""
-    weight = jnp.asarray(sample_weight, values.dtype)
-    if weight.ndim == 2 and weight.shape[-1] == 1:
-        weight = weight[:, 0]
-    if weight.ndim > 1 or (weight.ndim == 1 and weight.shape != values.shape):
-        raise ValueError(
-            f"`sample_weight` must be a scalar or have shape [B] = [{values.shape[0]}]; "
-            f"got {describe(weight)}. Pass one weight per sample.")
-    return weight
-
-
-class LossFunctionWrapper(Loss):
-    """A `Loss` around `fn(y_true, y_pred, **kwargs)` (inputs cast and rank-aligned as Keras
-    does); an output [B, ...] is averaged over trailing axes, a scalar broadcast to [B]."""
-
-    def __init__(self, fn: Callable, name: str | None = None, **kwargs):
-        self.fn, self.kwargs = fn, kwargs
-        self.name = name or _name_of(fn, "custom_loss")
-
-    def call(self, y_true, y_pred):
-        y_pred = _as_float(y_pred)
-        y_true, y_pred = _align(jnp.asarray(y_true).astype(y_pred.dtype), y_pred)
-        return _to_per_sample(self.fn(y_true, y_pred, **self.kwargs), y_pred, self.name)
-
-
-def _to_per_sample(values, y_pred, name: str):
-    """Turn a user function's output (scalar or [B, ...]) into [B]."""
-    values, batch = jnp.asarray(values), y_pred.shape[0]
-    if values.ndim == 0:
-        return jnp.broadcast_to(values, (batch,))
-    if values.shape[0] != batch:
-        raise ValueError(
-            f"{name} returned {describe(values)} for a batch of {batch}; it must return "
-            f"a scalar or per-sample values [{batch}, ...]. Reduce over the non-batch "
-            "axes only (e.g. jnp.mean(..., axis=-1)).")
-    return _per_sample(values)
-
-
-def _name_of(fn, default: str) -> str:
-    """A readable name for a callable: its __name__, or its wrapped function's."""
-    name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", None)
-    return name if name and name != "<lambda>" else default
-
-
 class MeanSquaredError(LossFunctionWrapper):
     """Mean squared error, as `keras.losses.MeanSquaredError`."""
 
@@ -313,7 +214,7 @@ class SparseCategoricalCrossentropy(LossFunctionWrapper):
         super().__init__(sparse_categorical_crossentropy, name=name, from_logits=from_logits)
         self.from_logits = from_logits
 
-    def call(self, y_true, y_pred):
+    def _values(self, y_true, y_pred):
         # Labels stay integers: no float cast or rank alignment with y_pred.
         return sparse_categorical_crossentropy(y_true, y_pred, **self.kwargs)
 
@@ -354,12 +255,16 @@ def get(identifier) -> Loss:
     >>> get("bce").name, get("MSE").name
     ('binary_crossentropy', 'mean_squared_error')
     """
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        identifier = identifier()
     if isinstance(identifier, Loss):
-        return identifier
+        return checked(identifier)
     if isinstance(identifier, str):
         return LOSSES.get(identifier)()
-    if isinstance(identifier, type) and issubclass(identifier, Loss):
-        return identifier()
+    if callable(identifier) and hasattr(identifier, "call") and hasattr(identifier, "reduction"):
+        raise TypeError(
+            f"{type(identifier).__name__} is a loss object of another library (Keras?); batchfit runs its own "
+            f"losses. Subclass batchfit.losses.Loss instead: the same __init__ / call / get_config work unchanged.")
     for fn, cls in _FUNCTION_CLASSES:
         if identifier is fn:
             return cls()
@@ -374,3 +279,7 @@ def get(identifier) -> Loss:
 def validate_targets(loss, y, num_outputs: int | None) -> None:
     """`get(loss).validate_targets(y, num_outputs)`: the loss's rule on host targets `y` (ValueError)."""
     get(loss).validate_targets(np.asarray(y), num_outputs)
+
+from batchfit._keras_names import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__, lambda: list(globals()))

@@ -1,22 +1,26 @@
-"""Keras-named metrics as per-sample functions `(y_true, y_pred) -> [B]`, and their registry.
+"""Keras-named metrics, their per-sample functions `(y_true, y_pred) -> [B]`, and their registry.
 
-A `Metric` only computes per-sample values; the engine accumulates the sample-weighted
-(sum w * v, sum w) pair on the device, so partial and padded batches count exactly.
+A `Metric` is Keras's: state variables, `update_state`, `result`, `reset_state`. The built-in metrics
+and `MeanMetricWrapper(fn)` are means of per-sample values, which the engine accumulates as the
+sample-weighted (sum w * v, sum w) pair on the device, so partial batches count exactly; any other
+metric's `update_state` is traced inside the compiled step on the values of its variables.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import jax.numpy as jnp
 
 from batchfit import losses as _losses
+from batchfit._loss_base import _align, _name_of, _per_sample, _to_per_sample
+from batchfit._metric_base import Mean, Metric, Sum
 from batchfit.errors import describe
-from batchfit.losses import _align, _name_of, _per_sample, _sample_weight, _to_per_sample
 from batchfit.registry import Registry
 
 __all__ = [
-    "METRICS", "Metric", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
+    "METRICS", "Metric", "Mean", "Sum", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
     "SparseCategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "binary_accuracy",
     "categorical_accuracy", "sparse_categorical_accuracy", "mean_absolute_error",
     "mean_squared_error", "get"]
@@ -105,88 +109,76 @@ def _check_same_shape(name: str, y_true, y_pred, hint: str = "") -> None:
             f"{hint}")
 
 
-class Metric:
-    """Base class: subclasses implement `call(y_true, y_pred) -> [B]` and set `name`."""
+class MeanMetricWrapper(Mean):
+    """The mean of `fn(y_true, y_pred, **kwargs)` over samples, as `keras.metrics.MeanMetricWrapper`:
+    an output [B, ...] is averaged over trailing axes, a scalar broadcast to [B]."""
 
-    name = "metric"
-
-    def call(self, y_true, y_pred):
-        """Per-sample values [B] for y_true, y_pred of shape [B, ...]."""
-        raise NotImplementedError(f"{type(self).__name__} must implement `call`.")
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        """The sample-weighted mean `sum(w * v) / sum(w)` over one batch (w=1 when absent).
-
-        >>> m = BinaryAccuracy()  # hits [1, 0], weights [3, 1]: 3 / 4
-        >>> float(m(jnp.array([1, 0]), jnp.array([0.9, 0.8]), sample_weight=jnp.array([3.0, 1.0])))
-        0.75
-        """
-        values = self.call(y_true, y_pred)
-        if sample_weight is None:
-            return jnp.mean(values)
-        weight = jnp.broadcast_to(_sample_weight(sample_weight, values), values.shape)
-        return jnp.sum(weight * values) / jnp.sum(weight)
-
-    def __repr__(self):
-        return f"{type(self).__name__}(name={self.name!r})"
-
-
-class MeanMetricWrapper(Metric):
-    """A `Metric` around `fn(y_true, y_pred, **kwargs)`: an output [B, ...] is averaged
-    over trailing axes, a scalar broadcast to [B]."""
-
-    def __init__(self, fn: Callable, name: str | None = None, **kwargs):
+    def __init__(self, fn: Callable, name: str | None = None, dtype=None, **kwargs):
+        super().__init__(name=name or _name_of(fn, "custom_metric"), dtype=dtype)
         self.fn, self.kwargs = fn, kwargs
-        self.name = name or _name_of(fn, "custom_metric")
 
     def call(self, y_true, y_pred):
+        """Per-sample values: float32 [B]."""
         return _to_per_sample(self.fn(y_true, y_pred, **self.kwargs), jnp.asarray(y_pred),
                               self.name)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(self.call(y_true, y_pred), sample_weight=sample_weight)
+
+    @property
+    def per_sample_mean(self) -> bool:
+        cls = type(self)
+        return (cls.update_state is MeanMetricWrapper.update_state and cls.result is Mean.result
+                and cls.reset_state is Mean.reset_state)
+
+    def get_config(self) -> dict:
+        fn = {"fn": self.fn} if type(self) is MeanMetricWrapper else {}
+        return {**super().get_config(), **fn, **self.kwargs}
 
 
 class BinaryAccuracy(MeanMetricWrapper):
     """How often `y_pred > threshold` matches 0/1 labels, as `keras.metrics.BinaryAccuracy`."""
 
-    def __init__(self, name: str = "binary_accuracy", threshold: float = 0.5):
+    def __init__(self, name: str = "binary_accuracy", threshold: float = 0.5, dtype=None):
         if not 0 < threshold < 1:
             raise ValueError(f"`threshold` must lie in (0, 1); got {threshold!r}.")
-        super().__init__(binary_accuracy, name=name, threshold=threshold)
+        super().__init__(binary_accuracy, name=name, dtype=dtype, threshold=threshold)
         self.threshold = threshold
 
 
 class CategoricalAccuracy(MeanMetricWrapper):
     """How often argmax matches one-hot labels, as `keras.metrics.CategoricalAccuracy`."""
 
-    def __init__(self, name: str = "categorical_accuracy"):
-        super().__init__(categorical_accuracy, name=name)
+    def __init__(self, name: str = "categorical_accuracy", dtype=None):
+        super().__init__(categorical_accuracy, name=name, dtype=dtype)
 
 
 class SparseCategoricalAccuracy(MeanMetricWrapper):
     """How often argmax matches integer labels, as `keras.metrics.SparseCategoricalAccuracy`."""
 
-    def __init__(self, name: str = "sparse_categorical_accuracy"):
-        super().__init__(sparse_categorical_accuracy, name=name)
+    def __init__(self, name: str = "sparse_categorical_accuracy", dtype=None):
+        super().__init__(sparse_categorical_accuracy, name=name, dtype=dtype)
 
 
 class MeanAbsoluteError(MeanMetricWrapper):
     """Mean absolute error, as `keras.metrics.MeanAbsoluteError`."""
 
-    def __init__(self, name: str = "mean_absolute_error"):
-        super().__init__(mean_absolute_error, name=name)
+    def __init__(self, name: str = "mean_absolute_error", dtype=None):
+        super().__init__(mean_absolute_error, name=name, dtype=dtype)
 
 
 class MeanSquaredError(MeanMetricWrapper):
     """Mean squared error, as `keras.metrics.MeanSquaredError`."""
 
-    def __init__(self, name: str = "mean_squared_error"):
-        super().__init__(mean_squared_error, name=name)
+    def __init__(self, name: str = "mean_squared_error", dtype=None):
+        super().__init__(mean_squared_error, name=name, dtype=dtype)
 
 
 class _AccuracyFromShapes(MeanMetricWrapper):
     """"accuracy" when the loss does not decide it: Keras 3's rule on the batch shapes."""
 
-    def __init__(self, name: str = "accuracy"):
-        super().__init__(_accuracy_from_shapes, name=name)
+    def __init__(self, name: str = "accuracy", dtype=None):
+        super().__init__(_accuracy_from_shapes, name=name, dtype=dtype)
 
 
 METRICS.register("accuracy", "acc")(_AccuracyFromShapes)
@@ -206,7 +198,7 @@ _ACCURACY_FOR_LOSS = (
 def _accuracy_for(loss) -> type:
     """The accuracy class that matches `loss` (anything `losses.get` accepts, or None)."""
     if loss is not None:
-        loss = _losses.get(loss)
+        loss = loss if isinstance(loss, _losses.Loss) else _losses.get(loss)
         for loss_class, metric_class in _ACCURACY_FOR_LOSS:
             if isinstance(loss, loss_class):
                 return metric_class
@@ -223,19 +215,62 @@ def get(identifier, loss=None) -> Metric:
     >>> type(m).__name__, m.name
     ('SparseCategoricalAccuracy', 'acc')
     """
+    if isinstance(identifier, type) and issubclass(identifier, Metric):
+        identifier = identifier()
     if isinstance(identifier, Metric):
-        return identifier
+        return _checked(identifier)
     if isinstance(identifier, str):
         if identifier.lower() in ("accuracy", "acc"):
             return _accuracy_for(loss)(name=identifier)
         return METRICS.get(identifier)(name=identifier)
-    if isinstance(identifier, type) and issubclass(identifier, Metric):
-        return identifier()
     if isinstance(identifier, _losses.Loss):
-        return MeanMetricWrapper(identifier.call, name=identifier.name)
+        return MeanMetricWrapper(identifier.per_sample, name=identifier.name)
+    if callable(identifier) and hasattr(identifier, "update_state") and hasattr(identifier, "result"):
+        raise TypeError(
+            f"{type(identifier).__name__} is a metric object of another library (Keras?); batchfit runs its own "
+            f"metrics. Subclass batchfit.metrics.Metric instead: the same __init__ / add_variable / "
+            f"update_state / result / reset_state work unchanged.")
     if callable(identifier):
         return MeanMetricWrapper(identifier)
     raise TypeError(
         f"A metric must be a metric name (one of {', '.join(METRICS.names())}), a "
         f"batchfit.metrics.Metric, or a callable(y_true, y_pred) returning per-sample "
         f"values; got {describe(identifier)}. Pass e.g. metrics=['accuracy'].")
+
+
+def _overrides(metric: Metric, method: str) -> bool:
+    return getattr(type(metric), method) is not getattr(Metric, method)
+
+
+def _checked(metric: Metric) -> Metric:
+    """A metric as compile() can run it, or a TypeError that names the class and what to define.
+
+    A subclass written for batchfit's first API (a per-sample `call` only) becomes the mean of `call`."""
+    cls = type(metric).__name__
+    if _overrides(metric, "call") and not _overrides(metric, "update_state") and not _overrides(metric, "result"):
+        return MeanMetricWrapper(metric.call, name=metric.name)
+    if "_variables" not in metric.__dict__:
+        raise TypeError(f"{cls}.__init__ does not call super().__init__(name=name, **kwargs): the Metric base "
+                        f"class sets up the state variables. Call it first in {cls}.__init__.")
+    if not _overrides(metric, "update_state"):
+        raise TypeError(f"{cls} defines no update_state(): a Metric subclass accumulates each batch in "
+                        f"update_state(self, y_true, y_pred, sample_weight=None), e.g. "
+                        f"self.total.assign_add(ops.sum(values)).")
+    if not _overrides(metric, "result"):
+        raise TypeError(f"{cls} defines no result(): a Metric subclass returns its value (a scalar) from its "
+                        f"variables in result(self), e.g. return self.total / self.count.")
+    try:
+        signature = inspect.signature(metric.update_state)
+    except ValueError:          # no signature to read (a builtin): its first call will tell
+        return metric
+    try:
+        signature.bind(None, None, sample_weight=None)
+    except TypeError:
+        raise TypeError(f"{cls}.update_state{signature} cannot be called as update_state(y_true, y_pred, "
+                        f"sample_weight=...), which is how compile() updates a metric. Define it as "
+                        f"update_state(self, y_true, y_pred, sample_weight=None).") from None
+    return metric
+
+from batchfit._keras_names import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__, lambda: list(globals()))

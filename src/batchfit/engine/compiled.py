@@ -7,14 +7,16 @@ entry point keeps one executable per shape; nothing else is cached.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from batchfit.engine.state import Accumulated, Batch, TrainState, zero_totals
-from batchfit.engine.step import Program, accumulate_step, apply_accumulated, eval_step, predict_step, train_step
+from batchfit.engine.state import Accumulated, Batch, TrainState
+from batchfit.engine.step import (Program, Totals, accumulate_step, apply_accumulated, eval_step, initial_totals,
+                                  predict_step, train_step, with_results)
 
 __all__ = ["Executables", "build_executables", "start_state", "results"]
 
@@ -24,8 +26,9 @@ _CHUNK_SHAPE = ("num_steps", "tail", "batch_size")
 class Executables(NamedTuple):
     """The jitted entry points of one compiled model.
 
-    state: the TrainState's leaves, as a list (see build_executables); totals: the float32
-    [1 + metrics, 2] accumulators of state.py (None: start from zero).
+    state: the TrainState's leaves, as a list (see build_executables); totals: step.Totals, the
+    float32 [1 + metrics, 2] (sum, count) rows and the stateful metrics' variables (None: start afresh).
+    Every totals an entry point returns has its stateful metrics' results in its rows (step.with_results).
     """
 
     train_batch: Callable   # (state, batch) -> (state, logs): this batch's values, the raw loss L_b
@@ -34,11 +37,12 @@ class Executables(NamedTuple):
     predict_batch: Callable  # (state, x) -> y_pred
     fit_chunk: Callable     # (state, totals, acc, data, start, order, first, *, num_steps, tail, batch_size,
                             #   accumulate) -> (state, totals, acc, report): report = the chunk's batch
-                            #   losses, then totals.ravel(), read by the host in one copy
+                            #   losses, then totals.rows.ravel(), read by the host in one copy
     apply_accumulated: Callable     # (state, acc) -> (state, empty acc): the update of a group cut short
     zero_accumulated: Callable      # (state) -> an empty group
     eval_chunk: Callable    # (state, totals, data, start, order, *, num_steps, tail, batch_size) -> totals
     predict_chunk: Callable  # (state, x, start, *, num_steps, tail, batch_size) -> y_pred of the chunk
+    initial_totals: Totals  # on the host: zero rows, the stateful metrics' reset_state() values
 
 
 def results(totals, names) -> dict:
@@ -90,13 +94,14 @@ def _fit_chunk(program, state, totals, acc, data, start, order, first, *, num_st
             return (s, t, a, j + 1), loss
         carry = (state, totals, acc, jnp.asarray(first, jnp.int32))
         (state, totals, acc, _), losses = _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size)
-    return state, totals, acc, jnp.concatenate([losses, totals.reshape(-1)])
+    totals = with_results(program, totals)
+    return state, totals, acc, jnp.concatenate([losses, totals.rows.reshape(-1)])
 
 
 def _eval_chunk(program, state, totals, data, start, order, *, num_steps, tail, batch_size):
     def step(t, batch):
         return eval_step(program, state, t, batch)
-    return _scan_chunk(step, totals, data, start, order, num_steps, tail, batch_size)[0]
+    return with_results(program, _scan_chunk(step, totals, data, start, order, num_steps, tail, batch_size)[0])
 
 
 def _predict_chunk(program, state, x, start, *, num_steps, tail, batch_size):
@@ -111,28 +116,27 @@ def _predict_chunk(program, state, x, start, *, num_steps, tail, batch_size):
     return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
-def _batch_logs(program, totals, loss, running: bool) -> dict:
+def _batch_logs(program, totals: Totals, loss, running: bool) -> dict:
     """The logs *_on_batch return: running means, or this batch's values with the raw loss L_b."""
     names = ("loss", *(m.name for m in program.metrics))
-    logs = results(totals, names) if program.metrics or running else {}
+    logs = results(totals.rows, names) if program.metrics or running else {}
     return logs if running else {**logs, "loss": loss}
 
 
-def _train_batch(program, state, batch):
-    state, totals, loss = train_step(program, state, zero_totals(len(program.metrics)), batch)
-    return state, _batch_logs(program, totals, loss, False)
+def _train_batch(program, state, batch, *, initial):
+    state, totals, loss = train_step(program, state, initial, batch)
+    return state, _batch_logs(program, with_results(program, totals), loss, False)
 
 
-def _train_running(program, state, totals, batch):
-    if totals is None:
-        totals = zero_totals(len(program.metrics))
-    state, totals, loss = train_step(program, state, totals, batch)
+def _train_running(program, state, totals, batch, *, initial):
+    state, totals, loss = train_step(program, state, initial if totals is None else totals, batch)
+    totals = with_results(program, totals)
     return state, totals, _batch_logs(program, totals, loss, True)
 
 
-def _test_batch(program, state, batch):
-    totals, loss = eval_step(program, state, zero_totals(len(program.metrics)), batch)
-    return _batch_logs(program, totals, loss, False)
+def _test_batch(program, state, batch, *, initial):
+    totals, loss = eval_step(program, state, initial, batch)
+    return _batch_logs(program, with_results(program, totals), loss, False)
 
 
 def _predict_batch(program, state, x):
@@ -167,14 +171,16 @@ def build_executables(program: Program, state_def) -> Executables:
             return (jax.tree.leaves(state), *outs)
         return flat
 
+    initial = initial_totals(program.metrics)      # host arrays: constants of the *_on_batch programs
     return Executables(
-        train_batch=jax.jit(updates(_train_batch), donate_argnums=(0,)),
-        train_running=jax.jit(updates(_train_running), donate_argnums=(0,)),
-        test_batch=jax.jit(reads(_test_batch)),
+        train_batch=jax.jit(updates(functools.partial(_train_batch, initial=initial)), donate_argnums=(0,)),
+        train_running=jax.jit(updates(functools.partial(_train_running, initial=initial)), donate_argnums=(0,)),
+        test_batch=jax.jit(reads(functools.partial(_test_batch, initial=initial))),
         predict_batch=jax.jit(reads(_predict_batch)),
         fit_chunk=jax.jit(updates(_fit_chunk), static_argnames=_CHUNK_SHAPE + ("accumulate",), donate_argnums=(0,)),
         apply_accumulated=jax.jit(updates(apply_accumulated), donate_argnums=(0,)),
         zero_accumulated=jax.jit(reads(_zero_accumulated)),
         eval_chunk=jax.jit(reads(_eval_chunk), static_argnames=_CHUNK_SHAPE),
         predict_chunk=jax.jit(reads(_predict_chunk), static_argnames=_CHUNK_SHAPE),
+        initial_totals=initial,
     )

@@ -16,6 +16,7 @@ import numpy as np
 
 from batchfit.engine.compiled import Executables
 from batchfit.engine.state import Position, Slot, copy_tree, read_totals, zero_totals
+from batchfit.engine.step import Totals
 
 __all__ = ["FitPlan", "Cursor", "run_fit", "run_evaluate", "run_predict"]
 
@@ -34,7 +35,9 @@ class Cursor:
     """The loop's place in fit: the epoch, the batches of it done, and what they left on the device.
 
     `reports` are the epoch's chunk reports (compiled.Executables.fit_chunk), read on demand;
-    `prior_losses` are the batch losses a resumed epoch had before this call.
+    `prior_losses` are the batch losses a resumed epoch had before this call; `totals` (step.Totals):
+    the epoch's running rows and stateful metrics' state (None until the epoch's first dispatch puts
+    in the values reset_state() gives, Executables.initial_totals).
     """
 
     def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None):
@@ -45,12 +48,13 @@ class Cursor:
         else:
             _check_start(start, plan, num_batches)
             self.epoch, self.batch = start.epoch, start.batch
-            self.totals, self.prior_losses = start.totals, np.asarray(start.batch_losses, np.float32)
+            self.totals = Totals(start.totals, start.metric_states)
+            self.prior_losses = np.asarray(start.batch_losses, np.float32)
             self.accumulated, self.reports = start.accumulated, []
 
     def begin(self, epoch: int) -> None:
         self.epoch, self.batch = epoch, 0
-        self.totals = zero_totals(len(self.plan.metric_names))
+        self.totals = Totals(zero_totals(len(self.plan.metric_names)), None)
         self.prior_losses = np.zeros(0, np.float32)
         self.accumulated, self.reports = None, []
 
@@ -73,15 +77,17 @@ class Cursor:
         """(the epoch's logs so far, every batch loss so far, the totals): one host copy per chunk."""
         hosts = [np.asarray(r) for r in self.reports]
         losses = np.concatenate([self.prior_losses, *(h[:-self.width] for h in hosts)])
-        totals = hosts[-1][-self.width:].reshape(-1, 2) if hosts else np.asarray(self.totals)
+        totals = hosts[-1][-self.width:].reshape(-1, 2) if hosts else np.asarray(self.totals.rows)
         return read_totals(totals, self._names), losses, totals
 
     def position(self, slot: Slot) -> Position:
         """A copy of where training stands: the state's arrays copied on the device (training
         donates the originals), the loop's place on the host (reading it waits for the device)."""
         _, losses, totals = self.results()
+        states = self.totals.states
         return Position(copy_tree(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
-                        losses.astype(np.float32), copy_tree(self.accumulated))
+                        losses.astype(np.float32), copy_tree(self.accumulated),
+                        None if states is None else jax.tree.map(np.array, states))
 
     @property
     def _names(self):
@@ -99,6 +105,14 @@ def _check_start(position: Position, plan: FitPlan, num_batches: int | None) -> 
                          f"batch_size as the run it was taken from.")
 
 
+def _check_states(states, initial) -> None:
+    """The stateful metrics' state a position brought back, checked against this model's metrics."""
+    layout = lambda tree: (jax.tree.structure(tree), [(np.shape(a), np.result_type(a)) for a in jax.tree.leaves(tree)])
+    if states is not initial and layout(states) != layout(initial):
+        raise ValueError("set_position(): the position's metric state does not fit this model's metrics (other "
+                         "metrics, or other variables in them). Compile it as it was.")
+
+
 def _throttle(outputs: list, max_in_flight: int | None):
     """Wait until at most `max_in_flight` dispatches are unfinished (streams: bounds the chunks held)."""
     if max_in_flight and len(outputs) >= max_in_flight:
@@ -111,6 +125,9 @@ def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, sh
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
     if k > 1 and cursor.accumulated is None:
         cursor.accumulated = exe.zero_accumulated(slot.leaves)
+    if cursor.totals.states is None:
+        cursor.totals = cursor.totals._replace(states=exe.initial_totals.states)
+    _check_states(cursor.totals.states, exe.initial_totals.states)
     for piece in feed.epoch(cursor.epoch):
         _throttle(cursor.reports, feed.max_in_flight)
         chunk = piece.chunk
@@ -211,7 +228,7 @@ def run_evaluate(exe: Executables, leaves: list, source, steps_per_execution: in
     """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights,
     with Keras's test hooks (on_test_begin, on_test_batch_begin / _end per dispatch, on_test_end)."""
     names = ("loss", *metric_names)
-    totals, outputs = zero_totals(len(metric_names)), []
+    totals, outputs = exe.initial_totals, []
     want_begin, want_end = callbacks.wants("on_test_batch_begin"), callbacks.wants("on_test_batch_end")
     callbacks.on_test_begin()
     for piece in _one_pass(source, steps_per_execution, outputs):
@@ -220,10 +237,10 @@ def run_evaluate(exe: Executables, leaves: list, source, steps_per_execution: in
             callbacks.on_test_batch_begin(chunk.first)
         totals = exe.eval_chunk(leaves, totals, piece.data, np.int32(chunk.start), piece.order,
                                 num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
-        outputs.append(totals)
+        outputs.append(totals.rows)
         if want_end:
-            callbacks.on_test_batch_end(chunk.last, read_totals(totals, names))
-    logs = read_totals(totals, names)
+            callbacks.on_test_batch_end(chunk.last, read_totals(totals.rows, names))
+    logs = read_totals(totals.rows, names)
     callbacks.on_test_end(logs)
     return logs
 

@@ -63,7 +63,9 @@ class Position(NamedTuple):
     seed: the seed of the data order (shuffled arrays draw epoch e's order from (seed, e));
     totals: float32 [1 + metrics, 2], the epoch's running (sum, count) rows so far;
     batch_losses: float32 [batch], the raw loss of each batch of the epoch so far;
-    accumulated: the gradient-accumulation group in progress (None without accumulate_steps).
+    accumulated: the gradient-accumulation group in progress (None without accumulate_steps);
+    metric_states: the stateful metrics' variables so far, one tuple of arrays per metric (None:
+    as their reset_state() leaves them).
     A stream that can be read again resumes by skipping `batch` batches of epoch `epoch`.
     """
 
@@ -74,6 +76,7 @@ class Position(NamedTuple):
     totals: np.ndarray
     batch_losses: np.ndarray
     accumulated: Accumulated | None = None
+    metric_states: tuple | None = None
 
 
 class Slot:

@@ -10,19 +10,23 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from batchfit.engine.state import Accumulated, Batch, ModelGraph, TrainState
+from batchfit.engine.state import Accumulated, Batch, ModelGraph, TrainState, zero_totals
+from batchfit.errors import describe
 
-__all__ = ["Program", "train_step", "accumulate_step", "apply_accumulated", "eval_step", "predict_step"]
+__all__ = ["Program", "Totals", "train_step", "accumulate_step", "apply_accumulated", "eval_step", "predict_step",
+           "stateful_metrics", "initial_totals", "with_results"]
 
 
 class Program(NamedTuple):
     """What a compiled model computes: the graph, the loss, the metrics and the optimizer."""
 
     graph: ModelGraph
-    loss: Any                 # batchfit.losses.Loss: call(y_true, y_pred) -> [B]
-    metrics: tuple            # batchfit.metrics.Metric: name, call(y_true, y_pred) -> [B]
+    loss: Any                 # batchfit.losses.Loss: per_sample(y_true, y_pred) -> [B]
+    metrics: tuple            # batchfit.metrics.Metric: name; per_sample_mean and call(y_true, y_pred) -> [B],
+                              #   or Keras's stateless_update_state / stateless_result / stateless_reset_state
     optimizer: optax.GradientTransformation
     weighted_mean: bool       # loss_reduction="weighted_mean": divide by sum(w), not B
     penalty: Callable         # module -> R(theta), the sum of its regularization penalties
@@ -35,7 +39,7 @@ def _forward(program: Program, params, model_state, batch: Batch, training: bool
     """
     module = program.graph.merge(params, model_state, training)
     y_pred = module(batch.x)
-    per_sample = program.loss.call(batch.y, y_pred)
+    per_sample = program.loss.per_sample(batch.y, y_pred)
     weighted = jnp.sum(per_sample) if batch.w is None else jnp.sum(batch.w * per_sample)
     norm = jnp.sum(batch.w) if batch.w is not None and program.weighted_mean else jnp.float32(per_sample.shape[0])
     penalty = program.penalty(module)
@@ -54,19 +58,68 @@ def _objective(program: Program, params, model_state, batch: Batch, training: bo
     return _batch_loss(weighted, norm, penalty), (y_pred, new_model_state)
 
 
-def _accumulate(program: Program, totals, loss, batch: Batch, y_pred):
-    """Add this batch to the (sum, count) rows: the loss weighted by n_b, each metric by w_i."""
+class Totals(NamedTuple):
+    """What fit / evaluate accumulate over an epoch, on the device (a scan carry: fixed shapes and dtypes).
+
+    rows: float32 [1 + metrics, 2], the (sum, count) rows of state.zero_totals: the loss, then each metric.
+      A stateful metric's row is (result, 1), written by `with_results` when the logs are read.
+    states: per stateful metric (in program.metrics order), the values of its variables, a tuple;
+      None on the host means "as reset_state() leaves them" (initial_totals fills them in).
+    """
+
+    rows: Any
+    states: tuple | None
+
+
+def stateful_metrics(metrics) -> tuple:
+    """(row index, metric) of the metrics that keep their own variables (not a mean of per-sample values)."""
+    return tuple((1 + i, m) for i, m in enumerate(metrics) if not m.per_sample_mean)
+
+
+def initial_totals(metrics) -> Totals:
+    """Fresh totals on the host: zero rows and each stateful metric's state after reset_state()."""
+    states = tuple(tuple(np.asarray(v) for v in m.stateless_reset_state()) for _, m in stateful_metrics(metrics))
+    return Totals(zero_totals(len(metrics)), states)
+
+
+def _update_state(metric, state: tuple, batch: Batch, y_pred) -> tuple:
+    """A stateful metric's update_state on one batch, as a pure function of its variables' values."""
+    new = metric.stateless_update_state(list(state), batch.y, y_pred, sample_weight=batch.w)
+    return tuple(jnp.asarray(v).astype(old.dtype) for v, old in zip(new, state))
+
+
+def _accumulate(program: Program, totals: Totals, loss, batch: Batch, y_pred) -> Totals:
+    """Add this batch: the loss weighted by n_b and each mean metric by w_i to their (sum, count) rows;
+    each stateful metric's update_state to its variables."""
     n = jnp.float32(jax.tree.leaves(batch.y)[0].shape[0])
     rows = [jnp.stack([n * loss, n])]
     weight_sum = n if batch.w is None else jnp.sum(batch.w)
     for metric in program.metrics:
+        if not metric.per_sample_mean:
+            rows.append(jnp.zeros(2, jnp.float32))
+            continue
         values = metric.call(batch.y, y_pred).astype(jnp.float32)
         weighted = jnp.sum(values) if batch.w is None else jnp.sum(batch.w * values)
         rows.append(jnp.stack([weighted, weight_sum]))
-    return totals + jnp.stack(rows).astype(jnp.float32)
+    states = tuple(_update_state(m, s, batch, y_pred)
+                   for (_, m), s in zip(stateful_metrics(program.metrics), totals.states))
+    return Totals(totals.rows + jnp.stack(rows).astype(jnp.float32), states)
 
 
-def train_step(program: Program, state: TrainState, totals: dict, batch: Batch):
+def with_results(program: Program, totals: Totals) -> Totals:
+    """`totals` with each stateful metric's row set to (result(), 1), so the rows are all the logs."""
+    rows = totals.rows
+    for (row, metric), state in zip(stateful_metrics(program.metrics), totals.states):
+        value = metric.stateless_result(list(state))
+        if isinstance(value, dict) or jnp.shape(value) != ():
+            raise ValueError(f"{type(metric).__name__}.result() returned "
+                             f"{describe(value) if not isinstance(value, dict) else 'a dict'}; batchfit logs one "
+                             f"number per metric. Return a scalar (e.g. reduce with ops.mean).")
+        rows = rows.at[row].set(jnp.stack([jnp.asarray(value, jnp.float32), jnp.float32(1.0)]))
+    return totals._replace(rows=rows)
+
+
+def train_step(program: Program, state: TrainState, totals: Totals, batch: Batch):
     """One update: (state, totals, batch) -> (state, totals, L_b), L_b measured before the update."""
     grad_fn = jax.value_and_grad(_objective, argnums=1, has_aux=True)
     (loss, (y_pred, model_state)), grads = grad_fn(program, state.params, state.model_state, batch, True)
@@ -102,7 +155,7 @@ def apply_accumulated(program: Program, state: TrainState, acc: Accumulated):
     return TrainState(params, state.model_state, opt_state, state.step + 1), Accumulated.zeros(state.params)
 
 
-def eval_step(program: Program, state: TrainState, totals: dict, batch: Batch):
+def eval_step(program: Program, state: TrainState, totals: Totals, batch: Batch):
     """The loss and metrics of one batch in inference mode; the state is unchanged."""
     loss, (y_pred, _) = _objective(program, state.params, state.model_state, batch, False)
     return _accumulate(program, totals, loss, batch, y_pred), loss
