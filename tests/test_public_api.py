@@ -8,8 +8,9 @@ import batchfit as bf
 
 def test_top_level_names():
     assert sorted(bf.__all__) == sorted([
-        "Model", "NotCompiledError", "Sequential", "activations", "callbacks", "data", "layers",
-        "load_model", "losses", "metrics", "optimizers", "regularizers"])
+        "Input", "Layer", "Model", "NotCompiledError", "Sequential", "Variable", "activations", "callbacks", "data",
+        "initializers", "layers", "load_model", "losses", "metrics", "models", "ops", "optimizers", "regularizers",
+        "utils"])
     for name in bf.__all__:
         assert hasattr(bf, name)
 

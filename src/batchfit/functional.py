@@ -217,3 +217,8 @@ class Functional(Model):
 
     def _present(self, out):
         return self._spec.present(out)
+
+    def get_config(self) -> dict:
+        """Keras's functional config: the layers with their inbound nodes, and the input and output layers."""
+        from batchfit import models
+        return models.functional_config(self)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from batchfit import _random
+from batchfit import _random, saving
 from batchfit._handling import Handling
 from batchfit._settings import check_fit_arguments, settings_from
 from batchfit._shell import NotCompiledError, Shell
@@ -42,6 +42,11 @@ class Model(Shell, Handling):
             cls = Functional
         return super().__new__(cls)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):       # load_model finds subclasses by name, as Keras's registry
+            saving.MODELS.register(cls.__name__)(cls)
+
     def __init__(self, module=None, *, name=None, seed=None, **kwargs):
         unknown = set(kwargs) - {"trainable", "dtype"}
         if unknown:
@@ -67,6 +72,7 @@ class Model(Shell, Handling):
             super()._build_from(x)
         from batchfit._subclass import build_subclassed
         self._module = build_subclassed(self, x)
+        self._built_on = saving.input_spec(x)      # get_config's build_config: load_model builds on zeros like it
 
     def _weight_layers(self) -> list:
         if not self._subclassed() or self._module is None:
@@ -98,6 +104,7 @@ class Model(Shell, Handling):
         """
         self._refuse_reentry("compile")
         self._settings = settings_from(optimizer, loss, metrics, output_names=self._output_names(), **kwargs)
+        self._compile_arguments = dict(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)   # for save()
         self._outputs, self._layouts = {}, {}     # the new loss checks every layout again
         if self._slot is not None:       # a new optimizer state, started when data arrives
             self._slot.put(self._slot.state._replace(opt_state=None))
@@ -251,10 +258,38 @@ class Model(Shell, Handling):
 
     # ----- weights ---------------------------------------------------------------------
 
-    def save(self, path) -> str:
-        raise TypeError(f"save() rebuilds a model from its layers, so it takes a bf.Sequential; got "
-                        f"{type(self).__name__}. For bf.Model(module), keep the module's code and save "
-                        f"get_weights() with np.savez; set_weights() restores them.")
+    def save(self, filepath, overwrite=True) -> str:
+        """Write the model to one `.keras` file (a zip: config, weights, compile settings and optimizer
+        state; no pickle); `bf.models.load_model(filepath)` reads it and trains on exactly."""
+        from batchfit import models
+        return models.save_model(self, filepath, overwrite)
+
+    def save_weights(self, filepath, overwrite=True) -> str:
+        """Write `get_weights()` to `filepath`, which ends in `.weights.h5` as Keras requires (an .npz inside)."""
+        from batchfit import models
+        return models.save_weights(self, filepath, overwrite)
+
+    def load_weights(self, filepath) -> None:
+        """Set the weights from a `.weights.h5` or `.keras` file; ValueError (model unchanged) if they do not fit."""
+        from batchfit import models
+        models.load_weights(self, filepath)
+
+    def get_config(self) -> dict:
+        """Keras's config (JSON). A subclass with constructor arguments adds them to super().get_config()."""
+        from batchfit import models
+        return models.get_config(self)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """The model `get_config()` described, with fresh weights."""
+        from batchfit import models
+        return models.from_config(cls, config, custom_objects)
+
+    def to_json(self, **kwargs) -> str:
+        """The model's class and config as JSON; `bf.models.model_from_json` rebuilds it."""
+        import json
+        from batchfit import models
+        return json.dumps(models.model_entry(self), **kwargs)
 
 
 def _seed(seed) -> int:

@@ -1,4 +1,8 @@
-"""The saved-model format of model.save(path) / bf.load_model(path): a folder of JSON and .npz, never pickle.
+"""The saved-model formats of model.save(path) / bf.load_model(path): JSON and .npz, never pickle.
+
+`model.save("m.keras")` writes one zip, laid out as Keras's .keras (see write_archive below); the
+config, build and compile logic live in batchfit/models.py. The older format, still written by
+`Sequential.save(path)` for a path without an extension and read by `load_model`, follows.
 
 A saved model is a folder holding `model.json` (the format, the layers' configs, the built
 input shape, the seed, and the compile settings when they were given by name) and
@@ -12,14 +16,22 @@ it in, and it replaces only a folder that holds an earlier batchfit save.
 
 from __future__ import annotations
 
+import inspect
+import io
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 
+import jax
 import numpy as np
 
-__all__ = ["FORMAT", "VERSION", "write_model", "read_model"]
+from batchfit.registry import Registry
+
+__all__ = ["FORMAT", "VERSION", "write_model", "read_model", "KERAS_FORMAT", "KERAS_VERSION", "MODELS",
+           "write_archive", "read_archive", "pack", "unpack", "serialize_object", "deserialize_object",
+           "input_spec", "zeros_like_spec", "to_json"]
 
 FORMAT, VERSION = "batchfit-model", 1
 _CONFIG, _WEIGHTS = "model.json", "weights.npz"
@@ -77,3 +89,186 @@ def read_model(path) -> tuple[dict, list]:
     with np.load(weights_path, allow_pickle=False) as archive:
         weights = [archive[f"w{i}"] for i in range(len(archive.files))]
     return config, weights
+
+
+# ----- the one-file format of model.save("m.keras"): Keras's .keras layout, without pickle -------------
+#
+# A zip holding `config.json` (Keras's {"module", "class_name", "config", "build_config",
+# "compile_config"}), `metadata.json` (format, versions, and the saved arrays' original dtypes and
+# shapes) and `model.weights.npz` (NumPy's own zip of .npy files, read with allow_pickle=False):
+# "weights/i" (get_weights() order), "model_state/i" (every non-trainable leaf of the training
+# state, RNG streams included), "optimizer/i" and "optimizer/step".
+
+KERAS_FORMAT, KERAS_VERSION = "batchfit-keras", 1
+CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE = "config.json", "metadata.json", "model.weights.npz"
+MODELS = Registry("model")       # bf.Model subclasses by class name (Model.__init_subclass__ fills it)
+
+
+def _storable(value) -> tuple[np.ndarray, str]:
+    """(array .npz can hold, the original dtype's name): bfloat16 as float32 (exact), RNG keys as their data."""
+    if jax.dtypes.issubdtype(getattr(value, "dtype", None), jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(value)), "prng_key"
+    array = np.asarray(value)
+    return (array.astype(np.float32) if array.dtype.kind == "V" else array), array.dtype.name
+
+
+def pack(prefix: str, leaves: list) -> tuple[dict, list]:
+    """{f"{prefix}/i": array} and the [dtype name, shape] of each leaf as it was (for the checks on load)."""
+    arrays, manifest = {}, []
+    for i, leaf in enumerate(leaves):
+        arrays[f"{prefix}/{i}"], dtype = _storable(leaf)
+        manifest.append([dtype, list(np.shape(leaf))])
+    return arrays, manifest
+
+
+def unpack(arrays: dict, prefix: str, like: list, what: str) -> list:
+    """The leaves `f"{prefix}/i"` shaped and typed as `like` (the state a loaded model starts with);
+    ValueError when their number, a shape or a dtype differs."""
+    saved = [arrays[f"{prefix}/{i}"] for i in range(sum(k.startswith(prefix + "/") and k[len(prefix) + 1:].isdigit()
+                                                         for k in arrays))]
+    if len(saved) != len(like):
+        raise ValueError(f"The saved {what} has {len(saved)} arrays; this model's has {len(like)}. Load it into a "
+                         f"model of the same architecture, compiled with the same optimizer.")
+    out = []
+    for i, (value, target) in enumerate(zip(saved, like)):
+        if jax.dtypes.issubdtype(target.dtype, jax.dtypes.prng_key):
+            key_data = jax.random.key_data(target)
+            if value.shape != key_data.shape or value.dtype != key_data.dtype:
+                raise ValueError(f"{what} array {i}: a random key of data {value.dtype}{list(value.shape)}; this "
+                                 f"model's is {key_data.dtype}{list(key_data.shape)}.")
+            out.append(jax.random.wrap_key_data(jax.device_put(value), impl=jax.random.key_impl(target)))
+            continue
+        if tuple(value.shape) != tuple(np.shape(target)) or (
+                value.dtype != target.dtype and not (target.dtype.kind == "V" and value.dtype == np.float32)):
+            raise ValueError(f"{what} array {i} is {value.dtype}{list(value.shape)}; this model's is "
+                             f"{target.dtype}{list(np.shape(target))}. Load it into a model of the same "
+                             f"architecture, compiled with the same optimizer.")
+        out.append(jax.device_put(np.asarray(value, target.dtype)))
+    return out
+
+
+def write_archive(path, config: dict, metadata: dict, arrays: dict) -> str:
+    """Write one zip at `path` (atomically: a sibling temporary file, then a rename)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".batchfit-save-", dir=parent)
+    os.close(handle)
+    try:
+        weights = io.BytesIO()
+        np.savez(weights, **arrays)
+        with zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(METADATA_FILE, json.dumps(metadata, indent=2))
+            archive.writestr(CONFIG_FILE, json.dumps(config, indent=2))
+            archive.writestr(WEIGHTS_FILE, weights.getvalue())
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+    return path
+
+
+def read_archive(path) -> tuple[dict, dict, dict]:
+    """(config, metadata, arrays) of a file write_archive wrote; arrays are read with allow_pickle=False."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No file at '{path}'. Pass the path that model.save('....keras') wrote.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"'{path}' is not a .keras file (a zip archive); it cannot be loaded.")
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        missing = {CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE} - names
+        if missing:
+            raise ValueError(f"'{path}' lacks {sorted(missing)}: it was not written by batchfit's model.save().")
+        metadata = json.loads(archive.read(METADATA_FILE))
+        if metadata.get("format") != KERAS_FORMAT or metadata.get("version") != KERAS_VERSION:
+            raise ValueError(f"'{path}' is not a batchfit .keras file of version {KERAS_VERSION} (format "
+                             f"{metadata.get('format')!r}, version {metadata.get('version')!r}). A file Keras "
+                             f"wrote holds Keras's HDF5 weights, which batchfit does not read.")
+        config = json.loads(archive.read(CONFIG_FILE))
+        with np.load(io.BytesIO(archive.read(WEIGHTS_FILE)), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    return config, metadata, arrays
+
+
+# ----- objects in configs: by name, or {"module", "class_name", "config"} --------------------------
+
+def to_json(value, what: str):
+    """`value` made of JSON types (initializer objects as their configs); TypeError naming `what` otherwise."""
+    def default(obj):
+        from batchfit import initializers
+        if isinstance(obj, initializers.Initializer):
+            return initializers.serialize(obj)
+        if isinstance(obj, (np.integer, np.floating, np.bool_)):
+            return obj.item()
+        if isinstance(obj, tuple):
+            return list(obj)
+        raise TypeError(f"{type(obj).__name__} {obj!r}")
+    try:
+        return json.loads(json.dumps(value, default=default))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what} holds a Python object that JSON cannot write ({e}). Give activations, "
+                        f"initializers and regularizers by name (e.g. activation='relu'), or define get_config() "
+                        f"returning plain values, to save the model.") from e
+
+
+def serialize_object(obj):
+    """A compile() argument as JSON: a name as is; an object with get_config as {"module", "class_name",
+    "config"}; a function by its name. None when it cannot be written (an optax transformation, a lambda)."""
+    from batchfit import optimizers
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, optimizers.Optimizer):
+        parameters = inspect.signature(type(obj).__init__).parameters
+        config = {name: getattr(obj, name) for name in parameters if name != "self" and hasattr(obj, name)}
+    elif hasattr(obj, "get_config") and not isinstance(obj, type):
+        config = obj.get_config()
+    elif inspect.isfunction(obj) and obj.__name__ != "<lambda>":
+        return {"module": obj.__module__, "class_name": "function", "config": obj.__name__}
+    else:
+        return None
+    try:
+        config = json.loads(json.dumps(config))
+    except (TypeError, ValueError):
+        return None
+    return {"module": type(obj).__module__, "class_name": type(obj).__name__, "config": config}
+
+
+def deserialize_object(entry, kind: str, custom_objects: dict | None):
+    """The compile() argument `serialize_object` wrote; `kind` is "optimizer", "loss" or "metric"."""
+    if entry is None or isinstance(entry, str):
+        return entry
+    from batchfit import losses, metrics, optimizers
+    home = {"optimizer": optimizers, "loss": losses, "metric": metrics}[kind]
+    name = entry["config"] if entry["class_name"] == "function" else entry["class_name"]
+    found = (custom_objects or {}).get(name) or getattr(home, name, None)
+    if found is None:
+        raise ValueError(f"Unknown {kind} '{name}' in the saved compile settings. Pass its class or function "
+                         f"to load_model(..., custom_objects={{'{name}': {name}}}), or load_model(..., "
+                         f"compile=False) and compile yourself.")
+    if entry["class_name"] == "function":
+        return found
+    config, parameters = entry["config"], inspect.signature(found.__init__).parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):    # get_config may list more than __init__ takes
+        config = {k: v for k, v in config.items() if k in {p.name for p in parameters}}
+    return found.from_config(config) if hasattr(found, "from_config") else found(**config)
+
+
+# ----- what a subclassed model was built on -----------------------------------------------------
+
+def input_spec(x):
+    """x's structure with each array as {"shape": [None, ...], "dtype": name} (JSON)."""
+    if isinstance(x, dict):
+        return {key: input_spec(value) for key, value in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [input_spec(value) for value in x]
+    return {"shape": [None, *(int(d) for d in np.shape(x)[1:])], "dtype": np.dtype(x.dtype).name}
+
+
+def zeros_like_spec(spec):
+    """One row of zeros in the structure `input_spec` described."""
+    if isinstance(spec, list):
+        return [zeros_like_spec(s) for s in spec]
+    if set(spec) == {"shape", "dtype"} and isinstance(spec["shape"], list):
+        return np.zeros((1, *spec["shape"][1:]), spec["dtype"])
+    return {key: zeros_like_spec(value) for key, value in spec.items()}

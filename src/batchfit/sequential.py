@@ -1,8 +1,9 @@
-"""Sequential: a stack of Keras-style layers, and saving / loading it (bf.load_model)."""
+"""Sequential: a stack of Keras-style layers, and bf.load_model (batchfit/models.py has the .keras logic)."""
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 from batchfit import activations as activations_lib
@@ -115,11 +116,10 @@ class Sequential(Model):
                       UserWarning, stacklevel=3)
         self.compile(optimizer="rmsprop", loss=loss)
 
-    def save(self, path) -> str:
-        """Write the model to the folder `path` (JSON and .npz, no pickle); `bf.load_model(path)` reads it.
-
-        Saved: the layers, the weights, and the compile settings when they were given by name.
-        Not saved: the optimizer's state. See batchfit/saving.py.
+    def _save_folder(self, path) -> str:
+        """batchfit's earlier format, which `save(path)` writes for a path without an extension: a folder
+        (JSON and .npz, no pickle) with the layers, the weights, and the compile settings when given by
+        name; not the optimizer's state. `save("m.keras")` writes Keras's one file. See batchfit/saving.py.
         """
         if not self.built:
             raise ValueError("save() needs a built model: give the first layer input_shape=..., or run it on "
@@ -137,8 +137,21 @@ class Sequential(Model):
         return saving.write_model(path, config, self.get_weights())
 
 
-def load_model(path, compile: bool = True) -> Sequential:
-    """The model `save()` wrote to `path`, with its weights (and its compile settings, when saved by name)."""
+def load_model(filepath, custom_objects=None, compile: bool = True, safe_mode: bool = True):
+    """The model `model.save(filepath)` wrote (Keras's `keras.models.load_model`).
+
+    A `.keras` file: the model (Sequential, functional or subclassed; classes not defined here come
+    from `custom_objects`, {class name: class}), its weights and, with `compile=True`, its compile
+    settings and optimizer state, so that it trains on exactly. A folder: batchfit's earlier
+    Sequential format. Nothing is unpickled, so `safe_mode` has nothing to refuse.
+    """
+    path = os.fspath(filepath)
+    if path.endswith(".keras") or (os.path.isfile(path) and not path.endswith(".h5")):
+        from batchfit import models
+        return models.load_archive(path, custom_objects, compile)
+    if path.endswith(".h5"):
+        raise ValueError(f"batchfit does not read Keras's HDF5 files; load a `.keras` file that model.save() wrote. "
+                         f"Received: filepath={path}")
     config, weights = saving.read_model(path)
     model = Sequential([layers_lib.layer_from_config(c) for c in config["layers"]], seed=config["seed"])
     model.build(tuple(config["input_shape"]))
