@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import threading
 
-import jax
 import jax.numpy as jnp
-import numpy as np
+import numpy as np  # noqa: F401 - the module doctest uses it
 
+from batchfit._array_like import ArrayLike
 from batchfit.errors import describe
 
 __all__ = ["Variable", "StatelessScope", "initial_value"]
@@ -84,15 +84,8 @@ def initial_value(initializer, shape, dtype):
     return value
 
 
-class Variable:
-    """A metric's state variable: `value`, `assign`, `assign_add`, `assign_sub`, and arithmetic on it.
-
-    It works with jax.numpy and batchfit.ops like an array (`__jax_array__`, and it is a JAX pytree
-    whose one leaf is its value, which jax.numpy needs inside compiled code). `assign` keeps the
-    variable's shape and dtype: the value is cast to the dtype; another shape is refused.
-    """
-
-    __hash__ = object.__hash__       # identity: a scope keys its values by the variable
+class Variable(ArrayLike):
+    """A metric's state variable: its own value, or the open StatelessScope's (see ArrayLike for the rest)."""
 
     def __init__(self, value, name: str | None = None):
         self._value = jnp.asarray(value)
@@ -100,13 +93,10 @@ class Variable:
         self.trainable = False
 
     @classmethod
-    def _detached(cls, value, name):
-        """The value of a variable taken apart by JAX (a pytree leaf) and put together again."""
+    def _unflatten(cls, name, value):
         variable = object.__new__(cls)
         variable._value, variable.name, variable.trainable = value, name, False
         return variable
-
-    # ----- reading and writing -------------------------------------------------------
 
     @property
     def value(self):
@@ -117,32 +107,6 @@ class Variable:
                 return value
         return self._value
 
-    def assign(self, value):
-        """Set the value (cast to this variable's dtype; the shape must stay); returns the new value."""
-        value = jnp.asarray(value.value if isinstance(value, Variable) else value, self.dtype)
-        if value.shape != self.shape:
-            if value.size == 1 and self.shape == ():
-                value = value.reshape(())
-            else:
-                raise ValueError(f"Variable `{self.name}` of shape {self.shape} cannot take a value of "
-                                 f"{describe(value)}: assign() keeps the shape. Reduce the value first, "
-                                 f"e.g. ops.sum(values).")
-        scope = _current_scope()
-        if scope is not None:
-            scope._put(self, value)
-        else:
-            self._value = value
-        return value
-
-    def assign_add(self, value):
-        return self.assign(jnp.add(self.value, jnp.asarray(value)))
-
-    def assign_sub(self, value):
-        return self.assign(jnp.subtract(self.value, jnp.asarray(value)))
-
-    def numpy(self) -> np.ndarray:
-        return np.asarray(self.value)
-
     @property
     def shape(self) -> tuple:
         return tuple(self._value.shape)
@@ -151,62 +115,12 @@ class Variable:
     def dtype(self):
         return self._value.dtype
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
+    def _write(self, value) -> None:
+        scope = _current_scope()
+        if scope is not None:
+            scope._put(self, value)
+        else:
+            self._value = value
 
     def __repr__(self):
         return f"<Variable {self.name} {describe(self._value)}>"
-
-    # ----- as an array ----------------------------------------------------------------
-
-    def __jax_array__(self):
-        return jnp.asarray(self.value)
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self.value, dtype)
-
-    def __float__(self):
-        return float(self.value)
-
-    def __int__(self):
-        return int(self.value)
-
-    def __bool__(self):
-        return bool(self.value)
-
-    def __len__(self):
-        return len(self.value)
-
-    def __getitem__(self, index):
-        return self.value[index]
-
-    def astype(self, dtype):
-        return jnp.asarray(self.value).astype(dtype)
-
-    def reshape(self, *shape):
-        return jnp.reshape(self.value, *shape)
-
-
-def _operator(name: str, reflected: bool = False):
-    def method(self, other=None):
-        a, b = jnp.asarray(self.value), other.value if isinstance(other, Variable) else other
-        fn = getattr(jnp, name)
-        if other is None and name in ("negative", "positive", "absolute", "logical_not"):
-            return fn(a)
-        return fn(b, a) if reflected else fn(a, b)
-    return method
-
-
-for _dunder, _fn in [("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("truediv", "true_divide"),
-                     ("floordiv", "floor_divide"), ("mod", "mod"), ("pow", "power"), ("matmul", "matmul")]:
-    setattr(Variable, f"__{_dunder}__", _operator(_fn))
-    setattr(Variable, f"__r{_dunder}__", _operator(_fn, reflected=True))
-for _dunder, _fn in [("lt", "less"), ("le", "less_equal"), ("gt", "greater"), ("ge", "greater_equal"),
-                     ("eq", "equal"), ("ne", "not_equal"), ("and", "logical_and"), ("or", "logical_or")]:
-    setattr(Variable, f"__{_dunder}__", _operator(_fn))
-for _dunder, _fn in [("neg", "negative"), ("pos", "positive"), ("abs", "absolute"), ("invert", "logical_not")]:
-    setattr(Variable, f"__{_dunder}__", _operator(_fn))
-
-jax.tree_util.register_pytree_node(
-    Variable, lambda v: ((v.value,), v.name), lambda name, leaves: Variable._detached(leaves[0], name))
