@@ -37,7 +37,7 @@ class Settings(NamedTuple):
     steps_per_execution: int | str
     weighted_mean: bool
     allow_nonfinite: bool
-    by_name: dict | None        # the arguments, when all were given by name (model.save keeps them)
+    arguments: dict             # compile()'s arguments as given (model.save writes them)
 
 
 def _refuse_unknown(unused: dict) -> None:
@@ -70,7 +70,6 @@ def settings_from(optimizer="rmsprop", loss=None, metrics=None, loss_weights=Non
         check_int("steps_per_execution", steps_per_execution, 1)
     if not isinstance(allow_nonfinite, bool):
         raise TypeError(f"`allow_nonfinite` must be True or False; got {allow_nonfinite!r}.")
-    metric_list = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
     if output_names and len(output_names) > 1:
         loss_obj, metric_objs = per_output(loss, metrics, loss_weights, tuple(output_names))
     else:
@@ -86,13 +85,12 @@ def settings_from(optimizer="rmsprop", loss=None, metrics=None, loss_weights=Non
     names = [m.name for m in metric_objs]
     if len(set(names)) != len(names) or "loss" in names:
         raise ValueError(f"Metric names must be unique and not 'loss'; got {names}.")
-    by_name = None
-    if isinstance(optimizer, str) and isinstance(loss, str) and all(isinstance(m, str) for m in metric_list) \
-            and not (output_names and len(output_names) > 1):
-        by_name = dict(optimizer=optimizer, loss=loss, metrics=metric_list, steps_per_execution=steps_per_execution,
-                       loss_reduction=loss_reduction, allow_nonfinite=allow_nonfinite)
+    arguments = dict(optimizer=optimizer, loss=loss, metrics=metrics, steps_per_execution=steps_per_execution,
+                     loss_reduction=loss_reduction, allow_nonfinite=allow_nonfinite)
+    if loss_weights is not None:
+        arguments["loss_weights"] = loss_weights
     return Settings(loss_obj, metric_objs, ("loss", *names), optimizers_lib.get(optimizer), steps_per_execution,
-                    loss_reduction == "weighted_mean", allow_nonfinite, by_name)
+                    loss_reduction == "weighted_mean", allow_nonfinite, arguments)
 
 
 def _single(value, output_names, what: str):

@@ -69,7 +69,7 @@ class Model(Shell, Handling):
 
     def _build_from(self, x) -> None:
         if not self._subclassed():
-            super()._build_from(x)
+            return super()._build_from(x)
         from batchfit._subclass import build_subclassed
         self._module = build_subclassed(self, x)
         self._built_on = saving.input_spec(x)      # get_config's build_config: load_model builds on zeros like it
@@ -104,7 +104,6 @@ class Model(Shell, Handling):
         """
         self._refuse_reentry("compile")
         self._settings = settings_from(optimizer, loss, metrics, output_names=self._output_names(), **kwargs)
-        self._compile_arguments = dict(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)   # for save()
         self._outputs, self._layouts = {}, {}     # the new loss checks every layout again
         if self._slot is not None:       # a new optimizer state, started when data arrives
             self._slot.put(self._slot.state._replace(opt_state=None))

@@ -52,9 +52,9 @@ def _map(fn, value):
 
 def compile_config(model) -> dict | None:
     """compile()'s arguments as JSON, or None (with a warning) when one of them cannot be written."""
-    arguments = getattr(model, "_compile_arguments", None)
-    if model._settings is None or arguments is None:
+    if model._settings is None:
         return None
+    arguments = model._settings.arguments
     config, unwritable = {}, []
     for name, value in arguments.items():
         if name in ("optimizer", "loss", "metrics"):

@@ -127,7 +127,7 @@ class Sequential(Model):
         config = {"format": saving.FORMAT, "version": saving.VERSION, "class_name": "Sequential",
                   "seed": self.seed, "input_shape": list(self.module.input_shape),
                   "layers": [layer.get_config() for layer in self._layers],
-                  "compile": self._settings.by_name if self._settings is not None else None}
+                  "compile": _by_name(self._settings)}
         try:
             config = json.loads(json.dumps(config))
         except TypeError as e:
@@ -167,3 +167,14 @@ def _default_loss(layers) -> str:
         if activation is activations_lib.get(name):
             return loss
     return "mse"
+
+
+def _by_name(settings) -> dict | None:
+    """compile()'s arguments when every one was given by name (all the folder format can keep), else None."""
+    if settings is None:
+        return None
+    arguments = dict(settings.arguments)
+    metrics = arguments["metrics"]
+    arguments["metrics"] = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+    named = [arguments["optimizer"], arguments["loss"], *arguments["metrics"]]
+    return arguments if all(isinstance(v, str) for v in named) and "loss_weights" not in arguments else None
