@@ -170,3 +170,18 @@ def test_freezing_is_refused_rather_than_ignored():
     with pytest.raises(NotImplementedError, match="optax.multi_transform"):
         model.trainable = False
     model.layers[0].trainable = True                     # asks for what batchfit does: accepted
+
+
+def test_weights_set_on_one_model_leave_another_models_training_alone():
+    """A layer's set_weights reaches the models holding it before their next step (train_on_batch too);
+    a model that does not hold it keeps what it trained, even before its values reached its layers."""
+    x, y = np.ones((4, 1), np.float32), np.zeros((4, 1), np.float32)
+    shared = L.Dense(1, kernel_initializer="ones", bias_initializer="zeros")
+    a = bf.Sequential([bf.Input((1,)), shared])
+    b = bf.Sequential([bf.Input((1,)), L.Dense(1, kernel_initializer="ones", bias_initializer="zeros")])
+    for model in (a, b):
+        model.compile(optimizer=bf.optimizers.SGD(0.25), loss="mse")
+    b.train_on_batch(x, y)                     # w = 1 - 0.25 * 2 * 1 = 0.5, b = -0.5
+    shared.set_weights([np.full((1, 1), 3.0, np.float32), np.zeros(1, np.float32)])
+    assert float(a.train_on_batch(x, y)) == pytest.approx(9.0)        # (3 * 1)^2, the weights just set
+    assert float(b.test_on_batch(x, y)) == pytest.approx(0.0)         # 0.5 - 0.5: b's own training kept

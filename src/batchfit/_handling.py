@@ -3,14 +3,12 @@ parameters, print its summary, read and set its optimizer's learning rate."""
 
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 
 from batchfit import optimizers as optimizers_lib
 from batchfit.layers import _scope, _symbolic
-from batchfit.layers.base import _refuse_freezing, run_module
+from batchfit.layers.base import run_module
 from batchfit.layers.variable import WeightLists
 
 __all__ = ["Handling", "OptimizerView"]
@@ -60,14 +58,6 @@ class Handling(WeightLists):
     # ----- layers and weights ------------------------------------------------------------------------
 
     @property
-    def trainable(self) -> bool:
-        return True
-
-    @trainable.setter
-    def trainable(self, value) -> None:
-        _refuse_freezing(value, f"model '{self.name}'")
-
-    @property
     def layers(self) -> list:
         return list(self._weight_layers())
 
@@ -90,21 +80,12 @@ class Handling(WeightLists):
         if not self.built:
             return []
         self._sync_module()
-        handles, seen = [], set()
-        for layer in self._weight_layers():
-            for handle in layer.weights:
-                if id(handle._home) not in seen:
-                    seen.add(id(handle._home))
-                    handles.append(handle)
-        if not self._weight_layers():
-            from batchfit.layers.variable import Variable
-            handles = [Variable(v, f"variable_{i}") for i, v in enumerate(self._weight_variables())]
-        return handles
+        return self._weight_handles()
 
     def count_params(self) -> int:
         if not self.built:
             raise ValueError(f"Model '{self.name}' is not built yet: call it on data (or build(input_shape)) first.")
-        return _count(self.weights)
+        return super().count_params()
 
     # ----- the optimizer ------------------------------------------------------------------------------
 
@@ -120,10 +101,6 @@ class Handling(WeightLists):
         print_summary(self, line_length, positions, print_fn)
 
 
-def _count(handles) -> int:
-    return int(sum(math.prod(h.shape) for h in handles))
-
-
 class OptimizerView:
     """`model.optimizer`: the learning rate and update count held in the model's training state."""
 
@@ -131,10 +108,8 @@ class OptimizerView:
         self._model = model
 
     def _state(self):
-        model = self._model
-        model._executables()
-        model._sync_module()
-        return model._slot.state
+        self._model._executables()
+        return self._model._slot.state
 
     @property
     def learning_rate(self) -> float:

@@ -95,8 +95,8 @@ class Shell:
             self._synced, self._edits = self._slot.version, _scope.edits
             for layer in self._all_layers():
                 layer._owners.add(self)
-        elif self._edits != _scope.edits:        # a layer's weights were set from outside: read them
-            self._pull_module()
+        else:
+            self._take_edits()
         if self._exe is None:
             s = self._settings
             program = Program(self._graph, s and s.loss, s.metrics if s else (), s and s.optimizer,
@@ -171,6 +171,7 @@ class Shell:
         """One batch for *_on_batch, checked by the same rules as fit's arrays. The checks of a layout
         (types, shapes, the model and the loss on them) run on its first batch; the value rules (finite
         x and y, the loss's targets) on every batch."""
+        self._take_edits()
         allow = self._settings is not None and self._settings.allow_nonfinite
         layout = None          # NumPy x and y, no weights: look their layout's checks up (see _is_plain)
         if sample_weight is None and class_weight is None and type(x) is np.ndarray and self.checks_layouts_once:
@@ -241,18 +242,23 @@ class Shell:
         """The layers whose weights make the model's, in Keras order (none for a plain NNX module)."""
         return []
 
-    def _weight_variables(self) -> list:
-        """The model's weights as NNX variables, in Keras's get_weights order."""
+    def _weight_handles(self) -> list:
+        """The model's weights as bf.Variable handles, in Keras's get_weights order, each once."""
+        from batchfit.layers.variable import Variable
         layers = self._weight_layers()
         if not layers:
-            return layers_lib.keras_weight_variables(self._module)
-        variables, seen = [], set()
+            return [Variable(v, f"variable_{i}") for i, v in enumerate(layers_lib.keras_weight_variables(self._module))]
+        handles, seen = [], set()
         for layer in layers:
             for handle in layer.weights:
                 if id(handle._home) not in seen:
                     seen.add(id(handle._home))
-                    variables.append(handle._home)
-        return variables
+                    handles.append(handle)
+        return handles
+
+    def _weight_variables(self) -> list:
+        """The model's weights as NNX variables, in Keras's get_weights order."""
+        return [handle._home for handle in self._weight_handles()]
 
     def get_weights(self) -> list[np.ndarray]:
         """All weights as NumPy arrays, in Keras order (per layer: kernel, bias, ...)."""
@@ -275,6 +281,14 @@ class Shell:
         for var, value in zip(variables, weights):
             var[...] = jax.device_put(np.asarray(value, var.get_value().dtype))   # a transfer, no compile
         self._pull_module()
+
+    def _take_edits(self) -> None:
+        """After weights were set from outside any model (layer.set_weights, a handle's assign): read the
+        module again. Its values are brought up to date first, so a model whose layers were not the ones
+        set keeps what it trained."""
+        if self._edits != _scope.edits and self._graph is not None:
+            self._sync_module()
+            self._pull_module()
 
     def _pull_module(self) -> None:
         """Take the module's variables as the training state (after they were set from outside)."""

@@ -27,7 +27,6 @@ import numpy as np
 
 from batchfit import saving
 from batchfit.functional import Functional
-from batchfit.layers import _scope
 from batchfit.model import Model
 from batchfit.sequential import Sequential, load_model
 from batchfit._configs import (clone_model, from_config, functional_config, get_config, model_entry,
@@ -97,12 +96,6 @@ def _check_savable(model) -> None:
                         "np.savez of get_weights()); load_weights / set_weights restore them.")
 
 
-def _fresh_state(model) -> None:
-    """Bring the training state up to date with weights set from outside (layer.set_weights)."""
-    if model._graph is not None and model._edits != _scope.edits:
-        model._pull_module()
-
-
 def save_model(model, filepath, overwrite: bool = True) -> str:
     """model.save(filepath): one .keras zip (config, weights, compile settings, optimizer state).
 
@@ -124,7 +117,7 @@ def save_model(model, filepath, overwrite: bool = True) -> str:
     arrays, manifest = saving.pack("weights", model.get_weights())
     manifests = {"weights": manifest}
     if model._slot is not None:
-        _fresh_state(model)
+        model._take_edits()
         state = model._slot.state
         parts = {"model_state": jax.tree.leaves(state.model_state)}
         if entry["compile_config"] is not None and state.opt_state is not None:

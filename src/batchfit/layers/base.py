@@ -15,7 +15,7 @@ from flax import nnx
 
 from batchfit.layers import _scope, _symbolic
 from batchfit.layers.initializers import initial_value
-from batchfit.layers.variable import WeightLists
+from batchfit.layers.variable import WeightLists, refuse_freezing
 from batchfit.registry import Registry
 
 __all__ = ["Layer", "LAYERS", "layer_from_config"]
@@ -157,7 +157,7 @@ class Layer(WeightLists):
 
     def __init__(self, *, input_shape=None, input_dim=None, name=None, dtype=None, trainable=True):
         owner = type(self).__name__
-        _refuse_freezing(trainable, owner)
+        refuse_freezing(trainable, owner)
         if input_dim is not None:
             input_shape = (_positive_int(input_dim, "input_dim", owner),)
         self.input_shape = None if input_shape is None else _shape(input_shape, "input_shape",
@@ -242,14 +242,6 @@ class Layer(WeightLists):
         self._module = module
 
     @property
-    def trainable(self) -> bool:
-        return True
-
-    @trainable.setter
-    def trainable(self, value) -> None:
-        _refuse_freezing(value, f"{type(self).__name__} '{self.name}'")
-
-    @property
     def built(self) -> bool:
         return self._module is not None
 
@@ -284,9 +276,6 @@ class Layer(WeightLists):
         from batchfit.layers.custom import set_weights
         set_weights(self, weights)
 
-    def count_params(self) -> int:
-        return int(sum(math.prod(w.shape) for w in self.weights))
-
     @property
     def output(self):
         """The symbolic output of the layer's one node in a functional model (Keras's layer.output)."""
@@ -307,15 +296,6 @@ class Layer(WeightLists):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
-
-
-def _refuse_freezing(value, what: str) -> None:
-    """`trainable = False` (Keras's freezing) is not supported yet: say so rather than train anyway."""
-    if not value:
-        raise NotImplementedError(
-            f"Setting {what}.trainable = False (freezing) is not supported by batchfit yet: its weights would "
-            f"still train. To keep weights fixed, compile with an optax.multi_transform that gives them "
-            f"optax.set_to_zero(), or build the frozen part outside the model.")
 
 
 def _per_sample(input_shape):

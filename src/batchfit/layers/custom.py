@@ -9,7 +9,6 @@ inside a compiled step (on the step's copy), and under `jax.grad`.
 from __future__ import annotations
 
 import inspect
-import math
 
 import jax
 import jax.numpy as jnp
@@ -197,7 +196,3 @@ def set_weights(layer, weights) -> None:
     for handle, value in zip(handles, weights):
         handle._home[...] = jax.device_put(np.asarray(value, handle.dtype))
     _scope.note_edit()
-
-
-def count(handles) -> int:
-    return int(sum(math.prod(h.shape) for h in handles))

@@ -8,6 +8,8 @@ written against `self.w` trains, and the same `self.w` read after `fit` shows th
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 from flax import nnx
@@ -15,15 +17,25 @@ from flax import nnx
 from batchfit._array_like import ArrayLike
 from batchfit.layers import _scope
 
-__all__ = ["Variable", "NonTrainable", "WeightLists"]
+__all__ = ["Variable", "NonTrainable", "WeightLists", "refuse_freezing"]
 
 
 class NonTrainable(nnx.Variable):
     """A weight the optimizer leaves alone (`add_weight(trainable=False)`): model state, not a Param."""
 
 
+def refuse_freezing(value, what: str) -> None:
+    """`trainable = False` (Keras's freezing) is not supported yet: say so rather than train anyway."""
+    if not value:
+        raise NotImplementedError(
+            f"Setting {what}.trainable = False (freezing) is not supported by batchfit yet: its weights would "
+            f"still train. To keep weights fixed, compile with an optax.multi_transform that gives them "
+            f"optax.set_to_zero(), or build the frozen part outside the model.")
+
+
 class WeightLists:
-    """Keras's `trainable_weights` / `non_trainable_weights`, from an owner's `weights`."""
+    """What Keras derives from an owner's `weights` (a layer's or a model's): the trainable and
+    non-trainable lists, `count_params()`, and `trainable` (always True: freezing is refused)."""
 
     @property
     def trainable_weights(self) -> list:
@@ -32,6 +44,17 @@ class WeightLists:
     @property
     def non_trainable_weights(self) -> list:
         return [w for w in self.weights if not w.trainable]
+
+    def count_params(self) -> int:
+        return int(sum(math.prod(w.shape) for w in self.weights))
+
+    @property
+    def trainable(self) -> bool:
+        return True
+
+    @trainable.setter
+    def trainable(self, value) -> None:
+        refuse_freezing(value, f"{type(self).__name__} '{self.name}'")
 
 
 class Variable(ArrayLike):
