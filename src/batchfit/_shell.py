@@ -244,17 +244,11 @@ class Shell:
 
     def _weight_handles(self) -> list:
         """The model's weights as bf.Variable handles, in Keras's get_weights order, each once."""
-        from batchfit.layers.variable import Variable
+        from batchfit.layers.variable import Variable, unique
         layers = self._weight_layers()
         if not layers:
             return [Variable(v, f"variable_{i}") for i, v in enumerate(layers_lib.keras_weight_variables(self._module))]
-        handles, seen = [], set()
-        for layer in layers:
-            for handle in layer.weights:
-                if id(handle._home) not in seen:
-                    seen.add(id(handle._home))
-                    handles.append(handle)
-        return handles
+        return unique(handle for layer in layers for handle in layer.weights)
 
     def _weight_variables(self) -> list:
         """The model's weights as NNX variables, in Keras's get_weights order."""
@@ -269,17 +263,9 @@ class Shell:
 
     def set_weights(self, weights) -> None:
         """Set all weights from NumPy arrays in `get_weights()` order (the optimizer state is kept)."""
-        if not isinstance(weights, (list, tuple)):
-            raise TypeError(f"set_weights() takes a list of arrays in get_weights() order; got {describe(weights)}.")
+        from batchfit.layers.custom import set_weights
         self._sync_module()
-        variables = self._weight_variables() if self.built else []
-        expected = [tuple(v.get_value().shape) for v in variables]
-        got = [tuple(np.shape(w)) for w in weights]
-        if expected != got:
-            raise ValueError(f"set_weights() expects {len(expected)} arrays with shapes {expected}; "
-                             f"got {len(got)} with shapes {got}. Use the list get_weights() returns.")
-        for var, value in zip(variables, weights):
-            var[...] = jax.device_put(np.asarray(value, var.get_value().dtype))   # a transfer, no compile
+        set_weights(self._weight_handles() if self.built else [], weights, f"model '{self.name}'")
         self._pull_module()
 
     def _take_edits(self) -> None:

@@ -274,7 +274,7 @@ class Layer(WeightLists):
 
     def set_weights(self, weights) -> None:
         from batchfit.layers.custom import set_weights
-        set_weights(self, weights)
+        set_weights(self.weights, weights, f"{type(self).__name__} '{self.name}'")
 
     @property
     def output(self):

@@ -20,7 +20,7 @@ from batchfit.errors import describe
 from batchfit.layers import _scope
 from batchfit.layers.base import Layer, _autocast, _jax_dtype
 from batchfit.layers.initializers import get_initializer, initial_value
-from batchfit.layers.variable import NonTrainable, Variable
+from batchfit.layers.variable import NonTrainable, Variable, unique
 
 __all__ = ["CustomModule", "add_weight", "weight_handles", "set_weights", "sublayers"]
 
@@ -46,7 +46,6 @@ class CustomModule(nnx.Module):
             layer._pending = []
             with _scope.building(rngs):
                 layer.build(batch_shape)
-                self._bind_parts([])
                 zeros = jax.tree.map(lambda s: jnp.zeros((1, *s.shape[1:]), s.dtype), layer._build_inputs,
                                      is_leaf=lambda a: hasattr(a, "shape"))
                 layer.call(zeros, **_training_argument(layer, False))       # builds the sublayers it calls
@@ -167,32 +166,23 @@ def weight_handles(layer: Layer) -> list:
     """The layer's weights, Keras's order: its own (trainable, then not), then each sublayer's."""
     for owner in list(getattr(layer, "_owners", ())):
         owner._sync_module()
-    handles, seen = [], set()
-    for handle in _own_handles(layer) + [h for sub in _children(layer) for h in _weights_of(sub)]:
-        if id(handle._home) not in seen:
-            seen.add(id(handle._home))
-            handles.append(handle)
-    return handles
+    return unique(_own_handles(layer) + [h for sub in _children(layer) for h in sub.weights])
 
 
 def _children(layer: Layer) -> list:
     return sublayers(layer) if isinstance(layer._module, CustomModule) else []
 
 
-def _weights_of(obj) -> list:
-    return obj.weights
-
-
-def set_weights(layer, weights) -> None:
-    """Set the layer's weights from arrays in `layer.weights` order (shapes must match)."""
-    handles = layer.weights
-    if not isinstance(weights, (list, tuple)) or len(weights) != len(handles):
-        raise ValueError(f"{type(layer).__name__} '{layer.name}'.set_weights() expects a list of {len(handles)} "
-                         f"arrays with shapes {[h.shape for h in handles]}; got {describe(weights)}.")
+def set_weights(handles: list, weights, owner: str) -> None:
+    """Set the weights `handles` from arrays in their order; `owner` names the layer or model in errors.
+    Nothing is set unless every array fits."""
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(f"{owner}.set_weights() takes a list of arrays in get_weights() order; got "
+                        f"{describe(weights)}.")
+    expected, got = [h.shape for h in handles], [tuple(np.shape(w)) for w in weights]
+    if expected != got:
+        raise ValueError(f"{owner}.set_weights() expects {len(expected)} arrays with shapes {expected}; got "
+                         f"{len(got)} with shapes {got}. Use the list get_weights() returns.")
     for handle, value in zip(handles, weights):
-        if tuple(np.shape(value)) != handle.shape:
-            raise ValueError(f"set_weights(): weight '{handle.path}' has shape {handle.shape}; got "
-                             f"{tuple(np.shape(value))}.")
-    for handle, value in zip(handles, weights):
-        handle._home[...] = jax.device_put(np.asarray(value, handle.dtype))
+        handle._home[...] = jax.device_put(np.asarray(value, handle.dtype))    # a transfer, no compile
     _scope.note_edit()

@@ -17,7 +17,7 @@ from flax import nnx
 from batchfit._array_like import ArrayLike
 from batchfit.layers import _scope
 
-__all__ = ["Variable", "NonTrainable", "WeightLists", "refuse_freezing"]
+__all__ = ["Variable", "NonTrainable", "WeightLists", "refuse_freezing", "unique"]
 
 
 class NonTrainable(nnx.Variable):
@@ -98,3 +98,13 @@ class Variable(ArrayLike):
 
     def __repr__(self):
         return f"<Variable path={self.path}, shape={self.shape}, dtype={np.dtype(self.dtype).name}>"
+
+
+def unique(handles) -> list:
+    """`handles` in order, each weight once (a shared layer's weights are listed by every owner)."""
+    found, seen = [], set()
+    for handle in handles:
+        if id(handle._home) not in seen:
+            seen.add(id(handle._home))
+            found.append(handle)
+    return found
