@@ -158,7 +158,7 @@ class Shell:
             key = (signature, tuple((tuple(a.shape[1:]), a.dtype) for a in jax.tree.leaves(y)))
             if key not in self._outputs:
                 try:
-                    jax.eval_shape(loss.call, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), y), out)
+                    jax.eval_shape(loss.per_sample, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), y), out)
                 except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
                     raise ValueError(f"`y` ({describe(y)}) does not fit the model's output "
                                      f"({describe(out)}) under the loss {loss.name}: {e}") from e

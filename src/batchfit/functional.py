@@ -48,21 +48,10 @@ class Graph(NamedTuple):
 
     def x_as_module_input(self, x):
         """The user's x (an array, a list in the inputs' order, or a dict by input name) as the module takes it."""
-        if len(self.input_names) == 1:
-            if isinstance(x, dict) and set(x) == set(self.input_names):
-                return x[self.input_names[0]]
-            if isinstance(x, (list, tuple)) and len(x) == 1 and hasattr(x[0], "shape"):
-                return x[0]
-            return x
         return _by_name(x, self.input_names, "x", "inputs")
 
     def y_as_module_output(self, y):
-        if y is None or len(self.output_names) == 1:
-            if isinstance(y, dict) and len(self.output_names) == 1 and set(y) == set(self.output_names):
-                return y[self.output_names[0]]
-            if isinstance(y, (list, tuple)) and len(y) == 1 and hasattr(y[0], "shape"):
-                return y[0]
-            return y
+        """The user's y (likewise, by output) as the module's output is: one array, or a dict by output name."""
         return _by_name(y, self.output_names, "y", "outputs")
 
     def present(self, out):
@@ -73,6 +62,14 @@ class Graph(NamedTuple):
 
 
 def _by_name(data, names: tuple, what: str, role: str):
+    """`data` in the module's structure: for one name, the array itself (also from a one-entry list or dict);
+    for several, a dict by name. Anything else (a Dataset, a generator, None) passes as it is."""
+    if len(names) == 1:
+        if isinstance(data, dict) and set(data) == set(names):
+            return data[names[0]]
+        if isinstance(data, (list, tuple)) and len(data) == 1 and hasattr(data[0], "shape"):
+            return data[0]
+        return data
     if not isinstance(data, (dict, list, tuple)):
         return data                       # a Dataset, a generator, ...: its batches are dicts by name
     if isinstance(data, dict):
@@ -80,7 +77,7 @@ def _by_name(data, names: tuple, what: str, role: str):
             raise ValueError(f"`{what}` is a dict with keys {sorted(data)}; this model's {role} are named "
                              f"{list(names)}. Use those keys, or a list in that order.")
         return dict(data)
-    if isinstance(data, (list, tuple)) and len(data) == len(names):
+    if len(data) == len(names):
         return dict(zip(names, data))
     raise ValueError(f"This model has {len(names)} {role} ({list(names)}); `{what}` must be a list of {len(names)} "
                      f"arrays in that order or a dict by name; got {describe(data)}.")
