@@ -1,4 +1,4 @@
-"""Regenerate the Keras name lists stored in src/batchfit/_keras_names.py from the installed keras.
+"""Regenerate the Keras name lists stored in src/batchfit/_keras_name_lists.py from the installed keras.
 
     KERAS_BACKEND=jax python scripts/keras_names.py           # rewrite the generated block
     KERAS_BACKEND=jax python scripts/keras_names.py --check   # exit 1 if the block is out of date,
@@ -17,7 +17,7 @@ import re
 import sys
 import textwrap
 
-TARGET = pathlib.Path(__file__).resolve().parents[1] / "src" / "batchfit" / "_keras_names.py"
+TARGET = pathlib.Path(__file__).resolve().parents[1] / "src" / "batchfit" / "_keras_name_lists.py"
 BEGIN, END = "# BEGIN GENERATED", "# END GENERATED"
 
 # batchfit module -> the Keras module whose public names it mirrors

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from batchfit._keras_adam import AdamState, scale_by_keras_adam
+from batchfit._keras_adam import cast as _cast
 from batchfit._keras_names import missing as _missing
 from batchfit.registry import Registry
 
@@ -37,41 +39,6 @@ def _check_number(name: str, value, example, expected=">= 0", kind="a number") -
     if not (math.isfinite(value) and above and below):
         what = f"a float in {expected}" if expected.startswith("[") else f"{expected} and finite"
         raise ValueError(f"`{name}` must be {what}; got {value!r}. Pass e.g. {name}={example}.")
-
-
-class AdamState(NamedTuple):
-    """Keras Adam state: count (int32), first and second moments, max second moment (amsgrad)."""
-    count: jax.Array
-    momentum: Any
-    velocity: Any
-    velocity_hat: Any
-
-
-def _cast(value, like):
-    return jnp.asarray(value, dtype=jnp.result_type(like))
-
-
-def _scale_by_keras_adam(beta_1, beta_2, epsilon, amsgrad) -> optax.GradientTransformation:
-    """Keras's Adam direction, lr excluded: ``sqrt(1-b2^t) / (1-b1^t) * m / (sqrt(v) + eps)``."""
-    # optax.scale_by_adam adds epsilon to sqrt(v_hat) after bias correction; Keras adds it
-    # to sqrt(v) and folds the correction into the step size, which differs for small v.
-    def init_fn(params):
-        zeros = optax.tree.zeros_like
-        velocity_hat = zeros(params) if amsgrad else None
-        return AdamState(jnp.zeros([], jnp.int32), zeros(params), zeros(params), velocity_hat)
-
-    def update_fn(updates, state, params=None):
-        m = _tree_map(lambda g, m: m + (g - m) * _cast(1 - beta_1, m), updates, state.momentum)
-        v = _tree_map(lambda g, v: v + (g * g - v) * _cast(1 - beta_2, v), updates, state.velocity)
-        v_hat = _tree_map(jnp.maximum, state.velocity_hat, v) if amsgrad else None
-        count = optax.safe_increment(state.count)
-        def leaf(m, v):
-            t = _cast(count, m)
-            correction = jnp.sqrt(1 - _cast(beta_2, m) ** t) / (1 - _cast(beta_1, m) ** t)
-            return m * correction / (jnp.sqrt(v) + _cast(epsilon, v))
-        direction = _tree_map(leaf, m, v_hat if amsgrad else v)
-        return direction, AdamState(count, m, v, v_hat)
-    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _scale_by_learning_rate(learning_rate) -> optax.GradientTransformation:
@@ -231,7 +198,7 @@ class Adam(Optimizer):
 
     def _rule(self, learning_rate):
         return optax.chain(
-            _scale_by_keras_adam(self.beta_1, self.beta_2, self.epsilon, self.amsgrad),
+            scale_by_keras_adam(self.beta_1, self.beta_2, self.epsilon, self.amsgrad),
             _scale_by_learning_rate(learning_rate))
 
 
