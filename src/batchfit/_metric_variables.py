@@ -19,6 +19,7 @@ import threading
 import jax.numpy as jnp
 import numpy as np  # noqa: F401 - the module doctest uses it
 
+from batchfit import initializers
 from batchfit._array_like import ArrayLike
 from batchfit.errors import describe
 
@@ -65,23 +66,14 @@ class StatelessScope:
 
 
 def initial_value(initializer, shape, dtype):
-    """A variable's first value from Keras's `initializer` ("zeros", "ones", a number or array, or a
-    callable(shape, dtype) such as a Keras initializer object), as a JAX array of `shape` and `dtype`."""
-    if initializer is None or (isinstance(initializer, str) and initializer.lower() in ("zeros", "zero")):
-        value = jnp.zeros(shape, dtype)
-    elif isinstance(initializer, str) and initializer.lower() in ("ones", "one"):
-        value = jnp.ones(shape, dtype)
-    elif isinstance(initializer, str):
-        raise ValueError(f"A metric variable's initializer must be 'zeros', 'ones', a number, an array or a "
-                         f"callable(shape, dtype); got {initializer!r}. Metric state usually starts at 'zeros'.")
-    elif callable(initializer):
-        value = initializer(shape, dtype)
-    else:
-        value = initializer
+    """A variable's first value from Keras's `initializer` (a name or config such as "zeros", a
+    bf.initializers object or any callable(shape, dtype), a number or an array), as a JAX array of
+    `shape` and `dtype`."""
+    if initializer is None or isinstance(initializer, (str, dict)):
+        initializer = initializers.get(initializer or "zeros")
+    value = initializer(shape, dtype) if callable(initializer) else initializer
     value = jnp.asarray(value, dtype)
-    if value.shape != tuple(shape):
-        value = jnp.broadcast_to(value, shape)
-    return value
+    return value if value.shape == tuple(shape) else jnp.broadcast_to(value, shape)
 
 
 class Variable(ArrayLike):
