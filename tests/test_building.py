@@ -185,3 +185,13 @@ def test_weights_set_on_one_model_leave_another_models_training_alone():
     shared.set_weights([np.full((1, 1), 3.0, np.float32), np.zeros(1, np.float32)])
     assert float(a.train_on_batch(x, y)) == pytest.approx(9.0)        # (3 * 1)^2, the weights just set
     assert float(b.test_on_batch(x, y)) == pytest.approx(0.0)         # 0.5 - 0.5: b's own training kept
+
+
+def test_dict_inputs_and_outputs_pair_each_name_with_its_own_tensor():
+    """Keys given out of sorted order: each input and output is still found by its own name."""
+    second, first = bf.Input((2,), name="second"), bf.Input((1,), name="first")
+    total = L.Dense(1, kernel_initializer="ones", bias_initializer="zeros", name="total")
+    model = bf.Model({"second": second, "first": first},
+                     {"sum": total(L.Concatenate()([second, first])), "copy": L.Activation("linear")(first)})
+    out = model({"second": np.array([[1.0, 2.0]], np.float32), "first": np.array([[10.0]], np.float32)})
+    assert float(out["sum"][0, 0]) == 13.0 and float(out["copy"][0, 0]) == 10.0

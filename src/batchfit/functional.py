@@ -85,7 +85,7 @@ def _by_name(data, names: tuple, what: str, role: str):
 
 def _names(structure, tensors, role: str) -> tuple:
     if isinstance(structure, dict):
-        return tuple(structure)
+        return tuple(sorted(structure))        # the order jax.tree.leaves gives the dict's tensors
     if role == "inputs":
         names = tuple(t.name for t in tensors)
     else:
