@@ -36,6 +36,7 @@ MODULES = {
     "batchfit.optimizers": "keras.optimizers",
     "batchfit.optimizers.schedules": "keras.optimizers.schedules",
     "batchfit.regularizers": "keras.regularizers",
+    "batchfit.saving": "keras.saving",
     "batchfit.utils": "keras.utils",
 }
 _NOT_API = {"keras": {"src"}}      # keras.src is Keras's implementation, not its API

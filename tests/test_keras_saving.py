@@ -315,3 +315,20 @@ def test_the_functional_config_has_the_layers_and_nodes_of_keras():
     assert structure(ours) == structure(theirs)
     assert [layer["name"] for layer in ours["layers"]] == [layer["name"] for layer in theirs["layers"]]   # order
     assert sorted(ours) == sorted(theirs)          # name, trainable, layers, input_layers, output_layers
+
+
+def test_keras_saving_names_reach_the_same_functions(tmp_path):
+    """Keras code calls keras.saving.load_model / save_model and decorates custom classes with
+    register_keras_serializable: all three work, and a decorated layer loads by its class name."""
+    @bf.saving.register_keras_serializable(package="Tests")
+    class Doubled(bf.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    assert bf.utils.register_keras_serializable is bf.saving.register_keras_serializable
+    model = bf.Sequential([bf.Input((2,)), Doubled(), bf.layers.Dense(1, kernel_initializer="ones")])
+    path = str(tmp_path / "doubled.keras")
+    bf.saving.save_model(model, path)
+    loaded = bf.saving.load_model(path)
+    x = np.array([[1.0, 2.0]], np.float32)
+    assert float(loaded.predict(x, verbose=0)[0, 0]) == pytest.approx(6.0)   # 2 * (1 + 2)

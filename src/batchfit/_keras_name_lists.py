@@ -153,6 +153,11 @@ _KERAS = {
         L1 L1L2 L2 OrthogonalRegularizer Regularizer deserialize get l1 l1_l2 l2
         orthogonal_regularizer serialize
     """,
+    "batchfit.saving": """
+        CustomObjectScope KerasFileEditor custom_object_scope deserialize_keras_object
+        get_custom_objects get_registered_name get_registered_object load_model load_weights
+        register_keras_serializable save_model save_weights serialize_keras_object
+    """,
     "batchfit.utils": """
         Config CustomObjectScope FeatureSpace Progbar PyDataset Sequence array_to_img
         audio_dataset_from_directory bounding_boxes clear_session custom_object_scope

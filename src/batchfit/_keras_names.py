@@ -82,7 +82,6 @@ NEAREST: dict[str, dict[str, str]] = {
         "datasets": "load the arrays with NumPy: batchfit trains on NumPy arrays",
         "preprocessing": _PREPROCESS,
         "distribution": "none yet: batchfit trains on one device",
-        "saving": "model.save(path) and bf.load_model(path)",
         "version": "batchfit.__version__",
     },
     "batchfit.layers": {
@@ -237,10 +236,6 @@ NEAREST: dict[str, dict[str, str]] = {
         "get_file": "urllib.request.urlretrieve",
         "clear_session": "jax.clear_caches()",
         **_same("a tuple (x, y, sample_weight)", "pack_x_y_sample_weight", "unpack_x_y_sample_weight"),
-    },
-    "batchfit.models": {
-        "clone_model": "build the model again with the same seed=",
-        "save_model": "model.save(path)",
     },
     "batchfit.data": {
         **_same("a Python generator that reads the files and yields batches", "TFRecordDataset",

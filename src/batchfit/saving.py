@@ -31,7 +31,7 @@ from batchfit.registry import Registry
 
 __all__ = ["FORMAT", "VERSION", "write_model", "read_model", "KERAS_FORMAT", "KERAS_VERSION", "MODELS",
            "write_archive", "read_archive", "pack", "unpack", "serialize_object", "deserialize_object",
-           "input_spec", "zeros_like_spec", "to_json"]
+           "input_spec", "zeros_like_spec", "to_json", "load_model", "save_model", "register_keras_serializable"]
 
 FORMAT, VERSION = "batchfit-model", 1
 _CONFIG, _WEIGHTS = "model.json", "weights.npz"
@@ -272,3 +272,29 @@ def zeros_like_spec(spec):
     if set(spec) == {"shape", "dtype"} and isinstance(spec["shape"], list):
         return np.zeros((1, *spec["shape"][1:]), spec["dtype"])
     return {key: zeros_like_spec(value) for key, value in spec.items()}
+
+
+# ----- Keras's keras.saving names ---------------------------------------------------------------
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """`keras.saving.load_model`: the same function as `bf.models.load_model`."""
+    from batchfit.models import load_model as load
+    return load(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+
+
+def save_model(model, filepath, overwrite=True, **kwargs):
+    """`keras.saving.save_model(model, filepath)`: `model.save(filepath)`."""
+    return model.save(filepath, overwrite=overwrite)
+
+
+def register_keras_serializable(package="Custom", name=None):
+    """Keras's decorator for custom classes, accepted as it is: batchfit's Layer and Model subclasses
+    register themselves by class name, so load_model finds them once their module is imported."""
+    def register(cls):
+        return cls
+    return register
+
+
+from batchfit._keras_names import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__, lambda: list(globals()))

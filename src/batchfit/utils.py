@@ -14,8 +14,9 @@ import jax
 import numpy as np
 
 from batchfit import _random
+from batchfit.saving import register_keras_serializable
 
-__all__ = ["to_categorical", "pad_sequences", "set_random_seed", "PyDataset"]
+__all__ = ["to_categorical", "pad_sequences", "set_random_seed", "PyDataset", "register_keras_serializable"]
 
 
 def to_categorical(x, num_classes=None):
