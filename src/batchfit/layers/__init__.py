@@ -8,7 +8,20 @@ Built modules start in inference mode; `module.train()` / `module.eval()` switch
 """
 
 from batchfit.layers.base import Layer, layer_from_config
-from batchfit.layers.conv import Conv2D, MaxPooling2D
+from batchfit.layers import (
+    activation_layers, attention, conv, lambda_layer, noise, pooling, preprocessing, recurrent,
+    reshaping, wrappers,
+)
+from batchfit.layers.activation_layers import *  # noqa: F401,F403
+from batchfit.layers.attention import *  # noqa: F401,F403
+from batchfit.layers.conv import *  # noqa: F401,F403
+from batchfit.layers.lambda_layer import *  # noqa: F401,F403
+from batchfit.layers.noise import *  # noqa: F401,F403
+from batchfit.layers.pooling import *  # noqa: F401,F403
+from batchfit.layers.preprocessing import *  # noqa: F401,F403
+from batchfit.layers.recurrent import *  # noqa: F401,F403
+from batchfit.layers.reshaping import *  # noqa: F401,F403
+from batchfit.layers.wrappers import *  # noqa: F401,F403
 from batchfit.layers.core import (
     Activation,
     Dense,
@@ -20,7 +33,8 @@ from batchfit.layers.core import (
 from batchfit.layers._symbolic import Input, KerasTensor
 from batchfit.layers.variable import Variable
 from batchfit.layers.initializers import INITIALIZERS, get_initializer
-from batchfit.layers.merging import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
+from batchfit.layers.merging import *  # noqa: F401,F403
+from batchfit.layers import merging
 from batchfit.layers.normalization import BatchNormalization, LayerNormalization
 from batchfit.layers.stack import (
     Stack,
@@ -31,9 +45,10 @@ from batchfit.layers.stack import (
 
 __all__ = [
     "INITIALIZERS", "get_initializer", "Layer", "Dense", "Activation", "Dropout", "Flatten",
-    "BatchNormalization", "LayerNormalization", "Embedding", "Conv2D", "MaxPooling2D",
-    "InputLayer", "Input", "Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "KerasTensor", "Variable", "Stack", "build_stack", "keras_weight_variables",
-    "regularization_penalty", "layer_from_config",
+    "BatchNormalization", "LayerNormalization", "Embedding", "InputLayer", "Input", "KerasTensor", "Variable",
+    "Stack", "build_stack", "keras_weight_variables", "regularization_penalty", "layer_from_config",
+    *(name for module in (activation_layers, attention, conv, lambda_layer, merging, noise, pooling,
+                          preprocessing, recurrent, reshaping, wrappers) for name in module.__all__),
 ]
 
 from batchfit._keras_names import missing as _missing  # noqa: E402

@@ -9,6 +9,8 @@ from flax import nnx
 from batchfit.layers.base import Layer, _autocast, _jax_dtype, _padding, _pair, _positive_int
 from batchfit.layers.core import _Affine, _AffineModule
 
+__all__ = ["Conv2D", "MaxPooling2D"]
+
 
 class Conv2DModule(_AffineModule):
     """Built `Conv2D`: [B, H, W, C] -> [B, H', W', filters]; kernel [kh, kw, C, filters]."""
