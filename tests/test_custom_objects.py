@@ -232,16 +232,20 @@ def test_metric_state_is_traced_once_and_independent_of_steps_per_execution(data
     assert_logs_match(histories[1], histories[7])
 
 
-def test_sample_weights_reach_stateful_metrics(data, reference):
-    """Stateful metrics get the batch's weights [B], as batchfit's mean metrics do (batchfit weighs
-    `metrics=`; Keras would pass them to `weighted_metrics=` only): weights 0 for the second half."""
+def test_sample_weights_reach_weighted_metrics_only(data, reference):
+    """As Keras 3: `weighted_metrics=` get the batch's weights [B] (0 for the second half here), `metrics=`
+    none; a metric in both is logged a second time as weighted_{name}."""
     x, y = data
     weights = np.r_[np.ones(25), np.zeros(25)].astype(np.float32)
-    model = ours_compiled(reference)
+    model = our_model(reference["initial"])
+    args = compile_args(OURS, "class")
+    model.compile(optimizer="sgd", **args, weighted_metrics=[OURS[0](), OURS[1]()])
     logs = model.evaluate(x, y, sample_weight=weights, batch_size=BATCH, verbose=0, return_dict=True)
     p = model.predict(x, verbose=0)
-    assert logs["true_positives"] == np.sum((y[:25] == 1) & (p[:25] >= 0.5))
-    assert logs["mean_gap"] == approx(np.sum(np.abs(y[:25] - p[:25])) / y.size, rel=1e-5)
+    assert logs["true_positives"] == np.sum((y == 1) & (p >= 0.5))
+    assert logs["weighted_true_positives"] == np.sum((y[:25] == 1) & (p[:25] >= 0.5))
+    assert logs["mean_gap"] == approx(np.sum(np.abs(y - p)) / y.size, rel=1e-5)
+    assert logs["weighted_mean_gap"] == approx(np.sum(np.abs(y[:25] - p[:25])) / y.size, rel=1e-5)
 
 
 def test_a_position_mid_epoch_carries_the_metric_state(data, reference):

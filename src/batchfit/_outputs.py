@@ -131,7 +131,7 @@ def _as_list(value) -> list:
 
 
 def per_output(loss, metrics, loss_weights, names: tuple):
-    """(the total loss, the metrics: each output's loss, then each output's metrics) for outputs `names`."""
+    """(the total loss, each output's loss as a metric, each output's `metrics`) for outputs `names`."""
     losses = {name: losses_lib.get(spec) for name, spec in _by_output(loss, names, "loss").items()
               if spec is not None}
     if not losses:
@@ -141,4 +141,4 @@ def per_output(loss, metrics, loss_weights, names: tuple):
     tracked = [OutputLoss(name, loss) for name, loss in losses.items()]
     measured = [_for_output(name, metrics_lib.get(m, losses.get(name)))
                 for name, specs in _metric_lists(metrics, names).items() for m in specs]
-    return OutputsLoss(losses, weights), tuple(tracked + measured)
+    return OutputsLoss(losses, weights), tuple(tracked), tuple(measured)

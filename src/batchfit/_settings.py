@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 from typing import Any, NamedTuple
 
@@ -20,7 +21,6 @@ _REDUCTIONS = ("sum_over_batch_size", "weighted_mean")
 # Keras 3's compile() arguments that batchfit does not take, with what to do instead; a value
 # that only asks for what batchfit does anyway is accepted.
 _UNSUPPORTED = {
-    "weighted_metrics": (None, "metrics are weighted by sample_weight and class_weight today"),
     "run_eagerly": (False, "every step runs compiled; debug with jax.disable_jit() around the call"),
     "jit_compile": ((True, "auto"), "every step is compiled with XLA; there is no other mode"),
     "auto_scale_loss": ((True, False), None),
@@ -28,10 +28,15 @@ _UNSUPPORTED = {
 
 
 class Settings(NamedTuple):
-    """What compile() chose, checked; `names` is "loss" then each metric's name."""
+    """What compile() chose, checked; `names` is "loss" then each metric's name.
+
+    `metrics` holds the `metrics=` first, then the `weighted_metrics=` (Keras's order of the logs);
+    `weighted[i]` says whether metric i sees the sample and class weights.
+    """
 
     loss: Any
     metrics: tuple
+    weighted: tuple
     names: tuple
     optimizer: optax.GradientTransformation
     steps_per_execution: int | str
@@ -41,7 +46,7 @@ class Settings(NamedTuple):
 
 
 def _refuse_unknown(unused: dict) -> None:
-    known = ("optimizer", "loss", "metrics", "loss_weights", "steps_per_execution", "loss_reduction",
+    known = ("optimizer", "loss", "metrics", "weighted_metrics", "loss_weights", "steps_per_execution", "loss_reduction",
              "allow_nonfinite", *_UNSUPPORTED)
     for name, value in unused.items():
         if name not in _UNSUPPORTED:
@@ -56,8 +61,9 @@ def _refuse_unknown(unused: dict) -> None:
                          + (f": {fix}." if fix else "."))
 
 
-def settings_from(optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, *, steps_per_execution="auto",
-                  loss_reduction="sum_over_batch_size", allow_nonfinite=False, output_names=None, **unused) -> Settings:
+def settings_from(optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None, *,
+                  steps_per_execution="auto", loss_reduction="sum_over_batch_size", allow_nonfinite=False,
+                  output_names=None, **unused) -> Settings:
     """compile()'s arguments as Settings; TypeError / ValueError for anything it cannot train with.
 
     `output_names`: the model's outputs when it has several (a loss and metrics per output, _outputs.py)."""
@@ -71,26 +77,49 @@ def settings_from(optimizer="rmsprop", loss=None, metrics=None, loss_weights=Non
     if not isinstance(allow_nonfinite, bool):
         raise TypeError(f"`allow_nonfinite` must be True or False; got {allow_nonfinite!r}.")
     if output_names and len(output_names) > 1:
-        loss_obj, metric_objs = per_output(loss, metrics, loss_weights, tuple(output_names))
+        loss_obj, tracked, plain = per_output(loss, metrics, loss_weights, tuple(output_names))
+        weighted = per_output(loss, weighted_metrics, loss_weights, tuple(output_names))[2]
     else:
         given = loss_weights
-        loss, metrics, loss_weights = (_single(v, output_names, what) for v, what in
-                                       ((loss, "loss"), (metrics, "metrics"), (loss_weights, "loss_weights")))
+        loss, metrics, weighted_metrics, loss_weights = (
+            _single(v, output_names, what) for v, what in ((loss, "loss"), (metrics, "metrics"),
+                                                           (weighted_metrics, "metrics"), (loss_weights, "loss_weights")))
         if loss_weights not in (None, 1, 1.0):
             raise ValueError(f"compile(loss_weights={given!r}) on a model with one output: scale the loss "
                              f"itself (e.g. a bf.losses.Loss subclass) or the learning rate instead.")
-        metric_list = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
-        loss_obj = losses_lib.get(loss)
-        metric_objs = tuple(metrics_lib.get(m, loss_obj) for m in metric_list)
+        loss_obj, tracked = losses_lib.get(loss), ()
+        plain, weighted = (tuple(metrics_lib.get(m, loss_obj) for m in _as_list(given))
+                           for given in (metrics, weighted_metrics))
+    metric_objs = (*tracked, *plain, *_weighted_names(weighted, [m.name for m in (*tracked, *plain)]))
     names = [m.name for m in metric_objs]
     if len(set(names)) != len(names) or "loss" in names:
         raise ValueError(f"Metric names must be unique and not 'loss'; got {names}.")
     arguments = dict(optimizer=optimizer, loss=loss, metrics=metrics, steps_per_execution=steps_per_execution,
                      loss_reduction=loss_reduction, allow_nonfinite=allow_nonfinite)
-    if loss_weights is not None:
-        arguments["loss_weights"] = loss_weights
-    return Settings(loss_obj, metric_objs, ("loss", *names), optimizers_lib.get(optimizer), steps_per_execution,
-                    loss_reduction == "weighted_mean", allow_nonfinite, arguments)
+    for name, value in (("weighted_metrics", weighted_metrics), ("loss_weights", loss_weights)):
+        if value is not None:
+            arguments[name] = value
+    flags = (True,) * len(tracked) + (False,) * len(plain) + (True,) * len(weighted)
+    return Settings(loss_obj, metric_objs, flags, ("loss", *names), optimizers_lib.get(optimizer),
+                    steps_per_execution, loss_reduction == "weighted_mean", allow_nonfinite, arguments)
+
+
+def _as_list(metrics) -> list:
+    return [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+
+
+def _weighted_names(weighted: tuple, taken: list) -> tuple:
+    """The weighted metrics, one whose name a `metrics=` entry has renamed `weighted_{name}` (of an output:
+    `{output}_weighted_{name}`), as Keras names the logs."""
+    renamed = []
+    for metric in weighted:
+        if metric.name in taken:
+            metric, output = copy.copy(metric), getattr(metric, "output", None)
+            metric.name = (f"{output}_weighted_{metric.name[len(output) + 1:]}" if output
+                           else f"weighted_{metric.name}")
+        taken.append(metric.name)
+        renamed.append(metric)
+    return tuple(renamed)
 
 
 def _single(value, output_names, what: str):

@@ -100,7 +100,7 @@ class Shell:
         if self._exe is None:
             s = self._settings
             program = Program(self._graph, s and s.loss, s.metrics if s else (), s and s.optimizer,
-                              bool(s and s.weighted_mean), layers_lib.regularization_penalty)
+                              bool(s and s.weighted_mean), layers_lib.regularization_penalty, s.weighted if s else ())
             if s is not None:
                 self._slot.put(start_state(program, self._slot.state))
             self._exe, self._running = build_executables(program, self._slot.treedef), None

@@ -56,7 +56,7 @@ def compile_config(model) -> dict | None:
     arguments = model._settings.arguments
     config, unwritable = {}, []
     for name, value in arguments.items():
-        if name in ("optimizer", "loss", "metrics"):
+        if name in ("optimizer", "loss", "metrics", "weighted_metrics"):
             failed = []
 
             def write(v, failed=failed):
@@ -81,7 +81,7 @@ def compile_config(model) -> dict | None:
 
 
 def compile_arguments(config: dict, custom_objects=None) -> dict:
-    kinds = {"optimizer": "optimizer", "loss": "loss", "metrics": "metric"}
+    kinds = {"optimizer": "optimizer", "loss": "loss", "metrics": "metric", "weighted_metrics": "metric"}
     return {name: _map(lambda v, kind=kinds[name]: saving.deserialize_object(v, kind, custom_objects), value)
             if name in kinds else value for name, value in config.items()}
 

@@ -30,6 +30,7 @@ class Program(NamedTuple):
     optimizer: optax.GradientTransformation
     weighted_mean: bool       # loss_reduction="weighted_mean": divide by sum(w), not B
     penalty: Callable         # module -> R(theta), the sum of its regularization penalties
+    weighted: tuple = ()      # per metric: whether it sees the sample weights (`weighted_metrics=`); () = all do
 
 
 def _forward(program: Program, params, model_state, batch: Batch, training: bool):
@@ -82,28 +83,26 @@ def initial_totals(metrics) -> Totals:
     return Totals(zero_totals(len(metrics)), states)
 
 
-def _update_state(metric, state: tuple, batch: Batch, y_pred) -> tuple:
+def _update_state(metric, state: tuple, y, y_pred, w) -> tuple:
     """A stateful metric's update_state on one batch, as a pure function of its variables' values."""
-    new = metric.stateless_update_state(list(state), batch.y, y_pred, sample_weight=batch.w)
+    new = metric.stateless_update_state(list(state), y, y_pred, sample_weight=w)
     return tuple(jnp.asarray(v).astype(old.dtype) for v, old in zip(new, state))
 
 
 def _accumulate(program: Program, totals: Totals, loss, batch: Batch, y_pred) -> Totals:
-    """Add this batch: the loss weighted by n_b and each mean metric by w_i to their (sum, count) rows;
-    each stateful metric's update_state to its variables."""
+    """Add this batch: the loss weighted by n_b and each mean metric by w_i (1 for an unweighted metric) to
+    their (sum, count) rows; each stateful metric's update_state to its variables."""
     n = jnp.float32(jax.tree.leaves(batch.y)[0].shape[0])
-    rows = [jnp.stack([n * loss, n])]
-    weight_sum = n if batch.w is None else jnp.sum(batch.w)
-    for metric in program.metrics:
+    rows, states, stateful = [jnp.stack([n * loss, n])], [], iter(totals.states)
+    for metric, weighted in zip(program.metrics, program.weighted or (True,) * len(program.metrics)):
+        w = batch.w if weighted else None
         if not metric.per_sample_mean:
+            states.append(_update_state(metric, next(stateful), batch.y, y_pred, w))
             rows.append(jnp.zeros(2, jnp.float32))
             continue
         values = metric.call(batch.y, y_pred).astype(jnp.float32)
-        weighted = jnp.sum(values) if batch.w is None else jnp.sum(batch.w * values)
-        rows.append(jnp.stack([weighted, weight_sum]))
-    states = tuple(_update_state(m, s, batch, y_pred)
-                   for (_, m), s in zip(stateful_metrics(program.metrics), totals.states))
-    return Totals(totals.rows + jnp.stack(rows).astype(jnp.float32), states)
+        rows.append(jnp.stack([jnp.sum(values), n] if w is None else [jnp.sum(w * values), jnp.sum(w)]))
+    return Totals(totals.rows + jnp.stack(rows).astype(jnp.float32), tuple(states))
 
 
 def with_results(program: Program, totals: Totals) -> Totals:
