@@ -351,3 +351,38 @@ def test_validate_targets_rejects_binary_targets_outside_0_1():
         validate_targets("bce", np.array([0, 1, 2]), 1)
 
 
+
+
+def test_ignore_class_is_left_out_of_the_loss_and_of_its_count():
+    """Keras's example: labels [0, 1, 2, 1], class 1 ignored: (-log .2 - log .4) / 2 = 1.2629; per sample
+    the kept values are scaled by 4 elements / 2 kept, so that their mean over the batch is that number."""
+    p = np.array([[.2, .3, .5], [.1, .1, .8], [.3, .3, .4], [.5, .25, .25]], np.float32)
+    loss = SparseCategoricalCrossentropy(ignore_class=1)
+    assert float(loss(np.array([0, 1, 2, 1]), p)) == approx((-math.log(.2) - math.log(.4)) / 2, rel=1e-6)
+    np.testing.assert_allclose(loss.per_sample(np.array([0, 1, 2, 1]), p),
+                               [-2 * math.log(.2), 0, -2 * math.log(.4), 0], rtol=1e-6)
+    validate_targets(SparseCategoricalCrossentropy(ignore_class=255), np.array([0, 255, 2]), 3)
+
+
+def test_hinge_maps_a_batch_of_0_1_labels_to_minus_1_1():
+    """[1, 0] -> [1, -1]: max(1 - 0.5, 0) = 0.5 and max(1 - 2, 0) = 0; a batch holding -1 keeps its labels."""
+    assert float(losses.hinge(np.array([[1.0, 0.0]]), np.array([[0.5, -2.0]]))[0]) == approx(0.25)
+    assert float(losses.hinge(np.array([[1.0, -1.0]]), np.array([[0.5, 2.0]]))[0]) == approx((0.5 + 3.0) / 2)
+
+
+@pytest.mark.parametrize("loss, activation, target", [
+    ("mape", None, "positive"), ("msle", "softplus", "positive"), ("poisson", "softplus", "counts"),
+    ("logcosh", None, "positive"), ("cosine_similarity", None, "positive"), ("hinge", None, "binary"),
+    ("squared_hinge", "tanh", "binary"), ("categorical_hinge", None, "onehot"), ("kld", "softmax", "onehot"),
+    ("binary_focal_crossentropy", "sigmoid", "binary"), ("categorical_focal_crossentropy", "softmax", "onehot"),
+])
+def test_model_with_the_loss_compiles_and_fits(loss, activation, target):
+    import batchfit as bf
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    y = {"positive": np.abs(x[:, :3]) + 0.5, "counts": rng.poisson(2.0, size=(16, 3)),
+         "binary": (x[:, :3] > 0), "onehot": np.eye(3)[np.argmax(x[:, :3], axis=1)]}[target].astype(np.float32)
+    model = bf.Sequential([bf.layers.Dense(3, activation=activation, input_shape=(4,))], seed=0)
+    model.compile(optimizer=bf.optimizers.Adam(0.05), loss=loss)
+    history = model.fit(x, y, batch_size=16, epochs=4, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]

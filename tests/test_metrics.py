@@ -152,6 +152,23 @@ def test_get_errors():
 
 
 def test_registry_names():
-    assert metrics.METRICS.names() == sorted([
-        "acc", "accuracy", "binary_accuracy", "categorical_accuracy", "mae",
-        "mean_absolute_error", "mean_squared_error", "mse", "sparse_categorical_accuracy"])
+    # Keras's strings: each class's snake_case name and class name (the registry ignores case), and
+    # Keras's short forms mae, mse, mape, msle, bce; "accuracy"/"acc" follow the loss.
+    classes = ["AUC", "BinaryAccuracy", "BinaryCrossentropy", "CategoricalAccuracy", "CategoricalCrossentropy",
+               "CategoricalHinge", "CosineSimilarity", "F1Score", "FBetaScore", "FalseNegatives", "FalsePositives",
+               "Hinge", "KLDivergence", "LogCoshError", "MeanAbsoluteError", "MeanAbsolutePercentageError",
+               "MeanSquaredError", "MeanSquaredLogarithmicError", "Poisson", "Precision", "Recall",
+               "RootMeanSquaredError", "SparseCategoricalAccuracy", "SparseCategoricalCrossentropy",
+               "SparseTopKCategoricalAccuracy", "SquaredHinge", "TopKCategoricalAccuracy", "TrueNegatives",
+               "TruePositives"]
+    snake = ["auc", "binary_accuracy", "binary_crossentropy", "categorical_accuracy", "categorical_crossentropy",
+             "categorical_hinge", "cosine_similarity", "f1_score", "f_beta_score", "false_negatives",
+             "false_positives", "hinge", "kl_divergence", "log_cosh_error", "mean_absolute_error",
+             "mean_absolute_percentage_error", "mean_squared_error", "mean_squared_logarithmic_error", "poisson",
+             "precision", "recall", "root_mean_squared_error", "sparse_categorical_accuracy",
+             "sparse_categorical_crossentropy", "sparse_top_k_categorical_accuracy", "squared_hinge",
+             "top_k_categorical_accuracy", "true_negatives", "true_positives"]
+    expected = {"acc", "accuracy", "mae", "mse", "mape", "msle", "bce", *snake, *(c.lower() for c in classes)}
+    assert metrics.METRICS.names() == sorted(expected)
+    for name in classes:
+        assert type(get(name)) is getattr(metrics, name) and get(name).name == name

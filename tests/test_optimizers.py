@@ -393,7 +393,7 @@ def test_weight_decay_without_params_explains():
 def test_public_names_and_doctests():
     assert sorted(optimizers.__all__) == sorted([
         "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Optimizer", "AdamState", "get",
-        "get_learning_rate", "set_learning_rate"])
+        "get_learning_rate", "set_learning_rate", "schedule_step", "schedules"])
     result = doctest.testmod(optimizers, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 3 and result.failed == 0
 

@@ -142,14 +142,15 @@ def test_train_on_batch_running_means_and_no_leak_into_evaluate(regression_data)
     assert float(model.test_on_batch(x[:2], y[:2])[0]) == approx(loss, rel=1e-6)
 
 
-def test_metrics_are_sample_weighted_means():
+def test_weighted_metrics_are_sample_weighted_means_and_metrics_plain_ones():
     x = np.array([[1.0], [2.0], [3.0]], np.float32)
     y = np.array([[1.0], [1.0], [4.0]], np.float32)
     model = linear_model([1.0])
-    model.compile(optimizer=optax.sgd(0.0), loss="mse", metrics=["mae"])
+    model.compile(optimizer=optax.sgd(0.0), loss="mse", metrics=["mae"], weighted_metrics=["mae"])
     out = model.evaluate(x, y, sample_weight=np.array([1.0, 3.0, 0.0]), batch_size=2, return_dict=True,
                          verbose=0)
-    assert out["mae"] == approx((1 * 0 + 3 * 1 + 0 * 1) / 4)            # sum(w*|e|) / sum(w)
+    assert out["weighted_mae"] == approx((1 * 0 + 3 * 1 + 0 * 1) / 4)   # sum(w*|e|) / sum(w)
+    assert out["mae"] == approx((0 + 1 + 1) / 3)                        # |e| = 0, 1, 1, unweighted
     assert out["loss"] == approx((2 * (0 + 3 * 1) / 2 + 1 * 0 / 1) / 3)  # n_b-weighted batch means
 
 

@@ -113,7 +113,15 @@ class OptimizerView:
 
     @property
     def learning_rate(self) -> float:
-        return float(np.asarray(optimizers_lib.get_learning_rate(self._state().opt_state)))
+        """Keras's `optimizer.learning_rate`: the rate of the next update (a schedule's value at the
+        number of updates done so far); set a float between calls, without recompiling."""
+        opt_state = self._state().opt_state
+        schedule = getattr(self._model._settings.arguments.get("optimizer"), "learning_rate", None)
+        step = optimizers_lib.schedule_step(opt_state)
+        if callable(schedule) and step is not None:
+            return float(np.asarray(schedule(step)))
+        # A float learning rate, or a schedule inside a raw optax transformation: the rate last used.
+        return float(np.asarray(optimizers_lib.get_learning_rate(opt_state)))
 
     @learning_rate.setter
     def learning_rate(self, value) -> None:
@@ -122,6 +130,7 @@ class OptimizerView:
 
     @property
     def iterations(self) -> int:
+        """The number of updates applied so far (one per k batches with fit(..., accumulate_steps=k))."""
         return int(np.asarray(self._state().step))
 
     @property
@@ -131,4 +140,3 @@ class OptimizerView:
 
     def __repr__(self):
         return f"<optimizer of model '{self._model.name}': learning_rate={self.learning_rate:g}>"
-

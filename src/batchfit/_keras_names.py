@@ -53,10 +53,10 @@ def _same(advice: str, *names: str) -> dict[str, str]:
 
 _PREPROCESS = "preprocess the arrays before fit, with NumPy or in bf.data.Dataset.map"
 _EPOCH_END = "a bf.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ...) that "
-_SCHEDULE = ("an optax schedule as the learning rate, e.g. "
-             "bf.optimizers.Adam(learning_rate=optax.exponential_decay(1e-3, 1000, 0.9))")
-_FROM_PREDICT = ("compute it from model.predict(x) after fit (e.g. with sklearn.metrics): batchfit's "
-                 "metrics are means of per-sample values")
+_SCHEDULE = ("a schedule as the learning rate, e.g. "
+             "bf.optimizers.Adam(learning_rate=bf.optimizers.schedules.ExponentialDecay(1e-3, 1000, 0.9))")
+_FROM_PREDICT = ("a bf.metrics.Metric subclass (add_variable / update_state / result), or compute it from "
+                 "model.predict(x) after fit (e.g. with sklearn.metrics)")
 _LOSS_FUNCTION = "a function fn(y_true, y_pred) -> per-sample losses [B], passed as loss="
 _METRIC_FUNCTION = "a function fn(y_true, y_pred) -> per-sample values [B], passed in metrics=[...]"
 
@@ -166,7 +166,6 @@ NEAREST: dict[str, dict[str, str]] = {
         "LossScaleOptimizer": "none needed in float32; optax.apply_if_finite(tx, max_consecutive_errors=5) "
                               "skips non-finite updates",
         **_same("optax.multi_transform({label: tx, ...}, param_labels)", "MultiOptimizer", "OptimizerMap"),
-        "schedules": _SCHEDULE,
         "legacy": "batchfit.optimizers itself (Keras 3's optimizers)",
         **_same("bf.optimizers.get(name)", "serialize", "deserialize"),
     },

@@ -11,27 +11,32 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from batchfit import _logits
 from batchfit.errors import describe
 
 __all__ = ["Loss", "LossFunctionWrapper", "checked"]
 
+EPSILON = 1e-7  # keras.backend.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON]
+
 
 def _as_float(x):
-    """`x` as a JAX array of at least float32 (Keras computes losses in float32)."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    """`x` as a JAX array of at least float32 (Keras computes losses in float32); a sigmoid/softmax
+    output's logits (see _logits) follow the cast."""
+    array = jnp.asarray(x)
+    dtype = jnp.promote_types(array.dtype, jnp.float32)
+    return _logits.carry(x, array.astype(dtype), lambda logits: jnp.asarray(logits).astype(dtype))
 
 
 def _align(y_true, y_pred):
     """Keras `squeeze_or_expand_to_same_rank`: fix ranks that differ by a trailing 1."""
     if y_true.ndim == y_pred.ndim + 1 and y_true.shape[-1] == 1:
         if y_pred.ndim == 1:
-            return y_true, y_pred[:, None]
+            return y_true, _logits.carry(y_pred, y_pred[:, None], lambda logits: logits[:, None])
         return jnp.squeeze(y_true, -1), y_pred
     if y_pred.ndim == y_true.ndim + 1 and y_pred.shape[-1] == 1:
         if y_true.ndim == 1:
             return y_true[:, None], y_pred
-        return y_true, jnp.squeeze(y_pred, -1)
+        return y_true, _logits.carry(y_pred, jnp.squeeze(y_pred, -1), lambda logits: jnp.squeeze(logits, -1))
     return y_true, y_pred
 
 
@@ -40,6 +45,20 @@ def _per_sample(values):
     if values.ndim <= 1:
         return values
     return jnp.mean(values, axis=tuple(range(1, values.ndim)))
+
+
+def _prepare(y_true, y_pred, loss_name: str, hint: str = ""):
+    """Cast `y_true` to `y_pred`'s float dtype and align the ranks; check the shapes."""
+    y_pred = _as_float(y_pred)
+    y_true = jnp.asarray(y_true).astype(y_pred.dtype)
+    y_true, y_pred = _align(y_true, y_pred)
+    if y_true.shape != y_pred.shape or y_pred.ndim == 0:
+        raise ValueError(
+            f"{loss_name} needs `y_true` and `y_pred` of the same shape [B, ...] (a "
+            f"trailing axis of size 1 may be missing on one side); got y_true: "
+            f"{describe(y_true)}, y_pred: {describe(y_pred)}. Reshape the targets to "
+            f"match the model output.{hint}")
+    return y_true, y_pred
 
 
 _REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none", None)
@@ -99,7 +118,9 @@ class Loss:
 
     def _values(self, y_true, y_pred):
         """`call` on inputs cast to the loss's dtype (Keras's Loss.__call__ casts both)."""
-        return self.call(jnp.asarray(y_true).astype(self.dtype), jnp.asarray(y_pred).astype(self.dtype))
+        cast = jnp.asarray(y_pred).astype(self.dtype)
+        y_pred = _logits.carry(y_pred, cast, lambda logits: jnp.asarray(logits).astype(self.dtype))
+        return self.call(jnp.asarray(y_true).astype(self.dtype), y_pred)
 
     def per_sample(self, y_true, y_pred):
         """The per-sample losses [B] the engine reduces: `call`'s values averaged over trailing axes."""

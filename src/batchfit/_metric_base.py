@@ -7,12 +7,15 @@ them as pure functions of the variables' values.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import jax
 import jax.numpy as jnp
 
 from batchfit._metric_variables import StatelessScope, Variable, initial_value
-from batchfit._loss_base import _align, _snake_case
+from batchfit._loss_base import _align, _name_of, _snake_case, _to_per_sample
 
-__all__ = ["Metric", "Mean", "Sum"]
+__all__ = ["Metric", "Mean", "Sum", "MeanMetricWrapper"]
 
 
 class Metric:
@@ -26,8 +29,8 @@ class Metric:
     In `compile(metrics=[...])` the update runs inside the compiled step (traced once; the variables'
     values travel with the step's running totals on the device), `result()` is computed when logs are
     read, and the state starts from `reset_state()` at each epoch, `evaluate` and
-    `train_on_batch(reset_metrics=True)`. `sample_weight` is then the batch's weights [B] (from
-    `sample_weight` / `class_weight`, as for every batchfit metric), or None when there are none.
+    `train_on_batch(reset_metrics=True)`. `sample_weight` is then, as in Keras, the batch's weights [B]
+    (`sample_weight` x `class_weight`) for a metric in `weighted_metrics=`, and None in `metrics=`.
     The metric object's own variables are not changed by fit; used on its own (`update_state`,
     `result`, `reset_state`, `m(y_true, y_pred)`) it keeps its state as in Keras.
 
@@ -78,7 +81,8 @@ class Metric:
         ("zeros", "ones", a number, an array, or a callable(shape, dtype))."""
         self._check_super_called()
         shape = tuple(shape) if isinstance(shape, (tuple, list)) else (() if shape is None else (shape,))
-        variable = Variable(initial_value(initializer, shape, dtype or "float32"), name)
+        with jax.ensure_compile_time_eval():     # a metric built on its first update may be inside a trace
+            variable = Variable(initial_value(initializer, shape, dtype or "float32"), name)
         self._variables.append(variable)
         return variable
 
@@ -118,6 +122,13 @@ class Metric:
         variables = self._paired(metric_variables)
         with StatelessScope(zip(variables, metric_variables)) as scope:
             self.update_state(*args, **kwargs)
+        if len(self.variables) != len(variables):
+            raise ValueError(
+                f"{type(self).__name__} made its variables on this first update_state, from the batch's "
+                f"shapes (Keras's lazy build), after its state was laid out without them. Give their shape "
+                f"up front where the metric takes it (AUC(multi_label=True, num_labels=...)), or build the "
+                f"metric before compile(): metric.update_state(y[:1], model.predict(x[:1])); "
+                f"metric.reset_state().")
         return [scope.get(v) for v in variables]
 
     def stateless_result(self, metric_variables):
@@ -246,3 +257,30 @@ class Mean(Metric):
 
     def result(self):
         return _divide_no_nan(self.total, self.count)
+
+
+class MeanMetricWrapper(Mean):
+    """The mean of `fn(y_true, y_pred, **kwargs)` over samples, as `keras.metrics.MeanMetricWrapper`:
+    an output [B, ...] is averaged over trailing axes, a scalar broadcast to [B]."""
+
+    def __init__(self, fn: Callable, name: str | None = None, dtype=None, **kwargs):
+        super().__init__(name=name or _name_of(fn, "custom_metric"), dtype=dtype)
+        self.fn, self.kwargs = fn, kwargs
+
+    def call(self, y_true, y_pred):
+        """Per-sample values: float32 [B]."""
+        return _to_per_sample(self.fn(y_true, y_pred, **self.kwargs), jnp.asarray(y_pred),
+                              self.name)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(self.call(y_true, y_pred), sample_weight=sample_weight)
+
+    @property
+    def per_sample_mean(self) -> bool:
+        cls = type(self)
+        return (cls.update_state is MeanMetricWrapper.update_state and cls.result is Mean.result
+                and cls.reset_state is Mean.reset_state)
+
+    def get_config(self) -> dict:
+        fn = {"fn": self.fn} if type(self) is MeanMetricWrapper else {}
+        return {**super().get_config(), **fn, **self.kwargs}

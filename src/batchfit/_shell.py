@@ -98,13 +98,30 @@ class Shell:
         else:
             self._take_edits()
         if self._exe is None:
-            s = self._settings
-            program = Program(self._graph, s and s.loss, s.metrics if s else (), s and s.optimizer,
-                              bool(s and s.weighted_mean), layers_lib.regularization_penalty, s.weighted if s else ())
-            if s is not None:
+            program = self._program()
+            if self._settings is not None:
                 self._slot.put(start_state(program, self._slot.state))
             self._exe, self._running = build_executables(program, self._slot.treedef), None
         return self._exe
+
+    def _program(self) -> Program:
+        s = self._settings
+        return Program(self._graph, s and s.loss, s.metrics if s else (), s and s.optimizer,
+                       bool(s and s.weighted_mean), layers_lib.regularization_penalty, s.weighted if s else ())
+
+    def _build_metrics(self, y_pred) -> None:
+        """Metrics that make their variables on their first batch, as Keras's F1Score and AUC(multi_label=True)
+        do: built here on the model's output `y_pred` (shapes) and reset, so that their state has its layout
+        before the first step; the entry points are made again to start from it."""
+        lazy = [m for m in self._settings.metrics if not m.per_sample_mean and not m.variables]
+        def first_batch(out):
+            for metric in lazy:
+                metric.update_state(out, out)
+        if lazy:
+            jax.eval_shape(first_batch, y_pred)
+            for metric in lazy:
+                metric.reset_state()
+            self._exe = build_executables(self._program(), self._slot.treedef)
 
     def _sync_module(self):
         """Write the trained values into the module's variables (copies: the state's buffers get donated)."""
@@ -142,6 +159,7 @@ class Shell:
                                  f"Check the feature shape against the model's input_shape.") from e
         if self._settings is None:
             return None
+        self._build_metrics(self._outputs[signature])
         rule = self._outputs.get(("rule", signature))
         if rule is None:
             rule = self._outputs[("rule", signature)] = self._make_rule(signature)

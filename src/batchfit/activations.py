@@ -7,6 +7,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from batchfit import _logits
 from batchfit._keras_names import missing as _missing
 from batchfit.registry import Registry
 
@@ -33,20 +34,29 @@ def relu(x):
 def sigmoid(x):
     """1 / (1 + exp(-x)), elementwise.
 
+    Inside a traced forward pass the output remembers `x` as its logits, as Keras on TensorFlow
+    does: binary crossentropy of this output is then computed from `x`, unclipped (see `_logits`).
+
     >>> float(sigmoid(jnp.float32(0.0)))
     0.5
     """
-    return jax.nn.sigmoid(x)
+    return _logits.record(jax.nn.sigmoid(x), x, "sigmoid")
 
 
 @ACTIVATIONS.register("softmax")
 def softmax(x, axis: int = -1):
     """exp(x) / sum(exp(x)) over `axis` (Keras default: the last axis).
 
+    Inside a traced forward pass the output remembers `x` as its logits, as Keras on TensorFlow
+    does: categorical crossentropy over the same axis is then computed from `x` (see `_logits`).
+
     >>> [round(float(p), 4) for p in softmax(jnp.array([0.0, jnp.log(3.0)]))]
     [0.25, 0.75]
     """
-    return jax.nn.softmax(x, axis=axis)
+    output = jax.nn.softmax(x, axis=axis)
+    if isinstance(axis, int) and not isinstance(axis, bool):
+        _logits.record(output, x, "softmax", axis)
+    return output
 
 
 @ACTIVATIONS.register("log_softmax")

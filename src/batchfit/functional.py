@@ -15,6 +15,7 @@ from flax import nnx
 
 from batchfit.errors import describe
 from batchfit.layers._symbolic import KerasTensor, Node, unique_name
+from batchfit.layers._masking import makes_mask, run_masked
 from batchfit.layers.base import run_module
 from batchfit.model import Model
 
@@ -163,7 +164,7 @@ class GraphModule(nnx.Module):
         self.part_of = {id(layer): i for i, layer in enumerate(layers)}
 
     def __call__(self, x):
-        graph, values = self.graph, {}
+        graph, values, masks = self.graph, {}, {}      # masks: the Keras mask of a tensor, where it has one
         given = x if len(graph.input_names) > 1 else {graph.input_names[0]: x}
         for name, tensor in zip(graph.input_names, _tensors(graph.inputs)):
             values[id(tensor)] = given[name]
@@ -174,9 +175,20 @@ class GraphModule(nnx.Module):
                 continue
             args = jax.tree.map(lambda t: values[id(t)] if isinstance(t, KerasTensor) else t, node.inputs,
                                 is_leaf=lambda t: isinstance(t, KerasTensor))
-            result = run_module(part, args, node.args, node.kwargs)
-            for tensor, value in zip(_tensors(node.outputs), jax.tree.leaves(result)):
+            inputs = _tensors(node.inputs)
+            if not masks and not makes_mask(part):
+                result, mask = run_module(part, args, node.args, node.kwargs), None
+            else:
+                given_masks = [masks.get(id(t)) for t in inputs]
+                mask = None if all(m is None for m in given_masks) else (
+                    given_masks[0] if len(inputs) == 1 else given_masks)
+                result, mask = run_masked(part, args, mask, node.args, node.kwargs)
+            outputs = _tensors(node.outputs)
+            for tensor, value in zip(outputs, jax.tree.leaves(result)):
                 values[id(tensor)] = value
+            for tensor, m in zip(outputs, mask if isinstance(mask, (list, tuple)) else [mask]):
+                if m is not None:
+                    masks[id(tensor)] = m
         outputs = _tensors(graph.outputs)
         if len(outputs) == 1:
             return values[id(outputs[0])]

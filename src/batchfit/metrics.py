@@ -1,34 +1,57 @@
 """Keras-named metrics, their per-sample functions `(y_true, y_pred) -> [B]`, and their registry.
 
-A `Metric` is Keras's: state variables, `update_state`, `result`, `reset_state`. The built-in metrics
-and `MeanMetricWrapper(fn)` are means of per-sample values, which the engine accumulates as the
-sample-weighted (sum w * v, sum w) pair on the device, so partial batches count exactly; any other
-metric's `update_state` is traced inside the compiled step on the values of its variables.
+A `Metric` is Keras's: state variables, `update_state`, `result`, `reset_state`. `MeanMetricWrapper(fn)`
+and the metrics built on it (accuracies, the metric forms of the losses) are means of per-sample values,
+which the engine accumulates as the sample-weighted (sum w * v, sum w) pair on the device, so partial
+batches count exactly; any other metric's `update_state` (AUC, Precision, Recall, the confusion counts,
+RootMeanSquaredError, F1Score, yours) is traced inside the compiled step on the values of its variables.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
 
 import jax.numpy as jnp
 
 from batchfit import losses as _losses
-from batchfit._loss_base import _align, _name_of, _per_sample, _to_per_sample
-from batchfit._metric_base import Mean, Metric, Sum
+from batchfit._loss_base import _align, _per_sample, _snake_case
+from batchfit._metric_base import Mean, MeanMetricWrapper, Metric, Sum
+from batchfit._metrics_auc import AUC
+from batchfit._metrics_confusion import FalseNegatives, FalsePositives, Precision, Recall, TrueNegatives, TruePositives
+from batchfit._metrics_means import (
+    Accuracy, BinaryCrossentropy, CategoricalCrossentropy, CategoricalHinge, CosineSimilarity, Hinge, KLDivergence,
+    LogCoshError, MeanAbsolutePercentageError, MeanSquaredLogarithmicError, Poisson, SparseCategoricalCrossentropy,
+    SparseTopKCategoricalAccuracy, SquaredHinge, TopKCategoricalAccuracy, sparse_top_k_categorical_accuracy,
+    top_k_categorical_accuracy)
+from batchfit._metrics_scores import F1Score, FBetaScore, RootMeanSquaredError
 from batchfit.errors import describe
 from batchfit.registry import Registry
 
 __all__ = [
-    "METRICS", "Metric", "Mean", "Sum", "MeanMetricWrapper", "BinaryAccuracy", "CategoricalAccuracy",
-    "SparseCategoricalAccuracy", "MeanAbsoluteError", "MeanSquaredError", "binary_accuracy",
-    "categorical_accuracy", "sparse_categorical_accuracy", "mean_absolute_error",
-    "mean_squared_error", "get"]
+    "METRICS", "Metric", "Mean", "Sum", "MeanMetricWrapper", "Accuracy", "BinaryAccuracy", "CategoricalAccuracy",
+    "SparseCategoricalAccuracy", "TopKCategoricalAccuracy", "SparseTopKCategoricalAccuracy", "MeanAbsoluteError",
+    "MeanSquaredError", "RootMeanSquaredError", "MeanAbsolutePercentageError", "MeanSquaredLogarithmicError",
+    "CosineSimilarity", "LogCoshError", "Hinge", "SquaredHinge", "CategoricalHinge", "KLDivergence", "Poisson",
+    "BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "AUC", "Precision", "Recall",
+    "TruePositives", "FalsePositives", "TrueNegatives", "FalseNegatives", "F1Score", "FBetaScore",
+    "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy", "top_k_categorical_accuracy",
+    "sparse_top_k_categorical_accuracy", "mean_absolute_error", "mean_squared_error",
+    "mean_absolute_percentage_error", "mean_squared_logarithmic_error", "binary_crossentropy",
+    "categorical_crossentropy", "sparse_categorical_crossentropy", "hinge", "squared_hinge", "categorical_hinge",
+    "kl_divergence", "poisson", "log_cosh", "get"]
 
 METRICS = Registry("metric")
 
+# Keras's metric functions that are its loss functions: per-sample values [B]
 mean_absolute_error = _losses.mean_absolute_error
 mean_squared_error = _losses.mean_squared_error
+mean_absolute_percentage_error = _losses.mean_absolute_percentage_error
+mean_squared_logarithmic_error = _losses.mean_squared_logarithmic_error
+binary_crossentropy = _losses.binary_crossentropy
+categorical_crossentropy = _losses.categorical_crossentropy
+sparse_categorical_crossentropy = _losses.sparse_categorical_crossentropy
+hinge, squared_hinge, categorical_hinge = _losses.hinge, _losses.squared_hinge, _losses.categorical_hinge
+kl_divergence, poisson, log_cosh = _losses.kl_divergence, _losses.poisson, _losses.log_cosh
 
 
 def binary_accuracy(y_true, y_pred, threshold: float = 0.5):
@@ -109,33 +132,6 @@ def _check_same_shape(name: str, y_true, y_pred, hint: str = "") -> None:
             f"{hint}")
 
 
-class MeanMetricWrapper(Mean):
-    """The mean of `fn(y_true, y_pred, **kwargs)` over samples, as `keras.metrics.MeanMetricWrapper`:
-    an output [B, ...] is averaged over trailing axes, a scalar broadcast to [B]."""
-
-    def __init__(self, fn: Callable, name: str | None = None, dtype=None, **kwargs):
-        super().__init__(name=name or _name_of(fn, "custom_metric"), dtype=dtype)
-        self.fn, self.kwargs = fn, kwargs
-
-    def call(self, y_true, y_pred):
-        """Per-sample values: float32 [B]."""
-        return _to_per_sample(self.fn(y_true, y_pred, **self.kwargs), jnp.asarray(y_pred),
-                              self.name)
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(self.call(y_true, y_pred), sample_weight=sample_weight)
-
-    @property
-    def per_sample_mean(self) -> bool:
-        cls = type(self)
-        return (cls.update_state is MeanMetricWrapper.update_state and cls.result is Mean.result
-                and cls.reset_state is Mean.reset_state)
-
-    def get_config(self) -> dict:
-        fn = {"fn": self.fn} if type(self) is MeanMetricWrapper else {}
-        return {**super().get_config(), **fn, **self.kwargs}
-
-
 class BinaryAccuracy(MeanMetricWrapper):
     """How often `y_pred > threshold` matches 0/1 labels, as `keras.metrics.BinaryAccuracy`."""
 
@@ -182,11 +178,18 @@ class _AccuracyFromShapes(MeanMetricWrapper):
 
 
 METRICS.register("accuracy", "acc")(_AccuracyFromShapes)
-METRICS.register("binary_accuracy")(BinaryAccuracy)
-METRICS.register("categorical_accuracy")(CategoricalAccuracy)
-METRICS.register("sparse_categorical_accuracy")(SparseCategoricalAccuracy)
-METRICS.register("mae", "mean_absolute_error")(MeanAbsoluteError)
-METRICS.register("mse", "mean_squared_error")(MeanSquaredError)
+# The strings keras.metrics.get takes (a class's snake_case name, its class name, Keras's short forms);
+# the registry ignores case, so "AUC" and "auc" are one entry.
+_KERAS_STRINGS = {
+    BinaryAccuracy: (), CategoricalAccuracy: (), SparseCategoricalAccuracy: (), TopKCategoricalAccuracy: (),
+    SparseTopKCategoricalAccuracy: (), MeanAbsoluteError: ("mae",), MeanSquaredError: ("mse",),
+    RootMeanSquaredError: (), MeanAbsolutePercentageError: ("mape",), MeanSquaredLogarithmicError: ("msle",),
+    CosineSimilarity: (), LogCoshError: (), Hinge: (), SquaredHinge: (), CategoricalHinge: (), KLDivergence: (),
+    Poisson: (), BinaryCrossentropy: ("bce",), CategoricalCrossentropy: (), SparseCategoricalCrossentropy: (),
+    AUC: (), Precision: (), Recall: (), TruePositives: (), FalsePositives: (), TrueNegatives: (),
+    FalseNegatives: (), F1Score: (), FBetaScore: ()}
+for _class, _short in _KERAS_STRINGS.items():
+    METRICS.register(_snake_case(_class.__name__), _class.__name__, *_short)(_class)
 
 _ACCURACY_FOR_LOSS = (
     (_losses.BinaryCrossentropy, BinaryAccuracy),

@@ -215,13 +215,9 @@ def to_json(value, what: str):
 def serialize_object(obj):
     """A compile() argument as JSON: a name as is; an object with get_config as {"module", "class_name",
     "config"}; a function by its name. None when it cannot be written (an optax transformation, a lambda)."""
-    from batchfit import optimizers
     if obj is None or isinstance(obj, str):
         return obj
-    if isinstance(obj, optimizers.Optimizer):
-        parameters = inspect.signature(type(obj).__init__).parameters
-        config = {name: getattr(obj, name) for name in parameters if name != "self" and hasattr(obj, name)}
-    elif hasattr(obj, "get_config") and not isinstance(obj, type):
+    if hasattr(obj, "get_config") and not isinstance(obj, type):
         config = obj.get_config()
     elif inspect.isfunction(obj) and obj.__name__ != "<lambda>":
         return {"module": obj.__module__, "class_name": "function", "config": obj.__name__}

@@ -307,17 +307,27 @@ def _per_sample(input_shape):
 
 
 def run_module(module: nnx.Module, inputs, args=(), kwargs=None):
-    """`module(inputs)` with Keras's call arguments: `training=` switches the mode for this call only."""
+    """`module(inputs)` with Keras's call arguments: `training=` switches the mode for this call only;
+    `mask=` reaches a module that takes one (`takes_mask`), and is dropped for the others, as Keras does."""
     kwargs = dict(kwargs or {})
     training = kwargs.pop("training", None)
-    kwargs.pop("mask", None)
+    mask = kwargs.pop("mask", None)
     if not getattr(module, "takes_call_arguments", False) and (args or kwargs):
-        raise TypeError(f"{type(module).__name__} takes only the inputs (and training=); got "
+        raise TypeError(f"{type(module).__name__} takes only the inputs (and training=, mask=); got "
                         f"{len(args)} more positional and {sorted(kwargs)} keyword arguments.")
+    if mask is not None and _takes_mask(module):
+        kwargs["mask"] = mask
     if training is None:
         return module(inputs, *args, **kwargs)
     with _mode(module, bool(training)):
         return module(inputs, *args, **kwargs)
+
+
+def _takes_mask(module) -> bool:
+    """Whether `module` takes `mask=`: it says so, or it runs a Keras-style `call(inputs, mask=None)`."""
+    layer = getattr(module, "layer", None)
+    return getattr(module, "takes_mask", False) or (
+        isinstance(layer, Layer) and "mask" in inspect.signature(layer.call).parameters)
 
 
 class _mode:

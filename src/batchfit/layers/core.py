@@ -203,6 +203,11 @@ class EmbeddingModule(_Regularized):
                                                    shape, _jax_dtype(layer.variable_dtype)))
         if layer.embeddings_regularizer is not None:
             self.weight_regularizers = (("embeddings", layer.embeddings_regularizer),)
+        self.mask_zero = layer.mask_zero
+
+    def compute_mask(self, x, mask=None):
+        """The Keras mask of the output: `ids != 0` [B, ...] with mask_zero, else None."""
+        return jnp.asarray(x) != 0 if self.mask_zero else None
 
     def __call__(self, x):
         ids = jnp.asarray(x).astype(jnp.int32)
@@ -219,7 +224,8 @@ class Embedding(Layer):
     cast to `dtype`, which sets the table's. An id outside [0, input_dim), such as input_dim
     or -1, gives a row of NaN, so the loss turns NaN and the bad data shows; it never wraps
     around to another row. (Keras on TensorFlow raises there on the CPU; a compiled step
-    cannot raise.)
+    cannot raise.) With `mask_zero=True`, id 0 is padding: the layer gives the mask `ids != 0`
+    [B, T] that later layers (LSTM, GRU, ...) use to skip those steps, as Keras does.
 
     >>> import jax.numpy as jnp
     >>> from batchfit import layers
@@ -229,8 +235,11 @@ class Embedding(Layer):
     """
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
-                 embeddings_regularizer=None, **kwargs):
+                 embeddings_regularizer=None, mask_zero=False, **kwargs):
         super().__init__(**kwargs)
+        if not isinstance(mask_zero, bool):
+            raise TypeError(f"Embedding: `mask_zero` must be True or False; got mask_zero={mask_zero!r}.")
+        self.mask_zero = mask_zero
         self.input_dim = _positive_int(input_dim, "input_dim", "Embedding")
         self.output_dim = _positive_int(output_dim, "output_dim", "Embedding")
         self.embeddings_initializer = get_initializer(embeddings_initializer)

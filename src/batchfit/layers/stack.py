@@ -9,6 +9,7 @@ from flax import nnx
 
 from batchfit.layers.initializers import HostRngs
 from batchfit.layers import _scope
+from batchfit.layers._masking import makes_mask, run_masked
 from batchfit.layers.base import Layer, _shape
 
 
@@ -21,8 +22,14 @@ class Stack(nnx.Module):
         self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
 
     def __call__(self, x):
+        """Each module on the last one's output; a Keras mask (made by Embedding(mask_zero=True) or
+        Masking) goes along from where one appears: until then, a plain call per module."""
+        mask = None
         for module in self.layers:
-            x = module(x)
+            if mask is None and not makes_mask(module):
+                x = module(x)
+            else:
+                x, mask = run_masked(module, x, mask)
         return x
 
 

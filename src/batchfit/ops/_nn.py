@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from batchfit import _logits, activations
 from batchfit.ops._core import EPSILON, _array, _unary, norm
 
 
@@ -12,12 +13,12 @@ from batchfit.ops._core import EPSILON, _array, _unary, norm
 
 relu = _unary("relu", jax.nn.relu)
 relu6 = _unary("relu6", jax.nn.relu6)
-sigmoid = _unary("sigmoid", jax.nn.sigmoid)
+sigmoid = _unary("sigmoid", activations.sigmoid)
 tanh = _unary("tanh", jnp.tanh)
 
 
 def softmax(x, axis=-1):
-    return jax.nn.softmax(_array(x), axis=axis)
+    return activations.softmax(_array(x), axis=axis)
 
 
 def log_softmax(x, axis=-1):
@@ -68,19 +69,22 @@ def _same_shape(name: str, target, output):
 
 
 def _log_probabilities(output, from_logits: bool, axis):
-    if from_logits:
-        return jax.nn.log_softmax(output, axis=axis)
+    logits = output if from_logits else _logits.find(output, "softmax", axis)
+    if logits is not None:
+        return jax.nn.log_softmax(logits, axis=axis)
     output = output / jnp.sum(output, axis, keepdims=True)
     return jnp.log(jnp.clip(output, EPSILON, 1.0 - EPSILON))
 
 
 def binary_crossentropy(target, output, from_logits=False):
     """Elementwise binary crossentropy [...] (no mean); probabilities are clipped to
-    [1e-7, 1 - 1e-7], logits use log-sigmoid (exact at saturation)."""
+    [1e-7, 1 - 1e-7], logits use log-sigmoid (exact at saturation). A model's sigmoid output is
+    taken from its logits, as Keras on TensorFlow does (batchfit._logits)."""
     target, output = _array(target), _array(output)
     _same_shape("binary_crossentropy", target, output)
-    if from_logits:
-        return -target * jax.nn.log_sigmoid(output) - (1.0 - target) * jax.nn.log_sigmoid(-output)
+    logits = output if from_logits else _logits.find(output, "sigmoid")
+    if logits is not None:
+        return -target * jax.nn.log_sigmoid(logits) - (1.0 - target) * jax.nn.log_sigmoid(-logits)
     output = jnp.clip(output, EPSILON, 1.0 - EPSILON)
     return -(target * jnp.log(output) + (1.0 - target) * jnp.log(1.0 - output))
 

@@ -3,11 +3,13 @@
 Each class holds hyperparameters only; ``.to_optax()`` chains optax pieces that follow Keras 3:
 clip the gradients, apply the optimizer's rule, decay the weights (``var -= var * wd * lr``).
 Inside ``optax.inject_hyperparams`` the learning rate is a float32 array in the state (see
-`get_learning_rate`, `set_learning_rate`); a schedule gives update ``n`` ``learning_rate(n)``.
+`get_learning_rate`, `set_learning_rate`); a schedule (`batchfit.optimizers.schedules`, Keras's, or
+any callable ``step -> rate``) gives update ``n`` (counted from 0, Keras's ``iterations``) ``learning_rate(n)``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Any, Callable, Union
@@ -17,12 +19,14 @@ import jax.numpy as jnp
 import optax
 
 from batchfit._keras_adam import AdamState, scale_by_keras_adam
-from batchfit._keras_adam import cast as _cast
+from batchfit.optimizers._pieces import (clip_by_global_norm, clip_by_norm, decoupled_weight_decay,
+                                         scale_by_learning_rate)
 from batchfit._keras_names import missing as _missing
+from batchfit.optimizers import schedules
 from batchfit.registry import Registry
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Optimizer", "AdamState", "get",
-           "get_learning_rate", "set_learning_rate"]
+           "get_learning_rate", "set_learning_rate", "schedule_step", "schedules"]
 
 LearningRate = Union[float, Callable[[jax.Array], Any]]
 OPTIMIZERS = Registry("optimizer")
@@ -41,40 +45,20 @@ def _check_number(name: str, value, example, expected=">= 0", kind="a number") -
         raise ValueError(f"`{name}` must be {what}; got {value!r}. Pass e.g. {name}={example}.")
 
 
-def _scale_by_learning_rate(learning_rate) -> optax.GradientTransformation:
-    """``-lr * g`` with lr cast to each leaf's dtype."""
-    # Keras casts lr to each variable's dtype; optax.scale_by_learning_rate multiplies by the
-    # float32 array, which turns bfloat16 updates (and a momentum trace after it) into float32.
-    return optax.stateless_with_tree_map(lambda g, _: g * -_cast(learning_rate, g))
+# Keras's optimizer config keys that batchfit's optimizers lack, with the values that mean "off".
+_KERAS_OFF = {"use_ema": False, "ema_overwrite_frequency": None, "loss_scale_factor": None,
+              "gradient_accumulation_steps": None}
 
 
-def _clip_by_norm(g, clipnorm):
-    # Per leaf, which optax lacks (clip_by_block_rms divides by the RMS, not the L2 norm).
-    # Keras: g * c / max(||g||, c); the `where` keeps a zero gradient exact.
-    l2sum = jnp.sum(jnp.square(g))
-    l2norm = jnp.where(l2sum > 0, jnp.sqrt(jnp.where(l2sum > 0, l2sum, 1.0)), l2sum)
-    return g * _cast(clipnorm, g) / jnp.maximum(l2norm, _cast(clipnorm, g))
-
-
-def _clip_by_global_norm(grads, clipnorm):
-    # optax.clip_by_global_norm zeroes the finite leaves when the norm is inf; Keras adds
-    # (norm - norm) so that every leaf turns NaN, which TerminateOnNaN and users can see.
-    norm = optax.tree.norm(grads)
-    factor = clipnorm * jnp.minimum(1.0 / norm, 1.0 / clipnorm) + (norm - norm)
-    return _tree_map(lambda g: g * _cast(factor, g), grads)
-
-
-def _decoupled_weight_decay(weight_decay, learning_rate, owner) -> optax.GradientTransformation:
-    """Add ``-var * weight_decay * lr`` to the updates: Keras's decoupled weight decay."""
-    # optax.add_decayed_weights scales by one float32 array, which makes bfloat16 updates
-    # float32; Keras casts weight_decay and lr to each variable's dtype.
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(f"{owner}(weight_decay={weight_decay}) needs the parameters; got "
-                             f"params=None. Call `tx.update(grads, state, params)`.")
-        return _tree_map(lambda u, p: u - p * _cast(weight_decay, p) * _cast(learning_rate, p),
-                         updates, params), state
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+def _without_keras_only(cls, config: dict) -> dict:
+    """A Keras optimizer config without the keys that change nothing here; ValueError for one that would."""
+    taken = inspect.signature(cls.__init__).parameters
+    for key, value in config.items():
+        if key in _KERAS_OFF and value != _KERAS_OFF[key]:
+            hint = " Use fit(..., accumulate_steps=k) instead." if key == "gradient_accumulation_steps" else ""
+            raise ValueError(f"{cls.__name__}.from_config: Keras's `{key}={value!r}` has no batchfit "
+                             f"optimizer equivalent; remove it from the config.{hint}")
+    return {k: v for k, v in config.items() if k in taken or k not in (*_KERAS_OFF, "name", "ema_momentum")}
 
 
 class Optimizer:
@@ -91,8 +75,8 @@ class Optimizer:
     def __init__(self, learning_rate: LearningRate, weight_decay=None, clipnorm=None,
                  clipvalue=None, global_clipnorm=None):
         if not callable(learning_rate):
-            _check_number("learning_rate", learning_rate, 1e-3, kind="a float or a schedule "
-                          "(a callable step -> learning rate, e.g. optax.exponential_decay(...))")
+            _check_number("learning_rate", learning_rate, 1e-3, kind="a float or a schedule (e.g. "
+                          "bf.optimizers.schedules.ExponentialDecay(1e-3, 1000, 0.9), or a callable step -> rate)")
         if weight_decay is not None:
             _check_number("weight_decay", weight_decay, 0.004)
         clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
@@ -109,20 +93,40 @@ class Optimizer:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
 
+    def get_config(self) -> dict:
+        """The constructor's arguments; a `schedules.LearningRateSchedule` as Keras writes it (a dict).
+
+        >>> SGD(schedules.InverseTimeDecay(0.1, 10, 0.5)).get_config()["learning_rate"]["class_name"]
+        'InverseTimeDecay'
+        """
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self" and hasattr(self, n)]
+        config = {name: getattr(self, name) for name in names}
+        if isinstance(self.learning_rate, schedules.LearningRateSchedule):
+            config["learning_rate"] = schedules.serialize(self.learning_rate)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None):
+        """The optimizer of `get_config()` (a schedule's dict, batchfit's or Keras's, becomes the schedule)."""
+        config = _without_keras_only(cls, config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"], custom_objects)
+        return cls(**config)
+
     def _rule(self, learning_rate) -> optax.GradientTransformation:  # lr: a float32 array
         raise NotImplementedError("Keras's `update_step` for all leaves, as optax pieces.")
 
     def _clip(self) -> optax.GradientTransformation:
         if self.clipnorm is not None:
-            return optax.stateless_with_tree_map(lambda g, _: _clip_by_norm(g, self.clipnorm))
+            return optax.stateless_with_tree_map(lambda g, _: clip_by_norm(g, self.clipnorm))
         if self.global_clipnorm is not None:
-            return optax.stateless(lambda g, _: _clip_by_global_norm(g, self.global_clipnorm))
+            return optax.stateless(lambda g, _: clip_by_global_norm(g, self.global_clipnorm))
         if self.clipvalue is not None:
             return optax.clip(self.clipvalue)
         return optax.identity()
 
     def _chain(self, learning_rate) -> optax.GradientTransformation:
-        decay = optax.identity() if self.weight_decay is None else _decoupled_weight_decay(
+        decay = optax.identity() if self.weight_decay is None else decoupled_weight_decay(
             self.weight_decay, learning_rate, type(self).__name__)
         return optax.chain(self._clip(), self._rule(learning_rate), decay)
 
@@ -164,7 +168,7 @@ class SGD(Optimizer):
         # optax.sgd traces raw gradients and scales the trace by today's lr; Keras's velocity
         # sums lr-scaled gradients, so scaling first and tracing after is Keras exactly.
         trace = optax.trace(self.momentum, self.nesterov) if self.momentum else optax.identity()
-        return optax.chain(_scale_by_learning_rate(learning_rate), trace)
+        return optax.chain(scale_by_learning_rate(learning_rate), trace)
 
 
 @OPTIMIZERS.register("adam")
@@ -199,7 +203,7 @@ class Adam(Optimizer):
     def _rule(self, learning_rate):
         return optax.chain(
             scale_by_keras_adam(self.beta_1, self.beta_2, self.epsilon, self.amsgrad),
-            _scale_by_learning_rate(learning_rate))
+            scale_by_learning_rate(learning_rate))
 
 
 @OPTIMIZERS.register("adamw")
@@ -255,7 +259,7 @@ class RMSprop(Optimizer):
         scale = optax.scale_by_stddev if self.centered else optax.scale_by_rms
         return optax.chain(
             scale(decay=self.rho, eps=self.epsilon, initial_scale=0.0, eps_in_sqrt=True),
-            _scale_by_learning_rate(learning_rate),
+            scale_by_learning_rate(learning_rate),
             optax.trace(decay=self.momentum) if self.momentum > 0 else optax.identity())
 
 
@@ -285,7 +289,7 @@ class Adagrad(Optimizer):
         # acc == 0 (so g == 0) and eps == 0, where Keras computes 0 / 0 = NaN.
         return optax.chain(
             optax.scale_by_rss(self.initial_accumulator_value, self.epsilon),
-            _scale_by_learning_rate(learning_rate))
+            scale_by_learning_rate(learning_rate))
 
 
 def get(identifier) -> optax.GradientTransformation:
@@ -357,6 +361,10 @@ def set_learning_rate(opt_state, learning_rate):
     if "learning_rate" in target.hyperparams_states:
         raise TypeError("`learning_rate` cannot be set: it follows a schedule, which sets it at "
                         "every update. Build the optimizer with a float learning rate instead.")
+    if callable(learning_rate):
+        raise TypeError(f"`learning_rate` can be set to a float only; got the schedule {learning_rate!r}, "
+                        f"which changes the compiled update. Compile again with the optimizer built on it, "
+                        f"e.g. compile(optimizer=SGD(learning_rate=schedule), ...).")
     if isinstance(learning_rate, numbers.Number):
         _check_number("learning_rate", learning_rate, 1e-3)
     new = jnp.asarray(learning_rate, dtype=target.hyperparams["learning_rate"].dtype)
@@ -365,6 +373,21 @@ def set_learning_rate(opt_state, learning_rate):
     hyperparams = {**target.hyperparams, "learning_rate": new}
     return _tree_map(lambda s: s._replace(hyperparams=hyperparams) if s is target else s,
                      opt_state, is_leaf=_is_injected)
+
+
+def schedule_step(opt_state) -> jax.Array | None:
+    """The step the learning-rate schedule reads at the next update (the updates done so far, int32),
+    or None when the learning rate follows no schedule. ``schedule(schedule_step(state))`` is
+    Keras's ``optimizer.learning_rate``: the rate the next update uses.
+
+    >>> schedule = schedules.ExponentialDecay(0.5, decay_steps=1, decay_rate=0.5)
+    >>> tx = SGD(schedule).to_optax()
+    >>> state = tx.update(jnp.ones(()), tx.init(jnp.zeros(())))[1]
+    >>> float(get_learning_rate(state)), float(schedule(schedule_step(state)))   # used, next
+    (0.5, 0.25)
+    """
+    schedule_state = _injected_state(opt_state).hyperparams_states.get("learning_rate")
+    return None if schedule_state is None else schedule_state.count
 
 
 __getattr__ = _missing(__name__, lambda: list(globals()))   # a Keras name batchfit lacks says so
