@@ -102,7 +102,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2048 sequences, 5 repeats")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", default=None, help="write recurrent.json here")
+    parser.add_argument("--out", default=HERE, help="write recurrent.json here (default: this folder, which also "
+                                                     "refreshes RESULTS.md's recurrent section)")
     args = parser.parse_args(argv)
     n, repeats = (2048, 5) if args.quick else (4096, args.repeats or 11)
     ids, y = make_data(n)
@@ -129,9 +130,13 @@ def main(argv=None) -> dict:
                "ratio": round(medians["batchfit fit per epoch"] / medians["floor per epoch"], 3),
                "devices": str(jax.devices()), "times": times}
     print(json.dumps({k: v for k, v in summary.items() if k != "times"}), flush=True)
-    if args.out:
-        with open(os.path.join(args.out, "recurrent.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+    path = os.path.join(args.out, "recurrent.json")
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)
+    if os.path.abspath(args.out) == HERE:
+        import pathlib
+        from report import refresh_recurrent_section
+        refresh_recurrent_section(pathlib.Path(HERE) / "RESULTS.md", pathlib.Path(path))
     return summary
 
 

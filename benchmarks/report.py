@@ -448,6 +448,7 @@ def markdown(results) -> str:
         "", "## Where batchfit's fit time goes", "", _decomposition_md(results), "", _profiles_md(results),
         "## Does the floor do batchfit's arithmetic?", "", *checks, "",
         kept_paths_section(HERE / "kept_paths.json"), "",
+        recurrent_section(HERE / "recurrent.json"), "",
         input_section(HERE / "input.json"),
     ])
 
@@ -479,6 +480,33 @@ def kept_paths_section(path) -> str:
     lines += [f"| {r['path']} | {r['figure']} | {r['with_us']:,.1f} us | {r['without_us']:,.1f} us | "
               f"{r['without_over_with']:.3f} |" for r in kept["rows"]]
     return "\n".join(lines)
+
+
+RECURRENT_HEADING = "## Recurrent workload (issue 22)"
+
+
+def recurrent_section(path) -> str:
+    """The LSTM text classifier against its hand-written floor (benchmarks/recurrent.py writes recurrent.json)."""
+    if not path.exists():
+        return f"{RECURRENT_HEADING}\n\nNot measured yet: run `python benchmarks/recurrent.py`."
+    r = json.loads(path.read_text())
+    rows = [f"| {name} | {seconds * 1e3:,.1f} ms |" for name, seconds in r["median_s"].items()]
+    return "\n".join([RECURRENT_HEADING, "", f"`python benchmarks/recurrent.py`: {r['workload']}; {r['repeats']} "
+                      "repeats alternating between the two, medians; the floor starts from batchfit's initial "
+                      "weights and computes the same losses.", "", "| system | per epoch |", "|---|---:|", *rows, "",
+                      f"fit per epoch / floor: **{r['ratio']:.3f} x** (limit 1.15 x); devices {r['devices']}."])
+
+
+def refresh_recurrent_section(results_md: pathlib.Path, recurrent_json: pathlib.Path) -> None:
+    """Put the recurrent section (from `recurrent_json`) into RESULTS.md, before the input section."""
+    if not results_md.exists():
+        return
+    text = results_md.read_text()
+    head, rest = (text.split(RECURRENT_HEADING, 1) if RECURRENT_HEADING in text else (text, ""))
+    tail = INPUT_HEADING + text.split(INPUT_HEADING, 1)[1] if INPUT_HEADING in text else ""
+    if not rest:
+        head = text.split(INPUT_HEADING)[0]
+    results_md.write_text(f"{head.rstrip()}\n\n{recurrent_section(recurrent_json)}\n\n{tail}")
 
 
 INPUT_HEADING = "## Input pipeline (issue 5)"
