@@ -186,3 +186,53 @@ def test_a_history_only_fit_reads_each_epoch_once_the_next_runs_and_loses_none()
                       callbacks=[bf.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)])
     assert h1.epoch == h2.epoch == [0, 1, 2, 3]
     assert h1.history == h2.history and h1.batch_history == h2.batch_history
+
+
+class EverySeventh(bf.callbacks.Callback):
+    """Needs control after every 7th batch of the fit, and lets fit fuse the rest."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def max_steps_per_execution(self, num_batches):
+        return None
+
+    def control_batches(self, epoch, first, count, seen):
+        return bf.callbacks.every_nth(7, first, count, seen)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append(batch)
+
+
+def _counting_calls(model):
+    calls, real = [], model._exe.fit_chunk
+    model._exe = model._exe._replace(fit_chunk=lambda *a, **k: calls.append(k["num_steps"] + (k["tail"] > 0))
+                                     or real(*a, **k))
+    return calls
+
+
+def test_compiled_calls_end_exactly_where_a_callback_needs_control():
+    """20 batches per epoch, control after the fit's batches 7, 14, 21, 28, 35: epoch 0 ends calls after its
+    batches 6 and 13, epoch 1 after 0 (the fit's 21st), 7 and 14; everything else stays fused, and the numbers
+    are those of a fit without the callback."""
+    x = np.random.default_rng(0).normal(size=(640, 2)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    plain, cut = compiled(), compiled()
+    expected = plain.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    cut.fit(x, y, batch_size=32, epochs=0, verbose=0)          # builds the executables, trains nothing
+    calls, callback = _counting_calls(cut), EverySeventh()
+    history = cut.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+    assert callback.seen == [6, 13, 19, 0, 7, 14, 19]
+    assert calls == [7, 7, 6, 1, 7, 7, 5]
+    assert history.history == expected.history
+    assert all(np.array_equal(a, b) for a, b in zip(cut.get_weights(), plain.get_weights()))
+
+
+def test_a_stream_ends_its_calls_where_a_callback_needs_control():
+    x = np.random.default_rng(1).normal(size=(320, 2)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    callback = EverySeventh()
+    dataset = bf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    compiled().fit(dataset, epochs=2, verbose=0, callbacks=[callback])
+    assert callback.seen == [6, 9, 3, 9]            # the fit's batches 7, 10 (epoch end), 14, 20 (epoch end)

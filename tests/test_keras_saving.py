@@ -122,8 +122,7 @@ def test_round_trip_gives_the_same_weights_predictions_and_config(kind, tmp_path
     assert loaded.metrics_names == model.metrics_names
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("optimizer", ["adam", "object"])
+@pytest.mark.parametrize("kind, optimizer", [("sequential", "adam"), ("functional", "object"), ("subclassed", "adam")])
 def test_training_on_after_load_equals_training_on_without_saving(kind, optimizer, tmp_path):
     """Adam's moments and count, the step and the Dropout RNG streams are saved: bitwise the same run."""
     opt = "adam" if optimizer == "adam" else bf.optimizers.Adam(learning_rate=0.01, clipnorm=1.0)

@@ -9,7 +9,7 @@ import batchfit as bf
 def test_top_level_names():
     assert sorted(bf.__all__) == sorted([
         "Input", "Layer", "Model", "NotCompiledError", "Sequential", "Variable", "activations", "callbacks", "data",
-        "initializers", "layers", "load_model", "losses", "metrics", "models", "ops", "optimizers", "regularizers",
+        "errors", "initializers", "layers", "load_model", "losses", "metrics", "models", "ops", "optimizers", "regularizers",
         "utils"])
     for name in bf.__all__:
         assert hasattr(bf, name)
@@ -21,13 +21,15 @@ def test_layer_names():
 
 
 def test_callback_names():
-    assert sorted(bf.callbacks.__all__) == ["Callback", "CallbackList", "History", "LambdaCallback",
-                                            "ProgbarLogger"]
+    assert sorted(bf.callbacks.__all__) == sorted([
+        "Callback", "CallbackList", "History", "LambdaCallback", "ProgbarLogger", "EarlyStopping", "TerminateOnNaN",
+        "ReduceLROnPlateau", "LearningRateScheduler", "CSVLogger", "TensorBoard", "ModelCheckpoint",
+        "BackupAndRestore", "every_nth"])
 
 
 def test_import_does_not_pull_optional_libraries():
     code = ("import sys, batchfit; bad = [m for m in ('matplotlib', 'pandas', 'torch', 'grain', "
-            "'tensorflow') if m in sys.modules]; print(bad)")
+            "'tensorflow', 'tensorboardX', 'orbax') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

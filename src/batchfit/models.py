@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from batchfit import saving
+from batchfit.errors import CheckpointError, reading
 from batchfit.functional import Functional
 from batchfit.model import Model
 from batchfit.sequential import Sequential, load_model
@@ -139,10 +140,17 @@ def _numbered(arrays: dict, prefix: str) -> list:
 def load_archive(path, custom_objects=None, compile=True):
     """The model of a .keras file: built, its weights set, compiled and its optimizer state restored."""
     entry, _, arrays = saving.read_archive(path)
+    if not isinstance(entry, dict) or "class_name" not in entry:
+        raise CheckpointError(f"'{path}': its config.json holds no model entry (got {type(entry).__name__}). The "
+                              f"file was altered; load an intact copy.")
     model = model_from_entry(entry, custom_objects)
     weights = _numbered(arrays, "weights")
     if weights or model.built:
-        model.set_weights(weights)
+        try:
+            model.set_weights(weights)
+        except ValueError as e:
+            raise CheckpointError(f"'{path}': its weights do not fit the model its config builds ({e}). The file "
+                                  f"was altered; load an intact copy.") from None
     config = entry.get("compile_config")
     if compile and config:
         model.compile(**compile_arguments(config, custom_objects))
@@ -171,9 +179,20 @@ def save_weights(model, filepath, overwrite: bool = True) -> str:
         raise FileExistsError(f"'{path}' exists and save_weights(..., overwrite=False) was given.")
     arrays, manifest = saving.pack("weights", model.get_weights())
     arrays["manifest"] = np.array(json.dumps({"format": "batchfit-weights", "version": 1, "weights": manifest}))
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-    return path
+    return saving.write_file(path, lambda f: np.savez(f, **arrays))
+
+
+def read_weights(path: str) -> list:
+    """The weights of a file save_weights wrote, checked against its manifest (CheckpointError if damaged)."""
+    with reading(path):
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        manifest = json.loads(str(arrays.pop("manifest")))
+        if not isinstance(manifest, dict) or manifest.get("format") != "batchfit-weights":
+            raise CheckpointError(f"'{path}' is not a weights file batchfit's save_weights() wrote (its manifest "
+                                  f"says {str(manifest)[:60]!r}).")
+        saving.check_manifest(path, {"weights": manifest["weights"]}, arrays)
+    return _numbered(arrays, "weights")
 
 
 def load_weights(model, filepath) -> None:
@@ -184,8 +203,7 @@ def load_weights(model, filepath) -> None:
     elif path.endswith(_WEIGHTS_SUFFIX):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No file at '{path}'. Pass the path model.save_weights() wrote.")
-        with np.load(path, allow_pickle=False) as npz:
-            weights = _numbered({name: npz[name] for name in npz.files}, "weights")
+        weights = read_weights(path)
     else:
         raise ValueError(f"load_weights() reads a `{_WEIGHTS_SUFFIX}` file (from save_weights) or a `.keras` file "
                          f"(from save). Received: filepath={path}")

@@ -4,18 +4,16 @@
 config, build and compile logic live in batchfit/models.py. The older format, still written by
 `Sequential.save(path)` for a path without an extension and read by `load_model`, follows.
 
-A saved model is a folder holding `model.json` (the format, the layers' configs, the built
-input shape, the seed, and the compile settings when they were given by name) and
-`weights.npz` (the `get_weights()` arrays, Keras order). Loading reads the arrays with
-`allow_pickle=False`, so a file cannot run code. The optimizer's state is not saved: a
-loaded model trains on from the saved weights with a fresh optimizer.
-
-A save never leaves a half-written folder: it writes a sibling temporary folder and swaps
-it in, and it replaces only a folder that holds an earlier batchfit save.
+A saved model is a folder holding `model.json` (the format, the layers' configs, the built input
+shape, the seed, the compile settings when given by name, the weights' dtypes and shapes) and
+`weights.npz` (the `get_weights()` arrays, Keras order; no optimizer state). Every array is read
+with `allow_pickle=False`; a damaged file raises bf.errors.CheckpointError naming it. Saves are
+atomic and durable, and replace only a folder that holds an earlier batchfit save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import json
@@ -25,12 +23,15 @@ import tempfile
 import zipfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from batchfit.errors import CheckpointError, reading
 from batchfit.registry import Registry
 
-__all__ = ["FORMAT", "VERSION", "write_model", "read_model", "KERAS_FORMAT", "KERAS_VERSION", "MODELS",
-           "write_archive", "read_archive", "pack", "unpack", "serialize_object", "deserialize_object",
+__all__ = ["FORMAT", "VERSION", "write_model", "read_model", "KERAS_FORMAT", "KERAS_VERSION", "MODELS", "write_archive",
+           "read_archive", "write_file", "recover_folder", "check_manifest", "pack", "unpack", "serialize_object",
+           "deserialize_object",
            "input_spec", "zeros_like_spec", "to_json", "load_model", "save_model", "register_keras_serializable"]
 
 FORMAT, VERSION = "batchfit-model", 1
@@ -45,50 +46,149 @@ def _is_save(path: str) -> bool:
         return False
 
 
-def write_model(path, config: dict, weights: list) -> str:
-    """Write `config` (JSON) and `weights` (arrays) to the folder `path`; returns the folder's path."""
+# ----- atomic, durable writes: written aside, fsynced, renamed onto the path -------------------------
+#
+# A file or folder at `path` is staged as the sibling `.{name}.batchfit-tmp-{token}`. A folder, once
+# complete, is renamed `.{name}.batchfit-new-{token}`, the earlier save moved to `...-old-{token}`, and
+# the new one renamed onto `path`. A kill at any instant leaves `path` holding the old or the new save,
+# or (between the folder's two renames) nothing at `path` and a complete `-new-` copy, which the next
+# save or load puts in place. The next save removes every other leftover; loading ignores them.
+
+def _siblings(path: str, kind: str) -> list[str]:
+    parent, name = os.path.split(os.path.abspath(path))
+    entries = os.listdir(parent) if os.path.isdir(parent) else []
+    return [os.path.join(parent, entry) for entry in entries if entry.startswith(f".{name}.batchfit-{kind}-")]
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename or a new entry in `folder` durable (a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+def _write_durably(path: str, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_file(path, write) -> str:
+    """Write a file at `path` atomically and durably: `write(binary_file)` fills a sibling temporary file,
+    which is fsynced and renamed onto `path` (then the folder is fsynced). A kill leaves the old file."""
     path = os.fspath(path)
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    for leftover in _siblings(path, "tmp"):
+        _remove(leftover)
+    handle, staging = tempfile.mkstemp(prefix=f".{name}.batchfit-tmp-", dir=parent)
+    os.close(handle)
+    try:
+        _write_durably(staging, write)
+        os.replace(staging, path)
+        _fsync_folder(parent)
+    finally:
+        _remove(staging) if os.path.exists(staging) else None
+    return path
+
+
+def recover_folder(path) -> None:
+    """After a killed folder save: with nothing at `path`, put the complete copy it left there."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        for kind in ("new", "old"):            # a "new" copy is complete, and newer than an "old" one
+            found = sorted(_siblings(path, kind), key=os.path.getmtime)
+            if found:
+                os.replace(found[-1], path)
+                _fsync_folder(os.path.dirname(os.path.abspath(path)))
+                return
+
+
+def write_model(path, config: dict, weights: list) -> str:
+    """Write `config` (JSON) and `weights` (arrays) to the folder `path`, atomically; returns its path."""
+    path = os.fspath(path)
+    recover_folder(path)
     if os.path.exists(path) and not _is_save(path):
         raise FileExistsError(f"save() would replace '{path}', which is not a batchfit model folder. "
                               f"Choose a new path or remove it first.")
     # NumPy's .npz has no bfloat16 (an ml_dtypes type it would write as raw bytes): such weights
     # are stored as float32, exactly; set_weights casts them back to the layer's dtype.
+    config = {**config, "weights_manifest": pack("w", weights)[1]}
     weights = {f"w{i}": w.astype(np.float32) if w.dtype.kind == "V" else w for i, w in enumerate(weights)}
-    parent = os.path.dirname(os.path.abspath(path))
+    parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".batchfit-save-", dir=parent)
+    for leftover in [p for kind in ("tmp", "new", "old") for p in _siblings(path, kind)]:
+        _remove(leftover)
+    staging = tempfile.mkdtemp(prefix=f".{name}.batchfit-tmp-", dir=parent)
+    ready = staging.replace(f".{name}.batchfit-tmp-", f".{name}.batchfit-new-")
+    old = staging.replace(f".{name}.batchfit-tmp-", f".{name}.batchfit-old-")
     try:
-        with open(os.path.join(staging, _CONFIG), "w") as f:
-            json.dump(config, f, indent=2)
-        np.savez(os.path.join(staging, _WEIGHTS), **weights)
-        if os.path.exists(path):            # an earlier save: swap, then drop the old one
-            old = tempfile.mkdtemp(prefix=".batchfit-old-", dir=parent)
-            os.replace(path, os.path.join(old, "model"))
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
+        _write_durably(os.path.join(staging, _CONFIG), lambda f: f.write(json.dumps(config, indent=2).encode()))
+        _write_durably(os.path.join(staging, _WEIGHTS), lambda f: np.savez(f, **weights))
+        _fsync_folder(staging)
+        os.replace(staging, ready)
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(ready, path)
+        _fsync_folder(parent)
+        _remove(old)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
+        recover_folder(path)                 # an error between the renames: put a copy back
     return path
 
 
 def read_model(path) -> tuple[dict, list]:
-    """(config, weights) of the folder a save wrote; no pickle: arrays are read with allow_pickle=False."""
+    """(config, weights) of the folder a save wrote; no pickle: arrays are read with allow_pickle=False.
+    CheckpointError (a ValueError) names the file when one is damaged."""
     path = os.fspath(path)
+    recover_folder(path)
     config_path, weights_path = os.path.join(path, _CONFIG), os.path.join(path, _WEIGHTS)
     if not os.path.isfile(config_path) or not os.path.isfile(weights_path):
         raise FileNotFoundError(f"'{path}' is not a saved batchfit model: it needs {_CONFIG} and {_WEIGHTS}. "
                                 f"Pass the folder that model.save() wrote.")
-    with open(config_path) as f:
-        config = json.load(f)
+    with reading(config_path):
+        with open(config_path, "rb") as f:
+            config = json.loads(f.read())
     if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("version") != VERSION:
-        raise ValueError(f"'{config_path}' is not a batchfit model file of version {VERSION} "
-                         f"(format {config.get('format') if isinstance(config, dict) else None!r}, version "
-                         f"{config.get('version') if isinstance(config, dict) else None!r}).")
-    with np.load(weights_path, allow_pickle=False) as archive:
-        weights = [archive[f"w{i}"] for i in range(len(archive.files))]
+        raise CheckpointError(f"'{config_path}' is not a batchfit model file of version {VERSION} "
+                              f"(format {config.get('format') if isinstance(config, dict) else None!r}, version "
+                              f"{config.get('version') if isinstance(config, dict) else None!r}).")
+    with reading(weights_path):
+        with np.load(weights_path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        manifest = config.get("weights_manifest")
+        if manifest is not None:
+            check_manifest(weights_path, {"w": manifest}, {k.replace("w", "w/", 1): v for k, v in arrays.items()})
+        weights = [arrays[f"w{i}"] for i in range(len(arrays))]
     return config, weights
+
+
+def check_manifest(path: str, manifests: dict, arrays: dict) -> None:
+    """Each array `f"{prefix}/i"` present with the [dtype, shape] its manifest recorded; CheckpointError if not."""
+    for prefix, manifest in manifests.items():
+        for i, (dtype, shape) in enumerate(manifest):
+            name = f"{prefix}/{i}"
+            if name not in arrays:
+                raise CheckpointError(f"'{path}' lacks the array {name} (its manifest lists {len(manifest)} "
+                                      f"{prefix} arrays). Load an intact copy.")
+            value = arrays[name]
+            stored = "float32" if dtype != "prng_key" and jnp.dtype(dtype).kind == "V" else dtype
+            if dtype != "prng_key" and (value.dtype.name != stored or list(value.shape) != list(shape)):
+                raise CheckpointError(f"'{path}': array {name} is {value.dtype}{list(value.shape)}, but the file "
+                                      f"recorded {dtype}{list(shape)}. The file was altered; load an intact copy.")
 
 
 # ----- the one-file format of model.save("m.keras"): Keras's .keras layout, without pickle -------------
@@ -148,46 +248,44 @@ def unpack(arrays: dict, prefix: str, like: list, what: str) -> list:
 
 
 def write_archive(path, config: dict, metadata: dict, arrays: dict) -> str:
-    """Write one zip at `path` (atomically: a sibling temporary file, then a rename)."""
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".batchfit-save-", dir=parent)
-    os.close(handle)
-    try:
-        weights = io.BytesIO()
-        np.savez(weights, **arrays)
-        with zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as archive:
+    """Write one zip at `path`, atomically and durably (see write_file)."""
+    weights = io.BytesIO()
+    np.savez(weights, **arrays)
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(METADATA_FILE, json.dumps(metadata, indent=2))
             archive.writestr(CONFIG_FILE, json.dumps(config, indent=2))
             archive.writestr(WEIGHTS_FILE, weights.getvalue())
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
-    return path
+    return write_file(path, write)
 
 
 def read_archive(path) -> tuple[dict, dict, dict]:
-    """(config, metadata, arrays) of a file write_archive wrote; arrays are read with allow_pickle=False."""
+    """(config, metadata, arrays) of a file write_archive wrote; arrays are read with allow_pickle=False.
+    A damaged file (truncated, a flipped bit, a missing member or array, broken JSON, an array whose
+    dtype or shape differs from what the file recorded, an object array) raises CheckpointError."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No file at '{path}'. Pass the path that model.save('....keras') wrote.")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"'{path}' is not a .keras file (a zip archive); it cannot be loaded.")
-    with zipfile.ZipFile(path) as archive:
-        names = set(archive.namelist())
-        missing = {CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE} - names
+    with reading(path), zipfile.ZipFile(path) as archive:
+        missing = {CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE} - set(archive.namelist())
         if missing:
-            raise ValueError(f"'{path}' lacks {sorted(missing)}: it was not written by batchfit's model.save().")
-        metadata = json.loads(archive.read(METADATA_FILE))
-        if metadata.get("format") != KERAS_FORMAT or metadata.get("version") != KERAS_VERSION:
-            raise ValueError(f"'{path}' is not a batchfit .keras file of version {KERAS_VERSION} (format "
-                             f"{metadata.get('format')!r}, version {metadata.get('version')!r}). A file Keras "
-                             f"wrote holds Keras's HDF5 weights, which batchfit does not read.")
-        config = json.loads(archive.read(CONFIG_FILE))
-        with np.load(io.BytesIO(archive.read(WEIGHTS_FILE)), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+            raise CheckpointError(f"'{path}' lacks {sorted(missing)}: it is damaged, or was not written by "
+                                  f"batchfit's model.save().")
+        with reading(path, METADATA_FILE):
+            metadata = json.loads(archive.read(METADATA_FILE))
+        if not isinstance(metadata, dict) or metadata.get("format") != KERAS_FORMAT or \
+                metadata.get("version") != KERAS_VERSION:
+            found = metadata if isinstance(metadata, dict) else {}
+            raise CheckpointError(f"'{path}' is not a batchfit .keras file of version {KERAS_VERSION} (format "
+                                  f"{found.get('format')!r}, version {found.get('version')!r}). A file Keras "
+                                  f"wrote holds Keras's HDF5 weights, which batchfit does not read.")
+        with reading(path, CONFIG_FILE):
+            config = json.loads(archive.read(CONFIG_FILE))
+        with reading(path, WEIGHTS_FILE):
+            with np.load(io.BytesIO(archive.read(WEIGHTS_FILE)), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        check_manifest(path, metadata.get("arrays") or {}, arrays)
     return config, metadata, arrays
 
 

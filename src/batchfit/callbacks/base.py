@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-__all__ = ["Callback", "LambdaCallback", "CallbackList"]
+__all__ = ["Callback", "LambdaCallback", "CallbackList", "every_nth"]
 
 _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end")
 
@@ -39,6 +39,23 @@ class Callback:
         """The largest number of fused steps this callback tolerates (None: no limit)."""
         cls = type(self)
         return 1 if _overrides(cls, "on_train_batch_begin") or _overrides(cls, "on_train_batch_end") else None
+
+    def control_batches(self, epoch: int, first: int, count: int, seen: int):
+        """batchfit addition: the batches of `epoch` among [first, first + count) after which this callback needs
+        control (a compiled call ends there, so on_train_batch_end sees exactly that batch; the other steps stay
+        fused). `seen`: the batches this fit() ran before `first`, for a count over epochs (every n-th batch is
+        `first + (-(seen + 1)) % n`, then every n). Asked once per epoch for in-memory arrays, per batch
+        (count 1) for streams. Only callbacks that override it are asked."""
+        return ()
+
+    def restore_position(self, resumes_mid_epoch: bool):
+        """batchfit addition: a Position for fit to start from (BackupAndRestore), or None. Asked after every
+        callback's on_train_begin; `resumes_mid_epoch` says whether the data can restart inside an epoch."""
+        return None
+
+    def on_train_interrupt(self):
+        """batchfit addition: Ctrl-C stopped fit at a step boundary (the model's state is consistent); runs before
+        KeyboardInterrupt propagates."""
 
     def on_train_begin(self, logs=None): pass
     def on_train_end(self, logs=None): pass
@@ -103,6 +120,14 @@ class CallbackList:
                 limit = k
         return limit
 
+    def control_batches(self):
+        """`(epoch, first, count, seen) -> batches` over the callbacks that need control at given batches
+        (Callback.control_batches), or None when none does."""
+        asking = [cb.control_batches for cb in self.callbacks if _overrides(type(cb), "control_batches")]
+        if not asking:
+            return None
+        return lambda *where: sorted({batch for ask in asking for batch in ask(*where)})
+
     def listeners(self, hook: str) -> list:
         """The bound `hook` of every callback that defines it (in its class or on the instance), in order.
 
@@ -124,6 +149,16 @@ class CallbackList:
     def wants(self, hook: str) -> bool:
         """True when some callback overrides `hook` (so its logs are worth a host copy)."""
         return bool(self.listeners(hook))
+
+
+def every_nth(n: int, first: int, count: int, seen: int) -> range:
+    """The batches among [first, first + count) that are the n-th, 2n-th, ... of the fit, when `seen` batches
+    ran before `first` (for Callback.control_batches).
+
+    >>> list(every_nth(3, first=0, count=10, seen=5))       # the fit's batches 6 and 9 are this epoch's 0 and 3
+    [0, 3, 6, 9]
+    """
+    return range(first + (-(seen + 1)) % n, first + count, n)
 
 
 @functools.cache

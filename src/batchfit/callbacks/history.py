@@ -36,6 +36,39 @@ class History(Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(value)
 
+    def plot(self, metrics=None, ax=None):
+        """Draw each logged curve against the epoch: `name` solid, `val_name` dashed in the same colour.
+
+        Args:
+          metrics: names to draw ("loss", "accuracy", ...; their "val_" twins come along), or None
+            for every name logged, "learning_rate" included.
+          ax: a matplotlib Axes to draw on; None: a new figure's.
+        Returns the Axes. matplotlib is imported only here.
+        """
+        import matplotlib.pyplot as plt
+
+        names = [k for k in self.history if not k.startswith("val_")] if metrics is None else (
+            [metrics] if isinstance(metrics, str) else list(metrics))
+        unknown = [n for n in names if n not in self.history and f"val_{n}" not in self.history]
+        if unknown:
+            raise ValueError(f"History.plot(): no logs named {unknown}; logged: {list(self.history)}. "
+                             f"Pass some of those names, or metrics=None for all of them.")
+        if ax is None:
+            _, ax = plt.subplots()
+        epochs = [e + 1 for e in self.epoch]
+        for name in names:
+            color = None
+            for key, style in ((name, "-"), (f"val_{name}", "--")):
+                if key in self.history:
+                    values = self.history[key]
+                    xs = epochs if len(epochs) == len(values) else range(1, len(values) + 1)
+                    (line,) = ax.plot(xs, values, style, color=color, label=key)
+                    color = line.get_color()
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(names[0] if len(names) == 1 else "value")
+        ax.legend()
+        return ax
+
     def __repr__(self):
         keys = ", ".join(self.history)
         return f"History(epochs={len(self.epoch)}, keys=[{keys}])"

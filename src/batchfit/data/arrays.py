@@ -282,20 +282,30 @@ def take(tree, index):
 
 
 @functools.lru_cache(maxsize=256)        # a pure function of ints that fit asks every epoch
-def plan_chunks(n: int, batch_size: int, steps_per_execution: int, first_batch: int = 0) -> tuple[Chunk, ...]:
+def plan_chunks(n: int, batch_size: int, steps_per_execution: int, first_batch: int = 0,
+                cuts: tuple = ()) -> tuple[Chunk, ...]:
     """Split an epoch of n samples, from batch `first_batch` on, into compiled calls of at most
-    `steps_per_execution` batches.
+    `steps_per_execution` batches; a call also ends after each batch in `cuts` (where a callback needs
+    control), and the next one starts there.
 
     >>> plan_chunks(1000, 32, 16)[-1]
     Chunk(first=16, last=31, start=512, num_steps=15, tail=8)
+    >>> [(c.first, c.last) for c in plan_chunks(1000, 32, 32, cuts=(9, 19))]
+    [(0, 9), (10, 19), (20, 31)]
     """
     num_full, tail = divmod(n, batch_size)
     num_batches = num_full + (tail > 0)
-    chunks = []
-    for first in range(first_batch, num_batches, steps_per_execution):
+    ends = sorted({c for c in cuts if first_batch <= c < num_batches - 1})
+    chunks, first, next_end = [], first_batch, 0
+    while first < num_batches:
         last = min(first + steps_per_execution, num_batches) - 1
+        while next_end < len(ends) and ends[next_end] < first:
+            next_end += 1
+        if next_end < len(ends) and ends[next_end] < last:
+            last = ends[next_end]
         has_tail = tail > 0 and last == num_batches - 1
         chunks.append(Chunk(first, last, first * batch_size, last - first + 1 - has_tail, tail if has_tail else 0))
+        first = last + 1
     return tuple(chunks)
 
 

@@ -64,8 +64,10 @@ class ArraySource:
     def next_key(self) -> int:
         return 0
 
-    def feed(self, keys, steps_per_execution: int, first_batch: int = 0) -> "_ArrayFeed":
-        return _ArrayFeed(self, list(keys), steps_per_execution, first_batch)
+    def feed(self, keys, steps_per_execution: int, first_batch: int = 0, control=None) -> "_ArrayFeed":
+        """The passes `keys`, the first from batch `first_batch` on. `control(key, first, count, seen)`
+        (CallbackList.control_batches) names the batches after which a compiled call must end."""
+        return _ArrayFeed(self, list(keys), steps_per_execution, first_batch, control)
 
     def order(self, key: int):
         """The sample order of epoch `key` (None: in order), drawn once: int32 [n]."""
@@ -93,14 +95,18 @@ class _ArrayFeed:
 
     max_in_flight = None          # nothing is allocated per dispatch: let the dispatches run ahead
 
-    def __init__(self, source: ArraySource, keys: list, steps_per_execution: int, first_batch: int):
+    def __init__(self, source: ArraySource, keys: list, steps_per_execution: int, first_batch: int, control=None):
         self._source, self._keys, self._first_batch = source, keys, first_batch
         self._next = dict(zip(keys, keys[1:]))
-        self._steps = steps_per_execution
+        self._steps, self._control, self._seen = steps_per_execution, control, 0
 
     def epoch(self, key) -> Iterator[Piece]:
         s, first, self._first_batch = self._source, self._first_batch, 0
-        chunks = plan_chunks(s.rows, s.batch_size, self._steps, first)
+        cuts = ()
+        if self._control is not None:
+            count = s.num_batches - first
+            cuts, self._seen = tuple(self._control(key, first, count, self._seen)), self._seen + count
+        chunks = plan_chunks(s.rows, s.batch_size, self._steps, first, cuts)
         order, data = s.order(key), s.data(len(chunks) * len(self._keys))
         for chunk in chunks:
             yield Piece(chunk, data, s.batch_size, chunk.rows(order, s.batch_size))

@@ -298,8 +298,10 @@ class StreamSource:
             count += 1
             yield batch
 
-    def _pieces(self, key, steps_per_execution: int, first_batch: int = 0) -> Iterator[Piece]:
-        """Chunks of up to `steps_per_execution` batches, on the device; a different size closes a chunk.
+    def _pieces(self, key, steps_per_execution: int, first_batch: int = 0, control=None,
+                seen: list | None = None) -> Iterator[Piece]:
+        """Chunks of up to `steps_per_execution` batches, on the device; a different size closes a chunk, and
+        so does a batch that `control(key, index, 1, seen)` names (a callback needs control after it).
         The first `first_batch` batches of the pass are skipped (a resumed epoch)."""
         quick, check, select = self._layout.quick, self._layout.check, self._select
         group, size, first = [], 0, first_batch
@@ -311,7 +313,10 @@ class StreamSource:
             if not group:
                 size = n
             group.append(leaves)
-            if n != size or len(group) == steps_per_execution:
+            cut = control is not None and bool(tuple(control(key, index, 1, seen[0])))
+            if control is not None:
+                seen[0] += 1
+            if n != size or len(group) == steps_per_execution or cut:
                 yield self._piece(group, first, size, n if n != size else 0)
                 first, group = first + len(group), []
         if group:
@@ -322,10 +327,11 @@ class StreamSource:
         columns = self._layout.columns(group, chunk.num_steps * batch_size + tail, first, self._allow_nonfinite)
         return Piece(chunk, self._batch(columns, where=f"batches {chunk.first}-{chunk.last}"), batch_size)
 
-    def _run(self, keys, steps_per_execution, first_batch: int) -> Iterator:
+    def _run(self, keys, steps_per_execution, first_batch: int, control=None) -> Iterator:
+        seen = [0]                         # the batches of this fit so far, for `control`
         with inline_prefetch():            # this thread is the prefetch: a dataset's own adds only hops
             for key in keys:
-                yield from self._pieces(key, steps_per_execution, first_batch)
+                yield from self._pieces(key, steps_per_execution, first_batch, control, seen)
                 yield EPOCH_END
                 first_batch = 0
 
@@ -340,15 +346,16 @@ class StreamSource:
             k = setting
         return max(1, min(k, self.num_batches) if self.num_batches else k)
 
-    def feed(self, keys, steps_per_execution: int, first_batch: int = 0, depth: int = 2) -> "StreamFeed":
+    def feed(self, keys, steps_per_execution: int, first_batch: int = 0, control=None,
+             depth: int = 2) -> "StreamFeed":
         """Start the worker on the passes `keys` (epoch indices for fit), the first from batch
-        `first_batch` on; read them with `epoch()`."""
+        `first_batch` on; read them with `epoch()`. `control`: as ArraySource.feed's."""
         if first_batch and (self._steps is not None or not self._reiterable):
             raise ValueError(f"Training cannot resume at batch {first_batch} of an epoch of this input: "
                              f"{'with steps_per_epoch' if self._steps is not None else 'a one-shot iterator'} "
                              f"it cannot be read again from the epoch's start. Resume from an epoch boundary, or "
                              f"pass a re-iterable input (a bf.data.Dataset, a list, a PyDataset).")
-        return StreamFeed(self, list(keys), steps_per_execution, first_batch, depth)
+        return StreamFeed(self, list(keys), steps_per_execution, first_batch, depth, control)
 
     def next_key(self):
         """The key of the next evaluation pass (validation data is read once per epoch)."""
@@ -365,8 +372,9 @@ class StreamFeed:
 
     max_in_flight = 2
 
-    def __init__(self, source: StreamSource, keys: list, steps_per_execution: int, first_batch: int, depth: int):
-        self._prefetcher = Prefetcher(lambda: source._run(keys, steps_per_execution, first_batch), depth)
+    def __init__(self, source: StreamSource, keys: list, steps_per_execution: int, first_batch: int, depth: int,
+                 control=None):
+        self._prefetcher = Prefetcher(lambda: source._run(keys, steps_per_execution, first_batch, control), depth)
 
     def epoch(self, key=None) -> Iterator[Piece]:
         for item in self._prefetcher:

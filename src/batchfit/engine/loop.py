@@ -7,7 +7,10 @@ and only when a callback wants per-batch logs; otherwise once per epoch. The loo
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
+import threading
 import warnings
 from typing import Callable, NamedTuple
 
@@ -46,11 +49,15 @@ class Cursor:
         if start is None:
             self.begin(plan.initial_epoch)
         else:
-            _check_start(start, plan, num_batches)
-            self.epoch, self.batch = start.epoch, start.batch
-            self.totals = Totals(start.totals, start.metric_states)
-            self.prior_losses = np.asarray(start.batch_losses, np.float32)
-            self.accumulated, self.reports = start.accumulated, []
+            self.resume(start, num_batches)
+
+    def resume(self, start: Position, num_batches: int | None) -> None:
+        """Move to `start` (a Position a callback restored at fit start), checked against this fit."""
+        _check_start(start, self.plan, num_batches)
+        self.seed, self.epoch, self.batch = start.seed, start.epoch, start.batch
+        self.totals = Totals(start.totals, start.metric_states)
+        self.prior_losses = np.asarray(start.batch_losses, np.float32)
+        self.accumulated, self.reports = start.accumulated, []
 
     def begin(self, epoch: int) -> None:
         self.epoch, self.batch = epoch, 0
@@ -119,7 +126,8 @@ def _throttle(outputs: list, max_in_flight: int | None):
         jax.block_until_ready(outputs[-max_in_flight])
 
 
-def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, should_stop: Callable) -> None:
+def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, should_stop: Callable,
+               interrupts: "_Interrupts | None" = None) -> None:
     """Dispatch the rest of the cursor's epoch; the state goes back into `slot` after every dispatch."""
     k = cursor.plan.accumulate_steps
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
@@ -140,6 +148,8 @@ def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, sh
         cursor.advance(chunk.last, totals, report)
         if want_end:
             callbacks.on_train_batch_end(chunk.last, cursor.running_logs(report))
+        if interrupts is not None:
+            interrupts.check()
         if should_stop():
             return
 
@@ -161,37 +171,115 @@ def run_fit(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks, sho
     have ended before epoch e + 1 starts (callbacks.epoch_ends_can_wait) and there is no
     validation, epoch e's logs are read once epoch e + 1 is dispatched, so the device never
     waits for the host between epochs.
+
+    After on_train_begin, a callback with `restore_position(resumes_mid_epoch) -> Position | None`
+    (BackupAndRestore) may move the start. Ctrl-C stops at the next step boundary: callbacks with
+    `on_train_interrupt()` run (the state and cursor are consistent), then KeyboardInterrupt propagates.
     """
+    callbacks.on_train_begin()
+    _restore(callbacks, slot, source, cursor)
+    with _interrupts_at_step_boundaries() as interrupts:
+        try:
+            logs = _run_epochs(exe, slot, source, cursor, callbacks, should_stop, validate, interrupts)
+        except KeyboardInterrupt:
+            if not interrupts.forced:          # a second Ctrl-C may have cut a dispatch: nothing to save
+                for cb in callbacks.callbacks:
+                    if hasattr(cb, "on_train_interrupt"):
+                        cb.on_train_interrupt()
+            raise
+    callbacks.on_train_end(logs)
+
+
+def _run_epochs(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks, should_stop: Callable,
+                validate: Callable | None, interrupts: "_Interrupts") -> dict:
+    """run_fit's epochs; returns the last epoch's logs."""
     plan = cursor.plan
     epochs = range(cursor.epoch, plan.epochs)
     defer = validate is None and callbacks.epoch_ends_can_wait()
-    callbacks.on_train_begin()
     logs, pending = {}, None
-    feed = source.feed(epochs, plan.steps_per_execution, first_batch=cursor.batch)
+    feed = source.feed(epochs, plan.steps_per_execution, first_batch=cursor.batch, control=callbacks.control_batches())
     try:
         for epoch in epochs:
             callbacks.on_epoch_begin(epoch)
-            _run_epoch(exe, slot, feed, cursor, callbacks, should_stop)
+            _run_epoch(exe, slot, feed, cursor, callbacks, should_stop, interrupts)
             _finish_group(exe, slot, cursor)
             if pending is not None:
                 logs, pending = _end_epoch(pending, slot, callbacks, validate), None
             if not cursor.batch:
                 warnings.warn(f"The input ran out of data at epoch {epoch}; training stops. A generator is "
                               f"consumed once: pass a re-iterable input (a list, a bf.data.Dataset) or "
-                              f"steps_per_epoch with enough batches for every epoch.", UserWarning, stacklevel=3)
+                              f"steps_per_epoch with enough batches for every epoch.", UserWarning, stacklevel=4)
                 break
             ended = cursor.end_epoch()
             if defer and not should_stop():
                 pending = ended
                 continue
             logs = _end_epoch(ended, slot, callbacks, validate)
+            interrupts.check()
             if should_stop():
                 break
     finally:
         feed.close()
         if pending is not None:
             logs = _end_epoch(pending, slot, callbacks, validate)
-    callbacks.on_train_end(logs)
+    return logs
+
+
+def _restore(callbacks, slot: Slot, source, cursor: Cursor) -> None:
+    """Start from the Position a callback restores (BackupAndRestore), if one does."""
+    mid_epoch = _resumes_mid_epoch(source)
+    for cb in callbacks.callbacks:
+        position = cb.restore_position(mid_epoch) if hasattr(cb, "restore_position") else None
+        if position is None:
+            continue
+        if position.batch and not mid_epoch:
+            raise ValueError(f"{type(cb).__name__} restored a position at batch {position.batch} of epoch "
+                             f"{position.epoch}, but this input cannot be read again from an epoch's start (a "
+                             f"one-shot iterator, or steps_per_epoch on a stream). Pass a re-iterable input "
+                             f"(a bf.data.Dataset, a list, a PyDataset), or delete the backup to start over.")
+        cursor.resume(position, source.num_batches)
+        slot.put(copy_tree(position.train))
+        if hasattr(source, "order") and source.seed != position.seed:   # shuffled arrays: the saved data order
+            source.seed, source._order = position.seed, None
+
+
+def _resumes_mid_epoch(source) -> bool:
+    """Whether fit on `source` can resume inside an epoch (arrays, re-iterable streams without steps)."""
+    return getattr(source, "_reiterable", True) and getattr(source, "_steps", None) is None
+
+
+class _Interrupts:
+    """Ctrl-C during fit: the first is noted (and raised at the next step boundary), a second raises now."""
+
+    def __init__(self):
+        self.requested = self.forced = False
+
+    def handle(self, signum, frame):
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        """At a step boundary: raise the KeyboardInterrupt a Ctrl-C asked for."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts_at_step_boundaries():
+    """Catch SIGINT while fit runs (main thread, Python's default handler only): a KeyboardInterrupt
+    raised inside a dispatch would leave the slot holding donated buffers."""
+    interrupts = _Interrupts()
+    install = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if install:
+        signal.signal(signal.SIGINT, interrupts.handle)
+    try:
+        yield interrupts
+    finally:
+        if install:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _end_epoch(ended: Cursor, slot: Slot, callbacks, validate) -> dict:

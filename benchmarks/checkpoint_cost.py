@@ -1,0 +1,74 @@
+"""What a checkpoint every 100 batches costs (issue 23): the second article's workload, one epoch per fit
+call, without callbacks and with ModelCheckpoint / BackupAndRestore saving every 100 batches.
+
+    python benchmarks/checkpoint_cost.py [--quick] [--out DIR]
+
+Model and data as benchmarks/workloads.py's seed2 (100,000 x 10, Dense(128, relu) -> Dense(1), MSE, Adam,
+batch 32: 3,125 batches, so 31 saves per epoch). Repeats alternate between the systems; the figure is each
+system's median epoch over the median without callbacks. Prints JSON lines; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import batchfit as bf  # noqa: E402
+from workloads import WORKLOADS, batchfit_model, make_data  # noqa: E402
+
+
+def systems(folder: str) -> dict:
+    return {
+        "no callback": lambda: [],
+        "ModelCheckpoint(save_freq=100, weights)": lambda: [bf.callbacks.ModelCheckpoint(
+            os.path.join(folder, "w.weights.h5"), save_weights_only=True, save_freq=100)],
+        "ModelCheckpoint(save_freq=100, .keras)": lambda: [bf.callbacks.ModelCheckpoint(
+            os.path.join(folder, "m.keras"), save_freq=100)],
+        "BackupAndRestore(save_freq=100)": lambda: [bf.callbacks.BackupAndRestore(
+            os.path.join(folder, "backup"), save_freq=100)],
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 samples, 3 repeats")
+    parser.add_argument("--out", default=None, help="write checkpoint_cost.json here")
+    args = parser.parse_args(argv)
+    workload = WORKLOADS["seed2"]
+    x, y = make_data(workload, quick=args.quick)
+    repeats = 3 if args.quick else 7
+    model = batchfit_model(workload)
+    times = {}
+    with tempfile.TemporaryDirectory() as folder:
+        made = systems(folder)
+        for name, callbacks in made.items():          # first calls: compile every chunk shape
+            model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0, callbacks=callbacks())
+            times[name] = []
+        for _ in range(repeats):
+            for name, callbacks in made.items():
+                start = time.perf_counter()
+                model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0, callbacks=callbacks())
+                times[name].append(time.perf_counter() - start)
+            print(json.dumps({k: round(v[-1], 4) for k, v in times.items()}), flush=True)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    base = medians["no callback"]
+    summary = {"workload": workload.title, "samples": len(x), "repeats": repeats,
+               "median_s": {k: round(v, 4) for k, v in medians.items()},
+               "over_no_callback": {k: round(v / base, 3) for k, v in medians.items()}, "times": times}
+    print(json.dumps({k: v for k, v in summary.items() if k != "times"}), flush=True)
+    if args.out:
+        with open(os.path.join(args.out, "checkpoint_cost.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

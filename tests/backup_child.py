@@ -1,0 +1,115 @@
+"""A training process for tests/test_backup.py: fit with BackupAndRestore, maybe SIGKILL itself.
+
+    python tests/backup_child.py BACKUP_DIR OUT KILL
+
+KILL is "none", "batch:n" / "val:n" (SIGKILL at the n-th training / validation batch hook of
+this process), "file:n" (at the n-th file fsynced by a checkpoint write, before its rename) or
+"folder:n" (at the n-th fsync of a whole checkpoint folder: odd n before the rename, even n
+after it). The parent also kills it at random instants. When fit ends, OUT.npz holds every
+array of the training state and OUT.json the History, both written aside and renamed.
+"""
+
+import json
+import os
+import signal
+import sys
+
+import jax
+import numpy as np
+
+import batchfit as bf
+import batchfit.checkpoint as checkpoint
+
+FIT = dict(batch_size=8, epochs=3, seed=3, accumulate_steps=2, verbose=0)
+SAVE_FREQ = 3
+
+
+def make_model():
+    model = bf.Sequential([bf.layers.Dense(8, activation="relu", input_shape=(4,)), bf.layers.Dropout(0.25),
+                           bf.layers.BatchNormalization(), bf.layers.Dense(1)], seed=1)
+    model.compile(optimizer="adam", loss="mse", metrics=["mae"], steps_per_execution=3)   # calls end at saves
+    return model
+
+
+def data():
+    rng = np.random.default_rng(7)
+    x = rng.random((96, 4)).astype(np.float32)
+    y = x @ np.array([[1.0], [-2.0], [0.5], [3.0]], np.float32)
+    return (x[:72], y[:72]), (x[72:], y[72:])          # 9 training batches an epoch, 3 validation batches
+
+
+def fit(model, callbacks, **overrides):
+    (x, y), validation = data()
+    return model.fit(x, y, validation_data=validation, callbacks=callbacks, **{**FIT, **overrides})
+
+
+def leaves(model) -> list:
+    """Every array of the training state (PRNG keys as their data)."""
+    return [np.asarray(jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a)
+            for a in jax.tree.leaves(model.get_position().train)]
+
+
+def history_record(history) -> dict:
+    return {"epoch": history.epoch, "history": history.history, "batch_history": history.batch_history}
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAt(bf.callbacks.Callback):
+    """SIGKILL this process at the n-th train ("batch") or validation ("val") batch hook."""
+
+    def __init__(self, kind, n):
+        super().__init__()
+        self.kind, self.n, self.count = kind, n, 0
+
+    def max_steps_per_execution(self, num_batches):
+        return None                   # leave the compiled calls as BackupAndRestore cuts them
+
+    def _tick(self, kind):
+        if kind == self.kind:
+            self.count += 1
+            if self.count == self.n:
+                die()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._tick("batch")
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._tick("val")
+
+
+def kill_in_writes(kind, n):
+    """SIGKILL at the n-th fsync of a file ("file") or of a folder ("folder") by a checkpoint write."""
+    name = {"file": "_fsync", "folder": "_fsync_folder"}[kind]
+    original, count = getattr(checkpoint, name), [0]
+
+    def counted(*args):
+        count[0] += 1
+        if count[0] == n:
+            die()
+        return original(*args)
+
+    setattr(checkpoint, name, counted)
+
+
+def main(backup_dir, out, kill):
+    callbacks = [bf.callbacks.BackupAndRestore(backup_dir, save_freq=SAVE_FREQ, delete_checkpoint=False)]
+    kind, _, n = kill.partition(":")
+    if kind in ("batch", "val"):
+        callbacks.append(KillAt(kind, int(n)))
+    elif kind in ("file", "folder"):
+        kill_in_writes(kind, int(n))
+    model = make_model()
+    print("ready", flush=True)
+    history = fit(model, callbacks)
+    np.savez(out + ".tmp.npz", *leaves(model))
+    with open(out + ".tmp.json", "w") as f:
+        json.dump(history_record(history), f)
+    os.replace(out + ".tmp.npz", out + ".npz")
+    os.replace(out + ".tmp.json", out + ".json")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

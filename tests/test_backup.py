@@ -1,0 +1,265 @@
+"""BackupAndRestore and training checkpoints: Ctrl-C, SIGINT and SIGKILL, then a resume that ends bitwise
+where a run that was never stopped ends (weights, optimizer and RNG state, History)."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import batchfit as bf
+from batchfit.checkpoint import TrainingCheckpoints
+from batchfit.errors import CheckpointError
+
+sys.path.insert(0, os.path.dirname(__file__))
+import backup_child as child  # noqa: E402
+
+CHILD = os.path.join(os.path.dirname(__file__), "backup_child.py")
+
+
+class InterruptAt(bf.callbacks.Callback):
+    """At batch hook (epoch, batch): raise KeyboardInterrupt, or send this process a real SIGINT."""
+
+    def __init__(self, epoch, batch, signal_it=False):
+        super().__init__()
+        self.at, self.signal_it, self.epoch = (epoch, batch), signal_it, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):       # overridden: "auto" runs one step per call
+        if (self.epoch, batch) == self.at:
+            if not self.signal_it:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)     # the handler notes it; fit raises at the step boundary
+
+
+@pytest.fixture(scope="module")
+def whole():
+    """The run never stopped (child.FIT: shuffled, Dropout, BatchNorm, accumulate_steps=2, validation)."""
+    model = child.make_model()
+    history = child.fit(model, [])
+    return child.leaves(model), child.history_record(history)
+
+
+def assert_same(leaves, record, whole):
+    for a, b in zip(leaves, whole[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert record == whole[1]                      # every float of History and batch_history
+
+
+def test_ctrl_c_mid_group_saves_the_position_and_the_next_fit_continues_bitwise(tmp_path, whole):
+    """KeyboardInterrupt at batch 2 of epoch 1 (3 batches: inside the 2nd accumulation group of 2):
+    save_freq="epoch" saved epoch 0; the interrupt saves (1, 3); fit resumes from there."""
+    backup = tmp_path / "backup"
+    stopped = child.make_model()
+    with pytest.raises(KeyboardInterrupt):
+        child.fit(stopped, [bf.callbacks.BackupAndRestore(backup), InterruptAt(1, 2)])
+    position = stopped.get_position()               # the model is usable at the step boundary
+    assert (position.epoch, position.batch, float(position.accumulated.count)) == (1, 3, 8.0)
+    assert np.isfinite(stopped.evaluate(*child.data()[1], verbose=0)[0])
+    store = TrainingCheckpoints(backup)
+    saved, extra = store.restore(position.train)
+    assert store.steps() == [1] and (saved.epoch, saved.batch) == (1, 3)   # step 0: epoch 0's end
+    assert extra["history"]["epoch"] == [0] and len(saved.batch_losses) == 3
+    history = child.fit(stopped, [bf.callbacks.BackupAndRestore(backup)])   # the backup replaces its state
+    assert_same(child.leaves(stopped), child.history_record(history), whole)
+    assert not backup.exists()                       # delete_checkpoint=True: gone once fit ends
+
+
+def test_a_real_sigint_stops_at_a_step_boundary_with_a_fresh_seed(tmp_path):
+    """os.kill(SIGINT) from batch 5 of epoch 0 (steps_per_execution=3: calls end at batches 2, 5, 8):
+    fit stops after batch 5; the data-order seed drawn for seed=None is in the backup."""
+    make = child.make_model
+    backup, stopped = tmp_path / "b", make()
+    with pytest.raises(KeyboardInterrupt):
+        child.fit(stopped, [bf.callbacks.BackupAndRestore(backup, save_freq=False), InterruptAt(0, 5, True)],
+                  seed=None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler       # put back
+    position = stopped.get_position()
+    assert (position.epoch, position.batch) == (0, 6)
+    reference = make()
+    h_reference = child.fit(reference, [], seed=position.seed)
+    h_resumed = child.fit(stopped, [bf.callbacks.BackupAndRestore(backup)], seed=None)
+    assert_same(child.leaves(stopped), child.history_record(h_resumed),
+                (child.leaves(reference), child.history_record(h_reference)))
+
+
+def _dataset_fit(model, callbacks, **kwargs):
+    (x, y), _ = child.data()
+    dataset = bf.data.Dataset.from_tensor_slices((x, y)).map(lambda a, b: (a * 2.0, b)).batch(8)
+    return model.fit(dataset, epochs=2, verbose=0, callbacks=callbacks, **kwargs)
+
+
+def _generator_fit(model, callbacks):
+    (x, y), _ = child.data()
+
+    def batches():                                  # endless, the same 9 batches each epoch
+        while True:
+            yield from ((x[i:i + 8], y[i:i + 8]) for i in range(0, 72, 8))
+    return model.fit(batches(), epochs=2, steps_per_epoch=9, verbose=0, callbacks=callbacks)
+
+
+def _unshuffled_fit(model, callbacks):
+    return child.fit(model, callbacks, shuffle=False, epochs=2)
+
+
+@pytest.mark.parametrize("kind", ["unshuffled", "dataset", "generator"])
+def test_streams_resume_a_dataset_at_the_batch_and_a_generator_at_the_epoch(tmp_path, kind):
+    """Unshuffled arrays and a mapped bf.data.Dataset (a stream) resume at batch 6 of epoch 1; a
+    plain generator with steps_per_epoch cannot be read again mid-epoch: backups at epoch ends only
+    (a warning), so it resumes at epoch 1's start, with a new generator, and still ends bitwise."""
+    fit = {"unshuffled": _unshuffled_fit, "dataset": _dataset_fit, "generator": _generator_fit}[kind]
+    stop_at = (1, 5)
+    reference = child.make_model()
+    h_reference = fit(reference, [])
+    backup, stopped = tmp_path / "b", child.make_model()
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("always")
+        fit(stopped, [bf.callbacks.BackupAndRestore(backup, save_freq=6), InterruptAt(*stop_at)])
+    assert any("epoch ends only" in str(w.message) for w in caught) == (kind == "generator")
+    saved, _ = TrainingCheckpoints(backup).restore(stopped.get_position().train)
+    assert (saved.epoch, saved.batch) == ((1, 0) if kind == "generator" else (1, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # the generator's warning again
+        h_resumed = fit(stopped, [bf.callbacks.BackupAndRestore(backup, save_freq=6)])
+    assert_same(child.leaves(stopped), child.history_record(h_resumed),
+                (child.leaves(reference), child.history_record(h_reference)))
+
+
+@pytest.fixture(scope="module")
+def saved_backup(tmp_path_factory):
+    """A backup kept after a 2-epoch fit (saved at each epoch's end, the last 2 kept), and the model."""
+    folder = tmp_path_factory.mktemp("saved")
+    model = child.make_model()
+    child.fit(model, [bf.callbacks.BackupAndRestore(folder, double_checkpoint=True, delete_checkpoint=False)],
+              epochs=2)
+    return folder, model
+
+
+def _files(step_dir: Path, part: str) -> list:
+    return sorted((p for p in (step_dir / part).rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["bit_flip", "truncate", "record", "wrong_model"])
+def test_a_damaged_backup_is_refused_with_checkpoint_error_before_any_step(tmp_path, saved_backup, damage):
+    shutil.copytree(saved_backup[0] / "1", tmp_path / "1")        # the latest only: no fallback
+    model, step = saved_backup[1], tmp_path / "1"
+    if damage == "bit_flip":
+        data = _files(step, "state")[0]
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        data.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        data = _files(step, "state")[0]
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif damage == "record":
+        record = step / "meta" / "metadata"
+        record.write_text(record.read_text().replace('"epoch": 2', '"epoch": 1'))
+    else:
+        model = bf.Sequential([bf.layers.Dense(5, input_shape=(4,)), bf.layers.Dense(1)], seed=0)
+        model.compile(optimizer="adam", loss="mse", metrics=["mae"], steps_per_execution=3)
+    with pytest.raises(CheckpointError, match=str(step)):
+        TrainingCheckpoints(tmp_path).restore(model.get_position().train)
+    weights = [w.copy() for w in model.get_weights()]
+    with pytest.raises(CheckpointError):
+        child.fit(model, [bf.callbacks.BackupAndRestore(tmp_path)])
+    for a, b in zip(weights, model.get_weights()):     # refused before any training step
+        np.testing.assert_array_equal(a, b)
+
+
+def test_double_checkpoint_falls_back_to_the_previous_backup(tmp_path, saved_backup):
+    shutil.copytree(saved_backup[0], tmp_path, dirs_exist_ok=True)
+    store = TrainingCheckpoints(tmp_path, max_to_keep=2)
+    assert store.steps() == [0, 1]
+    for data in _files(tmp_path / "1", "state"):
+        data.write_bytes(b"")
+    position, extra = store.restore(saved_backup[1].get_position().train)
+    assert (position.epoch, position.batch, extra["history"]["epoch"]) == (1, 0, [0])
+
+
+def test_arguments_are_checked_as_keras_checks_them():
+    with pytest.raises(ValueError, match="backup_dir"):
+        bf.callbacks.BackupAndRestore("")
+    for bad in ("batch", 0, -3, True, 2.5):
+        with pytest.raises(ValueError, match="save_freq"):
+            bf.callbacks.BackupAndRestore("/tmp/x", save_freq=bad)
+    cb = bf.callbacks.BackupAndRestore("/tmp/x", save_freq=6)         # the calls end at the saves
+    assert list(cb.control_batches(epoch=1, first=0, count=9, seen=9)) == [2, 8]   # the fit's batches 12 and 18
+    assert list(bf.callbacks.BackupAndRestore("/tmp/x").control_batches(0, 0, 9, 0)) == []
+
+
+# ----- processes killed with SIGKILL ---------------------------------------------------
+
+
+def _kill_points(num, rng):
+    """Seeded kill points: at train or validation batch hooks, inside checkpoint writes, at random instants."""
+    kinds = ["timer", "batch", "file", "val", "folder"]
+    points = []
+    for i in range(num):
+        kind = kinds[i % len(kinds)]
+        n = {"timer": 0, "batch": rng.randint(1, 9), "val": rng.randint(1, 3), "file": rng.randint(1, 40),
+             "folder": rng.randint(1, 8)}[kind]          # 9 batch hooks and 3 validations a run, 2 folders a save
+        points.append((kind, n, rng.uniform(0.2, 1.5)))
+    return points
+
+
+def _run_child(backup, out, kill, delay, cache):
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}     # children after the first skip compiling
+    process = subprocess.Popen([sys.executable, CHILD, str(backup), str(out), kill], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=env)
+    if kill == "timer":
+        process.stdout.readline()                         # "ready": imported, about to fit
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=120)
+    return process.returncode
+
+
+def _latest_loads(backup, like):
+    """The newest checkpoint, if any, reads back whole (no fallback to an older one)."""
+    store = TrainingCheckpoints(backup)
+    steps = store.steps()
+    if steps:
+        store._restore_step(steps[-1], like)
+    return len(steps)
+
+
+def test_sigkill_at_seeded_instants_then_restarts_end_bitwise(tmp_path, whole):
+    """BATCHFIT_KILL_POINTS (default 2) SIGKILLs across training batches, validation batches,
+    checkpoint writes (mid-fsync, before and after the rename) and random instants; each killed
+    child is restarted until its fit ends, which must be bitwise the run never stopped."""
+    rng = random.Random(int(os.environ.get("BATCHFIT_KILL_SEED", "23")))
+    points = _kill_points(int(os.environ.get("BATCHFIT_KILL_POINTS", "2")), rng)
+    tally, run, backup, out = {}, 0, None, None
+    like = child.make_model().get_position().train
+    for kind, n, delay in points + [("none", 0, 0.0)]:
+        if backup is None:
+            run += 1
+            backup, out = tmp_path / f"backup{run}", tmp_path / f"out{run}"
+        code = _run_child(backup, out, f"{kind}:{n}" if kind != "timer" else kind, delay, tmp_path / "jax_cache")
+        assert code in (0, -signal.SIGKILL), f"kill point {kind}:{n}: the child failed with {code}"
+        if code == -signal.SIGKILL:
+            tally[kind] = tally.get(kind, 0) + 1
+        _latest_loads(backup, like)                           # no kill leaves a corrupt latest checkpoint
+        assert not list(backup.glob("*tmp*")) or code != 0
+        if code == 0:                                     # this run is done: it must be the whole run
+            with np.load(f"{out}.npz") as arrays:
+                leaves = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+            assert_same(leaves, json.loads(Path(f"{out}.json").read_text()), _json_whole(whole))
+            backup = None
+    print(f"kill tally: {tally} over {run} runs")
+    assert sum(tally.values()) >= min(len(points), 2)
+
+
+def _json_whole(whole):
+    return whole[0], json.loads(json.dumps(whole[1]))      # as the child wrote it (int keys become strings)
