@@ -509,6 +509,20 @@ def refresh_recurrent_section(results_md: pathlib.Path, recurrent_json: pathlib.
     results_md.write_text(f"{head.rstrip()}\n\n{recurrent_section(recurrent_json)}\n\n{tail}")
 
 
+def refresh_section(results_md: pathlib.Path, heading: str, section: str) -> None:
+    """Put `section` (which starts with `heading`) into RESULTS.md in place of its old text, or before the
+    input section when it is new."""
+    if not results_md.exists():
+        return
+    text = results_md.read_text()
+    if heading in text:
+        head, rest = text.split(heading, 1)
+        tail = rest[rest.index("\n## "):] if "\n## " in rest else ""
+    else:
+        head, tail = text.split(INPUT_HEADING, 1)[0], "\n" + INPUT_HEADING + text.split(INPUT_HEADING, 1)[1]
+    results_md.write_text(f"{head.rstrip()}\n\n{section}\n{tail}")
+
+
 INPUT_HEADING = "## Input pipeline (issue 5)"
 
 
