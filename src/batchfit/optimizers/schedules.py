@@ -89,6 +89,20 @@ class _Decay(LearningRateSchedule):
         _check(owner, "initial_learning_rate", initial_learning_rate, 0.1)
         _check(owner, steps_name, decay_steps, 1000, "> 0")
 
+    def _set_rate_decay(self, initial_learning_rate, decay_steps, decay_rate, staircase, name, example):
+        """ExponentialDecay's and InverseTimeDecay's arguments, checked and kept."""
+        owner = type(self).__name__
+        self._check_decay(initial_learning_rate, decay_steps)
+        _check(owner, "decay_rate", decay_rate, example)
+        _check_flag(owner, "staircase", staircase)
+        self.initial_learning_rate, self.decay_steps, self.decay_rate = initial_learning_rate, decay_steps, decay_rate
+        self.staircase, self.name = staircase, name
+
+    def _progress(self, step):
+        """step / decay_steps, floored with `staircase`."""
+        p = _float(step) / _float(self.decay_steps)
+        return jnp.floor(p) if self.staircase else p
+
 
 class ExponentialDecay(_Decay):
     """``initial_learning_rate * decay_rate ** (step / decay_steps)``; the exponent floored with `staircase`.
@@ -102,17 +116,10 @@ class ExponentialDecay(_Decay):
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
                  name="ExponentialDecay"):
-        self._check_decay(initial_learning_rate, decay_steps)
-        _check("ExponentialDecay", "decay_rate", decay_rate, 0.96)
-        _check_flag("ExponentialDecay", "staircase", staircase)
-        self.initial_learning_rate, self.decay_steps, self.decay_rate = initial_learning_rate, decay_steps, decay_rate
-        self.staircase, self.name = staircase, name
+        self._set_rate_decay(initial_learning_rate, decay_steps, decay_rate, staircase, name, example=0.96)
 
     def __call__(self, step):
-        p = _float(step) / _float(self.decay_steps)
-        if self.staircase:
-            p = jnp.floor(p)
-        return _float(self.initial_learning_rate) * jnp.power(_float(self.decay_rate), p)
+        return _float(self.initial_learning_rate) * jnp.power(_float(self.decay_rate), self._progress(step))
 
 
 class InverseTimeDecay(_Decay):
@@ -125,17 +132,10 @@ class InverseTimeDecay(_Decay):
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
                  name="InverseTimeDecay"):
-        self._check_decay(initial_learning_rate, decay_steps)
-        _check("InverseTimeDecay", "decay_rate", decay_rate, 0.5)
-        _check_flag("InverseTimeDecay", "staircase", staircase)
-        self.initial_learning_rate, self.decay_steps, self.decay_rate = initial_learning_rate, decay_steps, decay_rate
-        self.staircase, self.name = staircase, name
+        self._set_rate_decay(initial_learning_rate, decay_steps, decay_rate, staircase, name, example=0.5)
 
     def __call__(self, step):
-        p = _float(step) / _float(self.decay_steps)
-        if self.staircase:
-            p = jnp.floor(p)
-        return _float(self.initial_learning_rate) / (1 + _float(self.decay_rate) * p)
+        return _float(self.initial_learning_rate) / (1 + _float(self.decay_rate) * self._progress(step))
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
