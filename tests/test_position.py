@@ -99,6 +99,20 @@ def test_a_dataset_stream_resumes_mid_epoch(data):
     assert_same_run(whole, resumed, h_whole, resumed.fit(dataset, epochs=2, verbose=0), 0)
 
 
+def test_a_grain_dataset_resumes_mid_epoch(data):
+    """A grain MapDataset (re-iterable) resumes at the exact batch, as bf.data does."""
+    grain = pytest.importorskip("grain")
+    x, y = data
+    dataset = grain.MapDataset.source([(x[i], y[i]) for i in range(len(x))]).map(
+        lambda pair: (pair[0] * 2.0, pair[1])).batch(20)
+    whole, stopped, stop = make(3), make(3), StopAt(0, 14)
+    h_whole = whole.fit(dataset, epochs=2, verbose=0)
+    stopped.fit(dataset, epochs=2, verbose=0, callbacks=[stop])
+    resumed = make(3)
+    resumed.set_position(stop.position)
+    assert_same_run(whole, resumed, h_whole, resumed.fit(dataset, epochs=2, verbose=0), 0)
+
+
 def test_a_position_that_does_not_fit_is_refused(data):
     x, y = data
     stopped, stop = make(), StopAt(0, 6)
