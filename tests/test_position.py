@@ -87,24 +87,20 @@ def test_a_position_at_an_epoch_boundary_and_after_fit(data):
     assert_same_run(whole, resumed, h_whole, resumed.fit(x, y, epochs=4, **kwargs), 2)
 
 
-def test_a_dataset_stream_resumes_mid_epoch(data):
-    """A re-iterable stream (a mapped Dataset) resumes by skipping the epoch's batches already run."""
-    x, y = data
-    dataset = bf.data.Dataset.from_tensor_slices((x, y)).map(lambda a, b: (a * 2.0, b)).batch(20)
-    whole, stopped, stop = make(3), make(3), StopAt(0, 14)
-    h_whole = whole.fit(dataset, epochs=2, verbose=0)
-    stopped.fit(dataset, epochs=2, verbose=0, callbacks=[stop])
-    resumed = make(3)
-    resumed.set_position(stop.position)
-    assert_same_run(whole, resumed, h_whole, resumed.fit(dataset, epochs=2, verbose=0), 0)
-
-
-def test_a_grain_dataset_resumes_mid_epoch(data):
-    """A grain MapDataset (re-iterable) resumes at the exact batch, as bf.data does."""
+def _mapped_dataset(kind, x, y):
+    if kind == "bf.data":
+        return bf.data.Dataset.from_tensor_slices((x, y)).map(lambda a, b: (a * 2.0, b)).batch(20)
     grain = pytest.importorskip("grain")
-    x, y = data
-    dataset = grain.MapDataset.source([(x[i], y[i]) for i in range(len(x))]).map(
+    return grain.MapDataset.source([(x[i], y[i]) for i in range(len(x))]).map(
         lambda pair: (pair[0] * 2.0, pair[1])).batch(20)
+
+
+@pytest.mark.parametrize("kind", ["bf.data", "grain"])
+def test_a_dataset_stream_resumes_mid_epoch(data, kind):
+    """A re-iterable stream (a mapped bf.data Dataset, a grain MapDataset) resumes by skipping the epoch's
+    batches already run."""
+    x, y = data
+    dataset = _mapped_dataset(kind, x, y)
     whole, stopped, stop = make(3), make(3), StopAt(0, 14)
     h_whole = whole.fit(dataset, epochs=2, verbose=0)
     stopped.fit(dataset, epochs=2, verbose=0, callbacks=[stop])

@@ -52,13 +52,18 @@ def _prepare(y_true, y_pred, loss_name: str, hint: str = ""):
     y_pred = _as_float(y_pred)
     y_true = jnp.asarray(y_true).astype(y_pred.dtype)
     y_true, y_pred = _align(y_true, y_pred)
+    _check_same_shape(loss_name, y_true, y_pred, hint)
+    return y_true, y_pred
+
+
+def _check_same_shape(name: str, y_true, y_pred, hint: str = "") -> None:
+    """Raise a ValueError naming both shapes when they differ (losses and metrics alike)."""
     if y_true.shape != y_pred.shape or y_pred.ndim == 0:
         raise ValueError(
-            f"{loss_name} needs `y_true` and `y_pred` of the same shape [B, ...] (a "
-            f"trailing axis of size 1 may be missing on one side); got y_true: "
-            f"{describe(y_true)}, y_pred: {describe(y_pred)}. Reshape the targets to "
-            f"match the model output.{hint}")
-    return y_true, y_pred
+            f"{name} needs `y_true` and `y_pred` of the same shape [B, ...] (a trailing "
+            f"axis of size 1 may be missing on one side); got y_true: {describe(y_true)}, "
+            f"y_pred: {describe(y_pred)}. Reshape the targets to match the model output."
+            f"{hint}")
 
 
 _REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none", None)

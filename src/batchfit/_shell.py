@@ -159,9 +159,9 @@ class Shell:
                                  f"Check the feature shape against the model's input_shape.") from e
         if self._settings is None:
             return None
-        self._build_metrics(self._outputs[signature])
         rule = self._outputs.get(("rule", signature))
-        if rule is None:
+        if rule is None:                   # once per input signature and compile()
+            self._build_metrics(self._outputs[signature])
             rule = self._outputs[("rule", signature)] = self._make_rule(signature)
         return rule
 

@@ -14,7 +14,7 @@ import inspect
 import jax.numpy as jnp
 
 from batchfit import losses as _losses
-from batchfit._loss_base import _align, _per_sample, _snake_case
+from batchfit._loss_base import _align, _check_same_shape, _per_sample, _snake_case
 from batchfit._metric_base import Mean, MeanMetricWrapper, Metric, Sum
 from batchfit._metrics_auc import AUC
 from batchfit._metrics_confusion import FalseNegatives, FalsePositives, Precision, Recall, TrueNegatives, TruePositives
@@ -120,16 +120,6 @@ def _accuracy_from_shapes(y_true, y_pred):
     if y_true.ndim < y_pred.ndim or y_true.shape[-1] == 1:
         return sparse_categorical_accuracy(y_true, y_pred)
     return categorical_accuracy(y_true, y_pred)
-
-
-def _check_same_shape(name: str, y_true, y_pred, hint: str = "") -> None:
-    """Raise a ValueError naming both shapes when they differ."""
-    if y_true.shape != y_pred.shape or y_pred.ndim == 0:
-        raise ValueError(
-            f"{name} needs `y_true` and `y_pred` of the same shape [B, ...] (a trailing "
-            f"axis of size 1 may be missing on one side); got y_true: {describe(y_true)}, "
-            f"y_pred: {describe(y_pred)}. Reshape the targets to match the model output."
-            f"{hint}")
 
 
 class BinaryAccuracy(MeanMetricWrapper):

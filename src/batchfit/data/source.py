@@ -64,6 +64,13 @@ class ArraySource:
     def next_key(self) -> int:
         return 0
 
+    resumes_mid_epoch = True        # any batch of any epoch can be started from
+
+    def reseed(self, seed: int) -> None:
+        """Draw the epochs' orders from `seed` from now on (a restored position's data order)."""
+        if seed != self.seed:
+            self.seed, self._order = seed, None
+
     def feed(self, keys, steps_per_execution: int, first_batch: int = 0, control=None) -> "_ArrayFeed":
         """The passes `keys`, the first from batch `first_batch` on. `control(key, first, count, seen)`
         (CallbackList.control_batches) names the batches after which a compiled call must end."""

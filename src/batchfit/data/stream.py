@@ -350,12 +350,21 @@ class StreamSource:
              depth: int = 2) -> "StreamFeed":
         """Start the worker on the passes `keys` (epoch indices for fit), the first from batch
         `first_batch` on; read them with `epoch()`. `control`: as ArraySource.feed's."""
-        if first_batch and (self._steps is not None or not self._reiterable):
+        if first_batch and not self.resumes_mid_epoch:
             raise ValueError(f"Training cannot resume at batch {first_batch} of an epoch of this input: "
                              f"{'with steps_per_epoch' if self._steps is not None else 'a one-shot iterator'} "
                              f"it cannot be read again from the epoch's start. Resume from an epoch boundary, or "
                              f"pass a re-iterable input (a bf.data.Dataset, a list, a PyDataset).")
         return StreamFeed(self, list(keys), steps_per_execution, first_batch, depth, control)
+
+    @property
+    def resumes_mid_epoch(self) -> bool:
+        """Whether a pass can restart at a batch inside it: the input can be read again from its start and
+        has no steps_per_epoch."""
+        return self._reiterable and self._steps is None
+
+    def reseed(self, seed: int) -> None:
+        """A stream's order is its own: nothing to draw again."""
 
     def next_key(self):
         """The key of the next evaluation pass (validation data is read once per epoch)."""

@@ -183,9 +183,8 @@ def run_fit(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks, sho
             logs = _run_epochs(exe, slot, source, cursor, callbacks, should_stop, validate, interrupts)
         except KeyboardInterrupt:
             if not interrupts.forced:          # a second Ctrl-C may have cut a dispatch: nothing to save
-                for cb in callbacks.callbacks:
-                    if hasattr(cb, "on_train_interrupt"):
-                        cb.on_train_interrupt()
+                for hook in callbacks.listeners("on_train_interrupt"):
+                    hook()
             raise
     callbacks.on_train_end(logs)
 
@@ -227,25 +226,19 @@ def _run_epochs(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks,
 
 def _restore(callbacks, slot: Slot, source, cursor: Cursor) -> None:
     """Start from the Position a callback restores (BackupAndRestore), if one does."""
-    mid_epoch = _resumes_mid_epoch(source)
-    for cb in callbacks.callbacks:
-        position = cb.restore_position(mid_epoch) if hasattr(cb, "restore_position") else None
+    mid_epoch = source.resumes_mid_epoch
+    for restore in callbacks.listeners("restore_position"):
+        position = restore(mid_epoch)
         if position is None:
             continue
         if position.batch and not mid_epoch:
-            raise ValueError(f"{type(cb).__name__} restored a position at batch {position.batch} of epoch "
+            raise ValueError(f"{type(restore.__self__).__name__} restored a position at batch {position.batch} of epoch "
                              f"{position.epoch}, but this input cannot be read again from an epoch's start (a "
                              f"one-shot iterator, or steps_per_epoch on a stream). Pass a re-iterable input "
                              f"(a bf.data.Dataset, a list, a PyDataset), or delete the backup to start over.")
         cursor.resume(position, source.num_batches)
         slot.put(copy_tree(position.train))
-        if hasattr(source, "order") and source.seed != position.seed:   # shuffled arrays: the saved data order
-            source.seed, source._order = position.seed, None
-
-
-def _resumes_mid_epoch(source) -> bool:
-    """Whether fit on `source` can resume inside an epoch (arrays, re-iterable streams without steps)."""
-    return getattr(source, "_reiterable", True) and getattr(source, "_steps", None) is None
+        source.reseed(position.seed)                 # shuffled arrays: the saved data order
 
 
 class _Interrupts:
