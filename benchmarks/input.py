@@ -1,12 +1,18 @@
 """Input-pipeline benchmark: streaming against the fused in-memory path, and an epoch over a memmap.
 
-    python benchmarks/input.py             # the full run (about 3 minutes; writes a 4.2 GB temp file)
+    python benchmarks/input.py             # the full run (about 4 minutes; writes a 4.2 GB temp file)
     python benchmarks/input.py --quick     # small sizes, to check that it runs
+    python benchmarks/input.py --maps      # only the map placements against the fused path: input_maps.json
+    python benchmarks/input.py --workers   # a Python per-row map serially, on 2 threads, on 2 processes:
+                                           # input_workers.json (rows/s)
 
 1. Throughput on the second article's workload (100,000 x 10 samples, Dense(128, relu) ->
    Dense(1), Adam, MSE, batches of 32): steps/s of fit on in-memory arrays (the fused
    device path), of the article's bf.data pipeline, of a generator of NumPy batches, and of
-   two other streamed inputs. The variants run interleaved, `--repeats` rounds, so that a
+   two other streamed inputs, and of the usual per-row placement of a map
+   (`shuffle -> map(f) -> batch`) with a traceable `f` (standardize: batched by batchfit) and
+   with a Python `f` (NumPy's `np.where`, which JAX cannot trace: per row, serially and on
+   AUTOTUNE threads). The variants run interleaved, `--repeats` rounds, so that a
    busy machine slows all of them alike; the ratio reported is the median of the per-round
    ratios to the fused path.
 2. Memory: a float32 memmap of --memmap-gb GB is written to a temp dir (free space is
@@ -15,7 +21,7 @@
    process (ru_maxrss) is reported.
 
 Writes benchmarks/input.json and benchmarks/INPUT.md, and refreshes the input section of
-RESULTS.md. Asserts nothing (STYLE.md rule 9).
+RESULTS.md (the partial runs write only their own JSON and Markdown). Asserts nothing (STYLE.md rule 9).
 """
 
 from __future__ import annotations
@@ -38,6 +44,22 @@ HERE = pathlib.Path(__file__).parent
 FEATURES = 256                   # memmap rows of 256 float32: 1 KiB each
 ARRAYS, GENERATOR = "arrays (fused, in memory)", "generator of NumPy batches (streamed)"
 SIZES = {False: (100_000, 3), True: (20_000, 1)}      # --quick -> (samples, epochs per timing)
+ARTICLE = "article pipeline: from_tensor_slices.shuffle.batch.prefetch (fused)"
+MEAN, STD = np.full(10, 0.5), np.full(10, 0.29)       # the features are uniform on [0, 1)
+TRACEABLE_MAP = "per-row map, traceable f: shuffle.map(standardize).batch.prefetch"
+PYTHON_MAP = "per-row map, Python f: shuffle.map(np.where).batch.prefetch"
+MAPS = (TRACEABLE_MAP, "batched map, traceable f: shuffle.batch.map(standardize).prefetch", PYTHON_MAP,
+        "per-row map, Python f on AUTOTUNE threads", "batched map, Python f: shuffle.batch.map(np.where).prefetch")
+
+
+def standardize(features, target):
+    """A traceable per-row map (JAX traces it: batchfit runs it on whole batches)."""
+    return (features - MEAN) / STD, target
+
+
+def keep_above_half(features, target):
+    """A Python per-row map: np.where needs concrete values, so JAX cannot trace it and it runs per row."""
+    return np.where(features > 0.5, features, 0.0), target
 
 
 def article_model():
@@ -64,15 +86,22 @@ def variants(x, y, batch_size):
     batched = bf.data.Dataset.from_tensor_slices((x, y)).shuffle(buffer_size=10000).batch(batch_size)
     pipeline = batched.prefetch(buffer_size=bf.data.AUTOTUNE)
     mapped = batched.map(lambda a, b: (a, b)).prefetch(buffer_size=bf.data.AUTOTUNE)
+    rows = bf.data.Dataset.from_tensor_slices((x, y)).shuffle(buffer_size=10000)
+    auto = bf.data.AUTOTUNE
+    maps = dict(zip(MAPS, (rows.map(standardize).batch(batch_size).prefetch(auto),
+                           rows.batch(batch_size).map(standardize).prefetch(auto),
+                           rows.map(keep_above_half).batch(batch_size).prefetch(auto),
+                           rows.map(keep_above_half, num_parallel_calls=auto).batch(batch_size).prefetch(auto),
+                           rows.batch(batch_size).map(keep_above_half).prefetch(auto))))
     return {
         ARRAYS: lambda m, e: m.fit(x, y, batch_size=batch_size, epochs=e, verbose=0),
-        "article pipeline: from_tensor_slices.shuffle.batch.prefetch (fused)": lambda m, e: m.fit(
-            pipeline, epochs=e, verbose=0),
+        ARTICLE: lambda m, e: m.fit(pipeline, epochs=e, verbose=0),
         GENERATOR: lambda m, e: m.fit(
             batches(e, False), steps_per_epoch=steps, epochs=e, verbose=0),
         "generator of NumPy batches, shuffled (streamed)": lambda m, e: m.fit(
             batches(e, True), steps_per_epoch=steps, epochs=e, verbose=0),
         "article pipeline with a .map before .prefetch (streamed)": lambda m, e: m.fit(mapped, epochs=e, verbose=0),
+        **{name: (lambda m, e, ds=ds: m.fit(ds, epochs=e, verbose=0)) for name, ds in maps.items()},
     }
 
 
@@ -96,6 +125,40 @@ def throughput(samples: int, epochs: int, repeats: int, batch_size: int = 32, na
                    "ratio_to_fused_median": float(np.median(np.array(r) / base)),
                    "steps_per_s_all": [round(v) for v in r]}
             for name, r in rates.items()}
+
+
+def map_rows(chunk):
+    """keep_above_half on each row of `chunk` ((x, y) arrays), stacked: one worker's task."""
+    outputs = [keep_above_half(a, b) for a, b in zip(*chunk)]
+    return tuple(np.stack(parts) for parts in zip(*outputs))
+
+
+def python_map_workers(samples: int, repeats: int, chunk: int = 1024) -> dict:
+    """Rows/s of a Python per-row map run serially, on 2 threads and on 2 spawned processes (chunks of
+    `chunk` rows per task, in order), interleaved: whether workers help on this machine."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    rng = np.random.default_rng(0)
+    x, y = rng.random((samples, 10)), rng.random((samples, 1))
+    chunks = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, samples, chunk)]
+    threads = ThreadPoolExecutor(2)
+    processes = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    systems = {"serial": lambda: [map_rows(c) for c in chunks],
+               "2 threads": lambda: list(threads.map(map_rows, chunks)),
+               "2 processes (spawn)": lambda: list(processes.map(map_rows, chunks))}
+    for run in systems.values():
+        run()                                                     # start the workers outside the timings
+    rates = {name: [] for name in systems}
+    for _ in range(repeats):
+        for name, run in systems.items():
+            start = time.perf_counter()
+            run()
+            rates[name].append(samples / (time.perf_counter() - start))
+    threads.shutdown()
+    processes.shutdown()
+    base = np.array(rates["serial"])
+    return {name: {"rows_per_s_median": float(np.median(r)), "ratio_to_serial_median": float(np.median(r / base))}
+            for name, r in ((name, np.array(r)) for name, r in rates.items())}
 
 
 def generator_against_arrays(repeats: int) -> dict:
@@ -171,8 +234,9 @@ def machine() -> dict:
 
 
 def report(results: dict) -> str:
+    flags = "".join(f" --{flag}" for flag in ("quick", "maps") if results.get(flag))
     lines = ["# Input pipeline benchmark", "",
-             f"`python benchmarks/input.py{' --quick' if results['quick'] else ''}` on {results['machine']['cpus']} "
+             f"`python benchmarks/input.py{flags}` on {results['machine']['cpus']} "
              f"CPUs ({results['machine']['backend']}, jax {results['machine']['jax']}); load average at the start "
              f"{results['machine']['load_average'][0]:.1f}, at the end {results['load_average_end'][0]:.1f}.", "",
              f"## Throughput: the second article's workload ({results['samples']:,} x 10, batch 32, "
@@ -200,25 +264,41 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 7; quick 2)")
     parser.add_argument("--memmap-gb", type=float, default=None, help="memmap size in GB (default 4.2; quick 0.2)")
+    parser.add_argument("--maps", action="store_true", help="only the map placements and the fused path")
+    parser.add_argument("--workers", action="store_true",
+                        help="only: a Python per-row map serially, on 2 threads, on 2 processes (rows/s)")
     parser.add_argument("--out", type=pathlib.Path, default=HERE, help="where input.json and INPUT.md go")
     parser.add_argument("--child-memmap", help=argparse.SUPPRESS)
     parser.add_argument("--shuffle", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.workers:
+        return save({"machine": machine(), "workers": python_map_workers(SIZES[args.quick][0], args.repeats or 5)},
+                    args.out / "input_workers.json")
     if args.child_memmap:
         memmap_child(args.child_memmap, args.shuffle)
         return {}
     samples, epochs = SIZES[args.quick]
     repeats = args.repeats or (2 if args.quick else 7)
-    results = {"quick": args.quick, "machine": machine(), "samples": samples, "epochs": epochs, "repeats": repeats}
-    results["throughput"] = throughput(samples, epochs, repeats)
-    results["memmap"] = memmap_rss(args.memmap_gb or (0.2 if args.quick else 4.2))
+    results = {"quick": args.quick, "maps": args.maps, "machine": machine(), "samples": samples, "epochs": epochs,
+               "repeats": repeats}
+    results["throughput"] = throughput(samples, epochs, repeats, names=(ARTICLE, *MAPS) if args.maps else None)
+    results["memmap"] = ({"skipped": "--maps"} if args.maps else
+                         memmap_rss(args.memmap_gb or (0.2 if args.quick else 4.2)))
     results["load_average_end"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "input.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "INPUT.md").write_text(report(results))
-    sys.path.insert(0, str(HERE))
-    from report import refresh_input_section      # RESULTS.md carries these numbers too
-    refresh_input_section(args.out / "RESULTS.md", args.out / "input.json")
+    stem = "input_maps" if args.maps else "input"          # a partial run leaves the full one's files alone
+    save(results, args.out / f"{stem}.json")
+    (args.out / f"{stem.upper()}.md").write_text(report(results))
+    if not args.maps:
+        sys.path.insert(0, str(HERE))
+        from report import refresh_input_section      # RESULTS.md carries these numbers too
+        refresh_input_section(args.out / "RESULTS.md", args.out / "input.json")
+    return results
+
+
+def save(results: dict, path: pathlib.Path) -> dict:
+    """Write `results` as JSON to `path` and print them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return results
 

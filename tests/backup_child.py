@@ -1,12 +1,14 @@
 """A training process for tests/test_backup.py: fit with BackupAndRestore, maybe SIGKILL itself.
 
-    python tests/backup_child.py BACKUP_DIR OUT KILL
+    python tests/backup_child.py BACKUP_DIR OUT KILL [INPUT]
 
 KILL is "none", "batch:n" / "val:n" (SIGKILL at the n-th training / validation batch hook of
 this process), "file:n" (at the n-th file fsynced by a checkpoint write, before its rename) or
 "folder:n" (at the n-th fsync of a whole checkpoint folder: odd n before the rename, even n
-after it). The parent also kills it at random instants. When fit ends, OUT.npz holds every
-array of the training state and OUT.json the History, both written aside and renamed.
+after it). The parent also kills it at random instants. INPUT is "arrays" (the default: NumPy
+arrays, shuffled by fit) or "grain" (a grain MapDataset, shuffled by grain, mapped and batched:
+a stream that resumes by skipping the batches of the epoch already run). When fit ends, OUT.npz
+holds every array of the training state and OUT.json the History, both written aside and renamed.
 """
 
 import json
@@ -19,6 +21,7 @@ import numpy as np
 
 import batchfit as bf
 import batchfit.checkpoint as checkpoint
+from batchfit._async_writer import WRITER
 
 FIT = dict(batch_size=8, epochs=3, seed=3, accumulate_steps=2, verbose=0)
 SAVE_FREQ = 3
@@ -38,9 +41,19 @@ def data():
     return (x[:72], y[:72]), (x[72:], y[72:])          # 9 training batches an epoch, 3 validation batches
 
 
-def fit(model, callbacks, **overrides):
+def fit(model, callbacks, input="arrays", **overrides):
     (x, y), validation = data()
+    if input == "grain":
+        return model.fit(grain_dataset(x, y), validation_data=validation, callbacks=callbacks,
+                         **{**FIT, "batch_size": None, **overrides})
     return model.fit(x, y, validation_data=validation, callbacks=callbacks, **{**FIT, **overrides})
+
+
+def grain_dataset(x, y):
+    """x, y as a grain MapDataset: shuffled (grain's own seeded order), mapped, batches of 8."""
+    import grain
+    return (grain.MapDataset.source([(x[i], y[i]) for i in range(len(x))]).shuffle(seed=5)
+            .map(lambda pair: (pair[0] * 2.0, pair[1])).batch(8))
 
 
 def leaves(model) -> list:
@@ -94,7 +107,8 @@ def kill_in_writes(kind, n):
     setattr(checkpoint, name, counted)
 
 
-def main(backup_dir, out, kill):
+def main(backup_dir, out, kill, input="arrays"):
+    WRITER.duty = 1.0                # the writer writes back to back (no rest): more kills land inside writes
     callbacks = [bf.callbacks.BackupAndRestore(backup_dir, save_freq=SAVE_FREQ, delete_checkpoint=False)]
     kind, _, n = kill.partition(":")
     if kind in ("batch", "val"):
@@ -103,7 +117,7 @@ def main(backup_dir, out, kill):
         kill_in_writes(kind, int(n))
     model = make_model()
     print("ready", flush=True)
-    history = fit(model, callbacks)
+    history = fit(model, callbacks, input)
     np.savez(out + ".tmp.npz", *leaves(model))
     with open(out + ".tmp.json", "w") as f:
         json.dump(history_record(history), f)
@@ -112,4 +126,4 @@ def main(backup_dir, out, kill):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -188,6 +189,68 @@ def test_double_checkpoint_falls_back_to_the_previous_backup(tmp_path, saved_bac
     assert (position.epoch, position.batch, extra["history"]["epoch"]) == (1, 0, [0])
 
 
+def test_background_backups_leave_the_steps_of_a_synchronous_run(tmp_path):
+    """save_freq=1 over 3 epochs of 9 batches: 27 saves, faster than the writer writes them (most replace a
+    waiting one), yet the folder holds steps 25 and 26 (double_checkpoint), at batches 8 and 9 of epoch 2."""
+    model = child.make_model()
+    child.fit(model, [bf.callbacks.BackupAndRestore(tmp_path, save_freq=1, double_checkpoint=True,
+                                                    delete_checkpoint=False)])
+    store = TrainingCheckpoints(tmp_path, max_to_keep=2)
+    assert store.steps() == [25, 26]
+    like = model.get_position().train
+    assert [(p.epoch, p.batch) for p, _ in (store._restore_step(s, like) for s in (25, 26))] == [(2, 8), (2, 9)]
+
+
+_EXIT_HOOK = pytest.mark.skipif(not hasattr(bf.callbacks.Callback, "on_train_exit"),
+                                reason="the loop has no on_train_exit hook yet (engine/loop.py, callbacks/base.py)")
+
+
+@_EXIT_HOOK
+def test_fit_raising_still_leaves_the_checkpoint_written(tmp_path):
+    """ModelCheckpoint saves at batches 2, 5, 8 behind a job put in the writer at batch 2 that ends 0.3 s after
+    a callback raises at epoch 0's end: fit's on_train_exit waits for the writes, so the file is there when
+    the error arrives."""
+    from batchfit._async_writer import WRITER
+    model, path, raised = child.make_model(), tmp_path / "w.weights.h5", threading.Event()
+
+    class SlowWriterThenFail(bf.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                WRITER.submit("slow", lambda: (raised.wait(10), time.sleep(0.3)), owner=self, what="a slow job")
+
+        def on_epoch_end(self, epoch, logs=None):
+            raised.set()
+            raise RuntimeError("stop here")
+    saves = bf.callbacks.ModelCheckpoint(str(path), save_weights_only=True, save_freq=3)
+    with pytest.raises(RuntimeError, match="stop here"):
+        child.fit(model, [SlowWriterThenFail(), saves], accumulate_steps=1)
+    assert path.exists()
+    fresh = child.make_model()
+    fresh.load_weights(path)
+    for a, b in zip(fresh.get_weights(), model.get_weights()):     # the save of batch 8: the epoch's last
+        np.testing.assert_array_equal(a, b)
+
+
+@_EXIT_HOOK
+def test_ctrl_c_during_validation_stops_at_the_next_validation_batch(tmp_path):
+    """SIGINT at validation batch 0 of epoch 0 (3 batches, one per call): validation stops there; the
+    backup of epoch 0's end is not made (its logs never reached the callbacks), the next fit redoes it."""
+    model, seen = child.make_model(), []
+    model.compile(optimizer="adam", loss="mse", metrics=["mae"], steps_per_execution=1)
+
+    class SignalAtValidation(bf.callbacks.Callback):
+        def on_test_batch_end(self, batch, logs=None):
+            seen.append(batch)
+            if batch == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        child.fit(model, [bf.callbacks.BackupAndRestore(tmp_path / "b", save_freq=3), SignalAtValidation()],
+                  accumulate_steps=1)
+    assert seen == [0]
+    saved, extra = TrainingCheckpoints(tmp_path / "b").restore(model.get_position().train)
+    assert (saved.epoch, saved.batch, extra["history"]["epoch"]) == (0, 9, [])
+
+
 def test_arguments_are_checked_as_keras_checks_them():
     with pytest.raises(ValueError, match="backup_dir"):
         bf.callbacks.BackupAndRestore("")
@@ -214,10 +277,10 @@ def _kill_points(num, rng):
     return points
 
 
-def _run_child(backup, out, kill, delay, cache):
+def _run_child(backup, out, kill, delay, cache, input="arrays"):
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}     # children after the first skip compiling
-    process = subprocess.Popen([sys.executable, CHILD, str(backup), str(out), kill], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, CHILD, str(backup), str(out), kill, input], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, env=env)
     if kill == "timer":
         process.stdout.readline()                         # "ready": imported, about to fit
@@ -236,11 +299,24 @@ def _latest_loads(backup, like):
     return len(steps)
 
 
-def test_sigkill_at_seeded_instants_then_restarts_end_bitwise(tmp_path, whole):
+@pytest.fixture(scope="module")
+def whole_grain():
+    """The run never stopped, on a grain MapDataset (child.grain_dataset)."""
+    pytest.importorskip("grain")
+    model = child.make_model()
+    history = child.fit(model, [], "grain")
+    return child.leaves(model), child.history_record(history)
+
+
+@pytest.mark.parametrize("input", ["arrays", "grain"])
+def test_sigkill_at_seeded_instants_then_restarts_end_bitwise(tmp_path, input, request):
     """BATCHFIT_KILL_POINTS (default 2) SIGKILLs across training batches, validation batches,
-    checkpoint writes (mid-fsync, before and after the rename) and random instants; each killed
-    child is restarted until its fit ends, which must be bitwise the run never stopped."""
-    rng = random.Random(int(os.environ.get("BATCHFIT_KILL_SEED", "23")))
+    checkpoint writes (mid-fsync, before and after the rename, in the background writer) and random
+    instants; each killed child is restarted until its fit ends, which must be bitwise the run never
+    stopped. Shuffled arrays, and a grain MapDataset (a stream resumed at the exact batch); each input
+    draws its own kill points from BATCHFIT_KILL_SEED."""
+    whole = request.getfixturevalue("whole" if input == "arrays" else "whole_grain")
+    rng = random.Random(f"{os.environ.get('BATCHFIT_KILL_SEED', '23')}-{input}")
     points = _kill_points(int(os.environ.get("BATCHFIT_KILL_POINTS", "2")), rng)
     tally, run, backup, out = {}, 0, None, None
     like = child.make_model().get_position().train
@@ -248,7 +324,8 @@ def test_sigkill_at_seeded_instants_then_restarts_end_bitwise(tmp_path, whole):
         if backup is None:
             run += 1
             backup, out = tmp_path / f"backup{run}", tmp_path / f"out{run}"
-        code = _run_child(backup, out, f"{kind}:{n}" if kind != "timer" else kind, delay, tmp_path / "jax_cache")
+        code = _run_child(backup, out, f"{kind}:{n}" if kind != "timer" else kind, delay, tmp_path / "jax_cache",
+                          input)
         assert code in (0, -signal.SIGKILL), f"kill point {kind}:{n}: the child failed with {code}"
         if code == -signal.SIGKILL:
             tally[kind] = tally.get(kind, 0) + 1
@@ -259,7 +336,7 @@ def test_sigkill_at_seeded_instants_then_restarts_end_bitwise(tmp_path, whole):
                 leaves = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
             assert_same(leaves, json.loads(Path(f"{out}.json").read_text()), _json_whole(whole))
             backup = None
-    print(f"kill tally: {tally} over {run} runs")
+    print(f"kill tally ({input}): {tally} over {run} runs")
     assert sum(tally.values()) >= min(len(points), 2)
 
 

@@ -268,8 +268,8 @@ def test_the_articles_pipeline_stays_on_the_fused_device_path():
 
 
 def test_public_names():
-    assert sorted(bf.data.__all__) == ["AUTOTUNE", "Dataset", "INFINITE_CARDINALITY", "TensorSpec",
-                                       "UNKNOWN_CARDINALITY"]
+    assert sorted(bf.data.__all__) == ["AUTOTUNE", "Dataset", "INFINITE_CARDINALITY", "Options", "TensorSpec",
+                                       "TextLineDataset", "UNKNOWN_CARDINALITY"]
 
 
 def test_epoch_orders_are_exact_permutations_drawn_from_seed_and_epoch():

@@ -76,8 +76,8 @@ def test_functional_two_inputs_two_outputs_matches_keras():
     assert mine_eval == pytest.approx(theirs_eval, rel=RTOL)
     p_mine, p_theirs = mine.predict([a, b], verbose=0), theirs.predict([a, b], verbose=0)
     assert isinstance(p_mine, list) and len(p_mine) == 2
-    for m, t in zip(p_mine, p_theirs):
-        np.testing.assert_allclose(m, t, rtol=RTOL, atol=1e-7)
+    for m, t in zip(p_mine, p_theirs):      # outputs of order 1: float32 rounding after 2 epochs is ~1e-7 absolute
+        np.testing.assert_allclose(m, t, rtol=RTOL, atol=1e-6)
 
 
 def test_functional_list_losses_and_one_loss_for_every_output():

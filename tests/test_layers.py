@@ -408,7 +408,7 @@ REFUSED = [  # (layer, the argument named, values refused, the other arguments)
     (L.Dense, "units", [0, True, 2.5], {}),
     (L.Dense, "input_dim", [0, True], {"units": 2}),
     (L.Dense, "input_shape", [(True,), (2.0,), "10"], {"units": 2}),
-    (L.Dense, "dtype", ["float8", "int32", "mixed_bfloat16", 3], {"units": 2}),
+    (L.Dense, "dtype", ["float8", "int32", "mixed_float8", 3], {"units": 2}),
     (L.InputLayer, "dtype", ["string"], {"shape": (2,)}),
     (L.Conv2D, "filters", [0, False], {"kernel_size": 3}),
     (L.Conv2D, "kernel_size", [(True, 3), (3,), 3.0], {"filters": 4}),

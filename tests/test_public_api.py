@@ -9,7 +9,7 @@ import batchfit as bf
 def test_top_level_names():
     assert sorted(bf.__all__) == sorted([
         "Input", "Layer", "Model", "NotCompiledError", "Sequential", "Variable", "activations", "callbacks", "data",
-        "errors", "initializers", "layers", "load_model", "losses", "metrics", "models", "ops", "optimizers", "regularizers",
+        "distribution", "errors", "initializers", "layers", "load_model", "losses", "metrics", "mixed_precision", "models", "ops", "optimizers", "regularizers",
         "utils"])
     for name in bf.__all__:
         assert hasattr(bf, name)

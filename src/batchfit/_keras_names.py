@@ -76,12 +76,11 @@ NEAREST: dict[str, dict[str, str]] = {
         "Loss": _LOSS_FUNCTION,
         "Metric": _METRIC_FUNCTION,
         "Initializer": "a callable init(key, shape, dtype), e.g. jax.nn.initializers.glorot_uniform()",
-        **_same("a layer's dtype= argument ('float32', 'bfloat16', 'float16')",
-                "DTypePolicy", "FloatDTypePolicy", "dtype_policies", "mixed_precision"),
+        **_same("bf.mixed_precision.DTypePolicy, or a layer's dtype= ('float32', 'mixed_bfloat16', ...)",
+                "DTypePolicy", "FloatDTypePolicy", "dtype_policies"),
         "applications": _nnx("a pretrained Flax model"),
         "datasets": "load the arrays with NumPy: batchfit trains on NumPy arrays",
         "preprocessing": _PREPROCESS,
-        "distribution": "none yet: batchfit trains on one device",
         "version": "batchfit.__version__",
     },
     "batchfit.layers": {
@@ -234,15 +233,10 @@ NEAREST: dict[str, dict[str, str]] = {
         "split_dataset": "NumPy slicing, or fit(validation_split=...)",
         "get_file": "urllib.request.urlretrieve",
         "clear_session": "jax.clear_caches()",
-        **_same("a tuple (x, y, sample_weight)", "pack_x_y_sample_weight", "unpack_x_y_sample_weight"),
     },
     "batchfit.data": {
         **_same("a Python generator that reads the files and yields batches", "TFRecordDataset",
-                "TextLineDataset", "FixedLengthRecordDataset"),
-    },
-    "batchfit.data.Dataset": {
-        **_same("a Python generator of batches", "zip", "interleave", "padded_batch", "unbatch", "window",
-                "concatenate", "shard", "range", "from_tensors"),
+                "FixedLengthRecordDataset"),
     },
 }
 

@@ -11,7 +11,9 @@ import random
 
 import numpy as np
 
-__all__ = ["set_global_seed", "next_seed"]
+from batchfit.errors import check_int
+
+__all__ = ["set_global_seed", "next_seed", "seed_or_next"]
 
 _sequence: np.random.SeedSequence | None = None
 
@@ -27,3 +29,8 @@ def next_seed() -> int:
     if _sequence is None:
         return random.getrandbits(31)
     return int(_sequence.spawn(1)[0].generate_state(1)[0] >> 1)
+
+
+def seed_or_next(seed) -> int:
+    """`seed=` as fit and Model take it: a non-negative int, or None for `next_seed()`."""
+    return next_seed() if seed is None else check_int("seed", seed, 0)

@@ -10,6 +10,7 @@ import optax
 
 from batchfit import losses as losses_lib
 from batchfit import metrics as metrics_lib
+from batchfit import mixed_precision
 from batchfit import optimizers as optimizers_lib
 from batchfit._outputs import per_output
 from batchfit.errors import check_int
@@ -68,6 +69,8 @@ def settings_from(optimizer="rmsprop", loss=None, metrics=None, loss_weights=Non
 
     `output_names`: the model's outputs when it has several (a loss and metrics per output, _outputs.py)."""
     _refuse_unknown(unused)
+    if unused.get("auto_scale_loss", True):      # Keras's compile(): mixed_float16 -> LossScaleOptimizer
+        optimizer = mixed_precision.loss_scaled(optimizer)
     if loss is None:
         raise ValueError("compile() needs a `loss`, e.g. loss='mse' or loss=bf.losses.BinaryCrossentropy().")
     if loss_reduction not in _REDUCTIONS:

@@ -106,8 +106,14 @@ class Shell:
 
     def _program(self) -> Program:
         s = self._settings
-        return Program(self._graph, s and s.loss, s.metrics if s else (), s and s.optimizer,
-                       bool(s and s.weighted_mean), layers_lib.regularization_penalty, s.weighted if s else ())
+        custom = self._custom_step()           # the model's own train_step (_keras_step.py), or None
+        return Program(self._graph, s and s.loss, s.metrics if s and custom is None else (), s and s.optimizer,
+                       bool(s and s.weighted_mean), layers_lib.regularization_penalty, s.weighted if s else (),
+                       custom)
+
+    def _custom_step(self):
+        """A model with its own Keras-protocol train_step gives it here (see _keras_step.KerasStep)."""
+        return None
 
     def _build_metrics(self, y_pred) -> None:
         """Metrics that make their variables on their first batch, as Keras's F1Score and AUC(multi_label=True)
@@ -157,7 +163,7 @@ class Shell:
             except Exception as e:  # noqa: BLE001 - re-raised with the user's shapes
                 raise ValueError(f"The model cannot run on `x` ({describe(x)}): {e}. "
                                  f"Check the feature shape against the model's input_shape.") from e
-        if self._settings is None:
+        if self._settings is None or self._settings.loss is None:     # no loss: a custom step's data
             return None
         rule = self._outputs.get(("rule", signature))
         if rule is None:                   # once per input signature and compile()

@@ -68,14 +68,16 @@ class TrainingCheckpoints:
         """The saved steps, oldest first (none when the folder is missing)."""
         return sorted(self.manager.all_steps()) if self.directory.exists() else []
 
-    def save(self, position: Position, extra: dict | None = None) -> int:
-        """Save `position` and the JSON-able `extra` as the next step; returns that step."""
+    def save(self, position: Position, extra: dict | None = None, step: int | None = None) -> int:
+        """Save `position` and the JSON-able `extra` as `step` (default: the next after the newest saved);
+        returns that step."""
         import orbax.checkpoint as ocp
         arrays, meta = encode(position)
         meta["extra"] = extra or {}
         meta["check"] = _digest(meta)
-        steps = self.steps()
-        step = steps[-1] + 1 if steps else 0
+        if step is None:
+            steps = self.steps()
+            step = steps[-1] + 1 if steps else 0
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
                                                         meta=ocp.args.JsonSave(meta)))
         self.manager.wait_until_finished()

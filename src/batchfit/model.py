@@ -12,20 +12,19 @@ import numpy as np
 
 from batchfit import _random, saving
 from batchfit._handling import Handling
-from batchfit._settings import check_fit_arguments, settings_from
+from batchfit._keras_step import KerasStep
+from batchfit._settings import check_fit_arguments
 from batchfit._shell import NotCompiledError, Shell
 from batchfit.callbacks import CallbackList
 from batchfit.callbacks.setup import callback_list
 from batchfit.data.source import ArraySource, as_source, split_source, validation_source
-from batchfit.data.stream import STREAM_MAX_STEPS
 from batchfit.engine.loop import Cursor, FitPlan, run_evaluate, run_fit, run_predict
-from batchfit.errors import check_int
 from batchfit.layers.base import run_module
 
 __all__ = ["Model", "NotCompiledError"]
 
 
-class Model(Shell, Handling):
+class Model(KerasStep, Shell, Handling):
     """A trainable model, built in one of Keras's ways or around a Flax NNX module.
 
     * `Model(inputs, outputs)`: the functional API, from `bf.Input` tensors (batchfit/functional.py).
@@ -53,7 +52,7 @@ class Model(Shell, Handling):
             raise TypeError(f"Model() got unexpected keyword arguments {sorted(unknown)}; it takes a module, or "
                             f"inputs and outputs (functional API), and name=, seed=.")
         super().__init__(module, name=name)
-        self.seed = _seed(seed)
+        self.seed = _random.seed_or_next(seed)
 
     def call(self, inputs, training=False):
         """The forward pass: a subclass defines it; a module model runs its module."""
@@ -103,7 +102,7 @@ class Model(Shell, Handling):
         Other Keras arguments raise: TypeError for unknown names, ValueError for unsupported values.
         """
         self._refuse_reentry("compile")
-        self._settings = settings_from(optimizer, loss, metrics, output_names=self._output_names(), **kwargs)
+        self._settings = self._settings_from(optimizer, loss, metrics, output_names=self._output_names(), **kwargs)
         self._outputs, self._layouts = {}, {}     # the new loss checks every layout again
         if self._slot is not None:       # a new optimizer state, started when data arrives
             self._slot.put(self._slot.state._replace(opt_state=None))
@@ -130,9 +129,10 @@ class Model(Shell, Handling):
         return source
 
     def _steps(self, source, callbacks: CallbackList) -> int:
+        from batchfit.engine import driver      # "auto": a compiled loop, or one step per call (driver.py)
         setting = self._settings.steps_per_execution if self._settings else "auto"
-        limit = callbacks.max_steps_per_execution(source.num_batches or STREAM_MAX_STEPS) if setting == "auto" else None
-        return source.steps_per_execution(setting, limit)
+        leaves = self._slot.leaves if self._slot is not None else ()
+        return driver.steps_per_execution(setting, source, callbacks, self._exe, leaves)
 
     def _callbacks(self, callbacks, verbose, mode: str, num_batches, epochs=None) -> CallbackList:
         cbs = callback_list(callbacks, verbose, mode, self, num_batches, epochs)
@@ -165,7 +165,7 @@ class Model(Shell, Handling):
                                                                       validation_split, validation_batch_size)
         x, y, validation_data = self._structure_x(x), self._structure_y(y), self._structure_pair(validation_data)
         resume = self._resume
-        seed = resume.seed if resume is not None else _seed(seed)
+        seed = resume.seed if resume is not None else _random.seed_or_next(seed)
         options = dict(batch_size=batch_size, shuffle=bool(shuffle), seed=seed, steps=steps_per_epoch,
                        first_key=resume.epoch if resume is not None else initial_epoch,
                        allow_nonfinite=self._settings.allow_nonfinite)
@@ -173,17 +173,22 @@ class Model(Shell, Handling):
             source, val = split_source(x, y, sample_weight, class_weight, validation_split=validation_split,
                                        validation_batch_size=validation_batch_size, **options)
         else:
-            source = as_source(x, y, sample_weight, class_weight, **options)
+            source = as_source(x, y, sample_weight, class_weight, need_y=self._needs_targets(), **options)
             val = validation_source(validation_data, validation_batch_size or batch_size, validation_steps,
                                     options["allow_nonfinite"])
+        if resume is not None:
+            source.reseed(resume.seed)         # a Dataset's order generation, as saved in the position
         self._accept(source)
+        self._trace_custom(source.sample)          # a custom train_step: its logs' names (_keras_step.py)
         if val is not None:
             self._accept(val, "the validation data")
         cbs = self._callbacks(callbacks, verbose, "fit", source.num_batches, epochs)
-        plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._settings.names[1:], accumulate_steps)
+        loss_name = None if getattr(self._custom_step(), "has_loss", True) is False else "loss"
+        plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._log_names("train"), accumulate_steps,
+                       loss_name)
         cursor = Cursor(plan, source.seed, resume, source.num_batches)
         validate = None if val is None else (
-            lambda slot: run_evaluate(self._exe, slot.leaves, val, self._steps(val, cbs), plan.metric_names, cbs))
+            lambda slot: run_evaluate(self._exe, slot.leaves, val, self._steps(val, cbs), self._log_names("test"), cbs))
         self.stop_training, self._resume, self._cursor, self._busy = False, None, cursor, "fit"
         try:
             run_fit(self._exe, self._slot, source, cursor, cbs, lambda: self.stop_training, validate)
@@ -200,8 +205,9 @@ class Model(Shell, Handling):
         x, y = self._structure_x(x), self._structure_y(y)
         source = self._accept(as_source(x, y, sample_weight, batch_size=batch_size, steps=steps, steps_name="steps",
                                         allow_nonfinite=self._settings.allow_nonfinite))
+        self._trace_custom(source.sample)
         cbs = self._callbacks(callbacks, verbose, "test", source.num_batches)
-        logs = run_evaluate(self._exe, self._slot.leaves, source, self._steps(source, cbs), self._settings.names[1:],
+        logs = run_evaluate(self._exe, self._slot.leaves, source, self._steps(source, cbs), self._log_names("test"),
                             cbs)
         return self._format(logs, return_dict)
 
@@ -227,6 +233,7 @@ class Model(Shell, Handling):
         if self._busy:
             self._refuse_reentry("train_on_batch")
         batch = self._batch(self._structure_x(x), self._structure_y(y), sample_weight, class_weight)
+        self._trace_custom(batch)
         if reset_metrics:
             self._running = None
             self._slot.leaves, logs = self._exe.train_batch(self._slot.leaves, batch)
@@ -242,18 +249,19 @@ class Model(Shell, Handling):
         """The loss (and metrics) of one batch at the current weights, in inference mode; no update."""
         self._require_compiled("test_on_batch")
         batch = self._batch(self._structure_x(x), self._structure_y(y), sample_weight)
+        self._trace_custom(batch)
         return self._format(self._exe.test_batch(self._slot.leaves, batch), return_dict)
 
     def predict_on_batch(self, x):
         """The model's output on one batch, as a NumPy array."""
         batch = self._batch(self._structure_x(x), None, need_y=False)
-        return self._present(jax.tree.map(np.asarray, self._exe.predict_batch(self._slot.leaves, batch.x)))
+        return self._present(jax.tree.map(np.asarray, self._exe.predict_step_batch(self._slot.leaves, batch.x)))
 
     def _format(self, logs: dict, return_dict: bool):
         if return_dict:
             return dict(logs)
         names = self._settings.names
-        return logs["loss"] if len(names) == 1 else [logs[name] for name in names]
+        return logs["loss"] if len(names) == 1 else [logs[name] for name in names if name in logs]
 
     # ----- weights ---------------------------------------------------------------------
 
@@ -289,9 +297,3 @@ class Model(Shell, Handling):
         import json
         from batchfit import models
         return json.dumps(models.model_entry(self), **kwargs)
-
-
-def _seed(seed) -> int:
-    if seed is None:
-        return _random.next_seed()
-    return check_int("seed", seed, 0)

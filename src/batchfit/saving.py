@@ -89,6 +89,8 @@ def write_file(path, write) -> str:
     """Write a file at `path` atomically and durably: `write(binary_file)` fills a sibling temporary file,
     which is fsynced and renamed onto `path` (then the folder is fsynced). A kill leaves the old file."""
     path = os.fspath(path)
+    if jax.process_index() != 0:     # several processes save one file: process 0 writes it (the others
+        return path                  # would remove its staging file as a leftover)
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     for leftover in _siblings(path, "tmp"):
@@ -119,6 +121,8 @@ def recover_folder(path) -> None:
 def write_model(path, config: dict, weights: list) -> str:
     """Write `config` (JSON) and `weights` (arrays) to the folder `path`, atomically; returns its path."""
     path = os.fspath(path)
+    if jax.process_index() != 0:     # as in write_file
+        return path
     recover_folder(path)
     if os.path.exists(path) and not _is_save(path):
         raise FileExistsError(f"save() would replace '{path}', which is not a batchfit model folder. "

@@ -1,4 +1,5 @@
-"""`keras.utils` for training scripts: to_categorical, pad_sequences, set_random_seed, PyDataset.
+"""`keras.utils` for training scripts: to_categorical, pad_sequences, set_random_seed, PyDataset,
+and the (x, y, sample_weight) packing a custom train_step reads its `data` with.
 
 >>> to_categorical([0, 2], num_classes=3)
 array([[1., 0., 0.],
@@ -16,7 +17,8 @@ import numpy as np
 from batchfit import _random
 from batchfit.saving import register_keras_serializable
 
-__all__ = ["to_categorical", "pad_sequences", "set_random_seed", "PyDataset", "register_keras_serializable"]
+__all__ = ["to_categorical", "pad_sequences", "set_random_seed", "PyDataset", "register_keras_serializable",
+           "pack_x_y_sample_weight", "unpack_x_y_sample_weight"]
 
 
 def to_categorical(x, num_classes=None):
@@ -114,14 +116,47 @@ def set_random_seed(seed: int) -> None:
     _random.set_global_seed(int(seed))
 
 
+def unpack_x_y_sample_weight(data) -> tuple:
+    """Keras's reading of a step's `data`: (x, y, sample_weight), None for each part that is absent.
+
+    `data` is x alone, or a tuple or list (x,), (x, y) or (x, y, sample_weight), as a custom
+    train_step / test_step / predict_step receives it.
+
+    >>> unpack_x_y_sample_weight(([1.0], [2.0]))
+    ([1.0], [2.0], None)
+    """
+    if isinstance(data, list):
+        data = tuple(data)
+    if not isinstance(data, tuple):
+        return data, None, None
+    if 1 <= len(data) <= 3:
+        return tuple(data) + (None,) * (3 - len(data))
+    raise ValueError(f"unpack_x_y_sample_weight: `data` must be x, (x,), (x, y) or (x, y, sample_weight); got a "
+                     f"tuple of {len(data)} items. Pass at most three.")
+
+
+def pack_x_y_sample_weight(x, y=None, sample_weight=None):
+    """Keras's inverse of unpack_x_y_sample_weight: x alone (a tuple x wrapped as (x,)) when y is None,
+    else (x, y) or (x, y, sample_weight).
+
+    >>> pack_x_y_sample_weight([1.0], [2.0])
+    ([1.0], [2.0])
+    """
+    if y is None:
+        return (x,) if isinstance(x, (tuple, list)) else x
+    return (x, y) if sample_weight is None else (x, y, sample_weight)
+
+
 class PyDataset:
     """Keras's batch sequence: subclass it and define `__len__` (batches per epoch) and
     `__getitem__(index)` -> `(x, y)` or `(x, y, sample_weight)`, arrays [B, ...].
 
     `fit`, `evaluate` and `predict` read batches 0 .. len - 1 in order (fit's `shuffle` does not
-    apply, as in Keras: shuffle in `on_epoch_end`), then call `on_epoch_end()`; `on_epoch_begin()`
-    runs before each pass. Batches are read on batchfit's background thread, ahead of the device;
-    `workers`, `use_multiprocessing` and `max_queue_size` are accepted for Keras code and unused.
+    apply, as in Keras: shuffle in `on_epoch_end`); `on_epoch_end()` runs at every epoch's end (also
+    when `steps_per_epoch` ends an epoch inside a pass) and after each evaluation pass, as Keras
+    calls it; `on_epoch_begin()` runs before each pass. Batches are read on batchfit's background
+    thread, ahead of the device; `workers`, `use_multiprocessing` and `max_queue_size` are accepted
+    for Keras code and unused.
 
     >>> class Squares(PyDataset):
     ...     def __len__(self):
@@ -152,7 +187,7 @@ class PyDataset:
         """Called before each pass over the batches."""
 
     def on_epoch_end(self):
-        """Called after each pass over the batches (e.g. to reshuffle the samples)."""
+        """Called at the end of every epoch (e.g. to reshuffle the samples)."""
 
     def __iter__(self):
         count = self.num_batches

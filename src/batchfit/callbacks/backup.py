@@ -8,10 +8,14 @@ never stopped ends: same weights, optimizer state and History.
 
 from __future__ import annotations
 
+import copy
+import threading
 import warnings
 
+import jax
 import numpy as np
 
+from batchfit._async_writer import WRITER, snapshot
 from batchfit.callbacks.base import Callback, every_nth
 from batchfit.checkpoint import TrainingCheckpoints
 
@@ -34,6 +38,15 @@ class BackupAndRestore(Callback):
     are made at epoch ends only (a warning says so) and the run resumes at the epoch boundary.
     Put BackupAndRestore after callbacks that add to the epoch logs (learning_rate): the backup
     records the logs as they are when its on_epoch_end runs.
+
+    Backups are written in the background (batchfit/_async_writer.py): at a save, fit copies the
+    position on the device and goes on; a save that falls due while the previous backup is still
+    waiting to be written replaces it (the backup on disk is then staler, never torn; with
+    double_checkpoint the two newest saves are kept waiting, so the previous one is still there).
+    Saves are numbered in the order they fall due, so after fit returns the folder holds the steps a
+    synchronous run leaves. Fit's end, Ctrl-C and the next fit wait for the writes (with
+    delete_checkpoint, fit's end drops the backups not yet started: they are deleted anyway). A
+    failed write raises in fit at the next save.
     """
 
     def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True):
@@ -48,6 +61,9 @@ class BackupAndRestore(Callback):
         self.backup_dir, self.save_freq = backup_dir, save_freq
         self.double_checkpoint, self.delete_checkpoint = bool(double_checkpoint), bool(delete_checkpoint)
         self._store = TrainingCheckpoints(backup_dir, max_to_keep=2 if double_checkpoint else 1)
+        self._lock = threading.Lock()
+        self._unwritten = []               # (step, read the Position, extra) of the saves not yet written
+        self._next_step = None             # the step number of the next save
         self._by_batch = save_freq not in ("epoch", False)
         if self._by_batch:                  # per instance: save_freq="epoch" costs no per-batch host copy
             self.on_train_batch_end = self._on_train_batch_end
@@ -70,8 +86,11 @@ class BackupAndRestore(Callback):
 
     def restore_position(self, resumes_mid_epoch: bool):
         """Called by fit after on_train_begin: the Position to start from (None: no backup)."""
+        WRITER.wait(self, raise_errors=False)     # an earlier fit's backup, if it ended by an exception
         self._reset()
         self._mid_epoch = resumes_mid_epoch
+        steps = self._store.steps()
+        self._next_step = steps[-1] + 1 if steps else 0
         if self._by_batch and not resumes_mid_epoch:
             warnings.warn(f"BackupAndRestore(save_freq={self.save_freq}): this input cannot be read again from "
                           f"inside an epoch (a one-shot iterator, or steps_per_epoch on a stream), so backups "
@@ -108,6 +127,7 @@ class BackupAndRestore(Callback):
         self._done = batch + 1
         if self._since_saving >= self.save_freq and self._mid_epoch:
             self._since_saving = 0
+            WRITER.check(self)                    # an earlier backup failed: say so before going on
             self._save()
 
     def on_epoch_batch_losses(self, epoch, batch_losses):
@@ -119,24 +139,52 @@ class BackupAndRestore(Callback):
             self._save(ended=(epoch, logs or {}))
 
     def on_train_interrupt(self):
-        """Ctrl-C stopped fit at a step boundary: back up the position unless it is already saved."""
+        """Ctrl-C stopped fit at a step boundary: back up the position unless it is already saved, and wait
+        until the backups are on disk (a failed write warns: KeyboardInterrupt is on its way)."""
         position = self.model.get_position()
         at = (position.epoch, position.batch)
-        if at == self._saved_at or (position.batch and not self._mid_epoch):
-            return
-        if position.batch == 0 and self._epoch_ended != position.epoch - 1:
-            return       # stopped between an epoch's end and its logs: the History would miss that epoch
-        self._save(position=position)
+        # At batch 0, an epoch whose on_epoch_end did not run yet would be missing from the History.
+        if at != self._saved_at and not (position.batch and not self._mid_epoch) and not (
+                position.batch == 0 and self._epoch_ended != position.epoch - 1):
+            self._save(position=position)
+        WRITER.wait(self, raise_errors=False)
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint:
+            WRITER.cancel(self)
+            with self._lock:
+                self._unwritten = []
+            WRITER.wait(self)
             self._store.delete()
+        else:
+            WRITER.wait(self)
+
+    def on_train_exit(self):
+        """After fit, normally or by an exception: the backup pending is written before fit returns."""
+        WRITER.wait(self, raise_errors=False)
 
     def _save(self, position=None, ended=None) -> None:
-        position = position if position is not None else self.model.get_position()
+        """Hand a backup of the position (copied on the device now) to the background writer."""
+        if position is None:
+            read, self._saved_at = _capture(self.model)
+        else:
+            read, self._saved_at = (lambda: position), (position.epoch, position.batch)
         extra = {"history": self._history(ended), "since_saving": self._since_saving}
-        self._store.save(position, extra)
-        self._saved_at = (position.epoch, position.batch)
+        if self._next_step is None:
+            steps = self._store.steps()
+            self._next_step = steps[-1] + 1 if steps else 0
+        with self._lock:                            # the newest max_to_keep saves wait to be written
+            self._unwritten = [*self._unwritten, (self._next_step, read, extra)][-self._store.max_to_keep:]
+        self._next_step += 1
+        WRITER.submit(("backup", str(self._store.directory)), self._write, owner=self,
+                      what=f"BackupAndRestore's backup in {self._store.directory}")
+
+    def _write(self) -> None:
+        """In the writer thread: write the saves waiting, oldest first."""
+        with self._lock:
+            saves, self._unwritten = self._unwritten, []
+        for step, read, extra in saves:
+            self._store.save(read(), extra, step=step)
 
     def _history(self, ended) -> dict:
         """The fit's History as JSON, with the epoch `ended` = (epoch, logs) this callback just saw
@@ -153,6 +201,39 @@ class BackupAndRestore(Callback):
                 if len(batches.setdefault(key, [])) < len(epochs):
                     batches[key].append(losses)
         return {"epoch": epochs, "history": values, "batch_history": batches}
+
+
+class _Held:
+    """Stands for the model's Slot when a Position is made from a snapshot: `state` is the TrainState."""
+
+    def __init__(self, state):
+        self.state = state
+
+
+def _capture(model):
+    """(a function returning the Position where training stands now, its (epoch, batch)).
+
+    The arrays the Position needs (the training state, a gradient-accumulation group, stateful metrics)
+    are copied on the device now into one buffer (the next training call donates them); the writer
+    thread reads them back and makes the Position with the loop's own Cursor.position. A model that does
+    not expose its cursor gives model.get_position() (a copy per array, and a wait for the device)."""
+    cursor, slot = getattr(model, "_cursor", None), getattr(model, "_slot", None)
+    if cursor is None or slot is None or not all(hasattr(cursor, a) for a in ("reports", "accumulated", "totals")):
+        position = model.get_position()
+        return (lambda: position), (position.epoch, position.batch)
+    held = copy.copy(cursor)
+    held.reports = list(cursor.reports)
+    parts = (list(slot.leaves), cursor.accumulated, cursor.totals.states)
+    layout, treedef = jax.tree.structure(parts), slot.treedef
+    copied = snapshot(jax.tree.leaves(parts))
+
+    def position():
+        leaves = [jax.random.wrap_key_data(a, impl=leaf.key_impl) if leaf.key_impl else a
+                  for a, leaf in zip(copied.arrays(), copied.layout)]
+        train, held.accumulated, states = jax.tree.unflatten(layout, leaves)
+        held.totals = held.totals._replace(states=states)
+        return held.position(_Held(jax.tree.unflatten(treedef, train)))
+    return position, (cursor.epoch, cursor.batch)
 
 
 def _number(value):

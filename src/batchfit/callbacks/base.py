@@ -57,6 +57,10 @@ class Callback:
         """batchfit addition: Ctrl-C stopped fit at a step boundary (the model's state is consistent); runs before
         KeyboardInterrupt propagates."""
 
+    def on_train_exit(self):
+        """batchfit addition: fit is leaving, normally or by any exception (after on_train_end or
+        on_train_interrupt, if they ran); a callback with background work (checkpoint writes) ends it here."""
+
     def on_train_begin(self, logs=None): pass
     def on_train_end(self, logs=None): pass
     def on_epoch_begin(self, epoch, logs=None): pass

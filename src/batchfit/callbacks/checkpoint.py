@@ -1,17 +1,28 @@
 """ModelCheckpoint: save the model (or its weights) every epoch or every `save_freq` batches, as Keras 3.
 
-Files are written atomically and durably by model.save / save_weights (batchfit/saving.py): a run
-killed during a save leaves the previous file whole at the path.
+Files are written atomically and durably (batchfit/saving.py): a run killed during a save leaves the
+previous file whole at the path. The writes run in the background (batchfit/_async_writer.py): at a save,
+fit only takes a device-side copy of the arrays; one writer thread reads it back, serializes and writes.
+A save falling due while the same file is still waiting to be written replaces that wait; fit's end
+waits for every write, so the files it leaves are those of a synchronous run (the same arrays and
+records; the save date and zip time stamps aside). A failed write raises in fit at the next save or at
+fit's end.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import string
 import warnings
+from typing import NamedTuple
 
+import jax
 import numpy as np
 
+from batchfit import saving
+from batchfit._async_writer import WRITER, snapshot
 from batchfit.callbacks.base import Callback, every_nth
 
 __all__ = ["ModelCheckpoint"]
@@ -51,7 +62,8 @@ class ModelCheckpoint(Callback):
     `save_weights_only=True`, in `.weights.h5` (model.save_weights). With `save_best_only=True`, a
     save happens only when `monitor` improves on the best so far (or on `initial_value_threshold`).
     With an integer `save_freq`, fit cuts its fused calls so that control returns at exactly those
-    batches (counted across epochs, as Keras counts them).
+    batches (counted across epochs, as Keras counts them). Files are written in the background; when
+    fit returns they are all written (see the module docstring).
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
@@ -69,7 +81,10 @@ class ModelCheckpoint(Callback):
                              f"values >= 1 (a number of batches).")
         self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)
         _check_suffix(self.filepath, save_weights_only)
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.filepath) if f}
+        self._reads_logs = save_best_only or bool(fields - {"epoch", "batch"})
         self._batches_seen_since_last_saving, self._last_batch_seen, self._current_epoch = 0, None, 0
+        self._plan = False                       # _Plan of this fit's saves; False: not worked out yet
 
     # ----- when fit gives control ------------------------------------------------------------
 
@@ -83,6 +98,8 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs=None):
         """Checks that need the model, before any training step: the direction of `monitor`, the file name."""
+        WRITER.wait(self)                        # an earlier fit's writes, if it ended by an exception
+        self._plan = False
         if self.save_best_only:
             self.monitor_op = monitor_direction(self.monitor, self.mode, "ModelCheckpoint")
         names = list(getattr(self.model, "metrics_names", None) or [])
@@ -146,21 +163,43 @@ class ModelCheckpoint(Callback):
         return False
 
     def _save_model(self, epoch: int, batch: int | None, logs) -> None:
-        logs = dict(logs or {})
+        # The logs are read only when the file name or save_best_only needs them (fit may hand them over
+        # unread: reading them waits for the device).
+        logs = dict(logs or {}) if self._reads_logs else {}
         filepath = self._get_file_path(epoch, batch, logs)
         if not self._should_save_model(epoch, logs, filepath):
             return
         if os.path.isdir(filepath):
             raise IsADirectoryError(f"Please specify a non-directory filepath for ModelCheckpoint. Filepath used "
                                     f"is an existing directory: {filepath}")
-        folder = os.path.dirname(filepath)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        if self.save_weights_only:
-            self.model.save_weights(filepath, overwrite=True)
-        else:
-            self.model.save(filepath, overwrite=True)
-        self._say(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
+        WRITER.check(self)                       # an earlier write failed: say so before going on
+        plan = self._layout()
+        if plan is None:                         # no training state to copy (or weights outside it)
+            (self.model.save_weights if self.save_weights_only else self.model.save)(filepath, overwrite=True)
+            self._say(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
+            return
+        leaves = self.model._slot.leaves
+        copied = snapshot([leaves[i] for i in plan.indices])
+        done = f"\nEpoch {epoch + 1}: finished saving model to {filepath}" if self.verbose > 0 else None
+        WRITER.submit(("file", os.path.abspath(filepath)), lambda: _write(filepath, plan, copied.arrays(), done),
+                      owner=self, what=f"ModelCheckpoint's file {filepath}")
+
+    def _layout(self) -> "_Plan | None":
+        """What a save copies out of the training state, worked out at this fit's first save."""
+        if self._plan is False:
+            self._plan = _plan(self.model, self.save_weights_only)
+        return self._plan
+
+    def on_train_end(self, logs=None):
+        """Wait for the files still being written (raising a failed write's error)."""
+        WRITER.wait(self)
+
+    def on_train_interrupt(self):
+        WRITER.wait(self, raise_errors=False)     # KeyboardInterrupt is on its way: a failed write warns
+
+    def on_train_exit(self):
+        """After fit, normally or by an exception: the files pending are written before fit returns."""
+        WRITER.wait(self, raise_errors=False)
 
     def _get_file_path(self, epoch: int, batch: int | None, logs: dict) -> str:
         """`filepath` with `epoch` (1-based), `batch` (1-based, batch saves) and the logs filled in."""
@@ -185,3 +224,79 @@ def _check_suffix(filepath: str, save_weights_only: bool) -> None:
         hint = (" batchfit does not write Keras's legacy HDF5 format." if filepath.endswith(".h5") else "")
         raise ValueError(f"The filepath provided must end in `.keras` (Keras model format).{hint} Received: "
                          f"filepath={filepath}")
+
+
+# ----- saving from a copy of the training state, in the writer thread -------------------------------
+
+
+class _Plan(NamedTuple):
+    """Which arrays a save copies (`indices` into the slot's leaves: params, model_state, opt_state, step)
+    and how the file is made of them: `weights` (get_weights order), `parts` (.keras: prefix -> positions,
+    "optimizer/step" included), `keys` (the positions that hold PRNG keys), `entry` (.keras: its config)."""
+
+    indices: tuple
+    weights: tuple
+    parts: dict
+    keys: frozenset
+    entry: dict | None
+
+
+def _plan(model, weights_only: bool) -> _Plan | None:
+    """The _Plan of `model`'s saves, or None when they cannot be made from its training state (then saves
+    go through model.save / save_weights, synchronously)."""
+    slot, graph = getattr(model, "_slot", None), getattr(model, "_graph", None)
+    if slot is None or graph is None or not model.built:
+        return None
+    state = slot.state
+    where = {id(v): i for i, v in enumerate(graph.variables)}
+    weights = [where.get(id(v)) for v in model._weight_variables()]
+    num_variables = len(jax.tree.leaves((state.params, state.model_state)))
+    if None in weights or len(graph.variables) != num_variables:
+        return None
+    if weights_only:
+        return _Plan(tuple(weights), tuple(range(len(weights))), {}, frozenset(), None)
+    from batchfit import models
+    models._check_savable(model)
+    model._take_edits()
+    entry = saving.to_json({**models.model_entry(model), "compile_config": models.compile_config(model)},
+                           f"The config of '{model.name}'")
+    num_params = len(jax.tree.leaves(state.params))
+    parts = {"model_state": tuple(range(num_params, num_variables))}
+    if entry["compile_config"] is not None and state.opt_state is not None:
+        num_optimizer = len(jax.tree.leaves(state.opt_state))
+        parts["optimizer"] = tuple(range(num_variables, num_variables + num_optimizer))
+        parts["optimizer/step"] = (num_variables + num_optimizer,)
+    leaves = slot.leaves
+    keys = frozenset(i for i, leaf in enumerate(leaves) if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key))
+    return _Plan(tuple(range(len(leaves))), tuple(weights), parts, keys, entry)
+
+
+def _pack(prefix: str, arrays: list, positions, keys) -> tuple[dict, list]:
+    """saving.pack of host arrays, a PRNG key's data recorded as "prng_key" as model.save records it."""
+    packed, manifest = saving.pack(prefix, [arrays[i] for i in positions])
+    for entry, i in zip(manifest, positions):
+        if i in keys:
+            entry[0], entry[1] = "prng_key", list(entry[1][:-1])
+    return packed, manifest
+
+
+def _write(filepath: str, plan: _Plan, arrays: list, done: str | None) -> None:
+    """Write what model.save_weights (plan.entry None) or model.save would write, from `arrays`."""
+    weights, manifest = _pack("weights", arrays, plan.weights, plan.keys)
+    if plan.entry is None:
+        weights["manifest"] = np.array(json.dumps({"format": "batchfit-weights", "version": 1, "weights": manifest}))
+        saving.write_file(filepath, lambda f: np.savez(f, **weights))
+    else:
+        manifests = {"weights": manifest}
+        for prefix, positions in plan.parts.items():
+            if prefix == "optimizer/step":
+                weights[prefix] = np.asarray(arrays[positions[0]])
+                continue
+            more, manifests[prefix] = _pack(prefix, arrays, positions, plan.keys)
+            weights.update(more)
+        from batchfit import __version__
+        metadata = {"format": saving.KERAS_FORMAT, "version": saving.KERAS_VERSION, "batchfit_version": __version__,
+                    "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"), "arrays": manifests}
+        saving.write_archive(filepath, plan.entry, metadata, weights)
+    if done is not None:
+        print(done)

@@ -11,18 +11,17 @@ an outer step (a batch, fit's chunk of K batches) would otherwise keep drawing.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
 
 from batchfit.data._base import (INFINITE_CARDINALITY, STEPS, UNKNOWN_CARDINALITY, Dataset, FusedPlan, TensorSpec,
-                                 _as_tensor, _buffer_shuffle, _call, _stack, row_elements, window_order)
+                                 _as_tensor, _buffer_shuffle, _call, _stack, row_elements, truth, window_order)
+from batchfit.data._map import MappedRows, batched_map, fold, parallel_map, tuple_if_list
 from batchfit.data.arrays import epoch_order, fresh_seed, is_memmap, read_rows, release_pages
 from batchfit.data.prefetch import Prefetcher, stoppable
 from batchfit.errors import describe
@@ -51,18 +50,23 @@ def fused_plan(dataset: Dataset) -> FusedPlan | None:
         frozen, node = frozen or isinstance(node, Cache), node._input
     if not isinstance(node, Batch):
         return None
-    batch, node = node, node._input
-    while isinstance(node, Cache):
-        frozen, node = True, node._input
+    batch, node, maps = node, node._input, []
+    while isinstance(node, (Cache, Map)):
+        maps, node = maps + [node] * isinstance(node, Map), node._input
     shuffle = node if isinstance(node, Shuffle) else None
     node = node._input if shuffle else node
-    while isinstance(node, Cache):
-        node = node._input
-    if not isinstance(node, Slices) or is_memmap(node._tensors):
-        return None
-    seed = shuffle.seed if shuffle else None
-    return FusedPlan(node._tensors, batch.batch_size, batch.drop_remainder, seed,
-                     bool(shuffle and shuffle.reshuffle and not frozen))
+    while isinstance(node, (Cache, Map)):
+        maps, node = maps + [node] * isinstance(node, Map), node._input
+    if not isinstance(node, Slices) or is_memmap(node._tensors) or (shuffle and frozen):
+        return None       # cached shuffled batches: the stream replays the first iteration's, as tf.data
+    tensors = node._tensors
+    for step in reversed(maps):          # a traced map runs on all rows at once (_map.fold)
+        tensors = step.fold(tensors)
+        if tensors is None:
+            return None
+    # The rows come in the order the streamed path reads them (the same windowed shuffle, the same
+    # caches), so adding a map or steps_per_epoch never changes the order.
+    return FusedPlan(tensors, batch.batch_size, batch.drop_remainder, batch._input._indices if shuffle else None)
 
 
 def without_prefetch(dataset: Dataset) -> Dataset:
@@ -118,7 +122,7 @@ class Generator(Dataset):
         out = []
         for leaf, spec in zip(leaves, specs):
             array = np.asarray(leaf)
-            shape = tuple(spec.shape)
+            shape = tuple(array.shape if spec.shape is None else spec.shape)
             if array.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape, array.shape)):
                 raise ValueError(f"Element {index} of the generator has shape {array.shape}; output_signature "
                                  f"expects {shape} (None: any size).")
@@ -155,7 +159,9 @@ class Shuffle(Unary):
         else:
             rng = np.random.default_rng((self.seed, *key))
             order = rng.permutation(n) if self.buffer_size >= n else window_order(n, self.buffer_size, rng)
-        return (np.arange(base.start, base.stop) if isinstance(base, range) else np.asarray(base))[order]
+        if isinstance(base, range):       # arithmetic, not a gather: 100k random reads cost ~7 ms here
+            return order if base.start == 0 and base.step == 1 else base.start + base.step * order.astype(np.int64)
+        return np.asarray(base)[order]
 
     def _elements(self, key):
         if self._rows is not None:
@@ -191,6 +197,8 @@ class Batch(Unary):
         read = 0
         for start in range(0, end, b):
             block = indices[start:start + b]
+            if isinstance(block, range) and block.step != 1:      # shard()'s rows: every k-th
+                block = np.arange(block.start, block.stop, block.step)
             if isinstance(block, range):
                 parts = [leaf[block.start:block.stop] for leaf in rows._leaves]
                 read += sum(p.nbytes for p in parts)
@@ -214,29 +222,27 @@ class Batch(Unary):
 
 @STEPS.register("map")
 class Map(Unary):
+    """`fn` on every element. On rows of arrays, a traceable pure `fn` is rows again (_map.MappedRows):
+    `batch` then maps whole blocks of rows at once, and fit's fused path can map all rows (`fold`)."""
+
     def __init__(self, input, fn, workers):
         super().__init__(input)
         self._fn, self._workers = fn, workers
+        self._plan = batched_map(fn, input._rows) if input._rows is not None else None
+        self._rows = MappedRows(input._rows, self._plan, fn) if self._plan is not None else None
+
+    def _indices(self, key):
+        return self._input._indices(key)
+
+    def fold(self, tensors):
+        """`tensors` mapped row by row at once (fit's fused path), or None when this map cannot be."""
+        return None if self._plan is None else fold(self._plan, tensors)
 
     def _elements(self, key):
         elements = stoppable(self._input._elements(key))
         if self._workers == 1:
-            return (_call(self._fn, e) for e in elements)
-        return self._parallel(elements)
-
-    def _parallel(self, elements):
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="batchfit-map") as pool:
-            pending = collections.deque()
-            try:
-                for element in elements:
-                    pending.append(pool.submit(_call, self._fn, element))
-                    if len(pending) >= 2 * self._workers:
-                        yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
-            finally:
-                for future in pending:
-                    future.cancel()
+            return (tuple_if_list(_call(self._fn, e)) for e in elements)
+        return parallel_map(self._fn, elements, self._workers)
 
 
 @STEPS.register("filter")
@@ -246,7 +252,8 @@ class Filter(Unary):
         self._predicate = predicate
 
     def _elements(self, key):
-        return (e for e in self._input._elements(key) if bool(np.asarray(_call(self._predicate, e))))
+        predicate = self._predicate
+        return (e for i, e in enumerate(self._input._elements(key)) if truth(_call(predicate, e), "filter", i))
 
     def _cardinality(self):
         return UNKNOWN_CARDINALITY

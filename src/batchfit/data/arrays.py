@@ -11,17 +11,20 @@ import math
 import mmap
 import os
 import random
+import zlib
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from batchfit.distribution import agree_across_processes, distribution, from_processes
 from batchfit.errors import describe
 
 __all__ = ["Chunk", "DeviceData", "Piece", "standardize", "num_samples", "sample_weights", "take",
            "plan_chunks", "fresh_seed", "epoch_order", "target_dtype", "leaves", "check_finite", "is_memmap",
-           "release_pages", "read_rows", "aligned_empty"]
+           "release_pages", "read_rows", "aligned_empty", "to_device", "put_chunk",
+           "shared_piece", "pass_ended"]
 
 
 class Chunk(NamedTuple):
@@ -274,6 +277,57 @@ def read_rows(array, rows: np.ndarray) -> np.ndarray:
                 row += array.shape[0]
             os.preadv(fd, [view[i * row_bytes:(i + 1) * row_bytes]], start + row * row_bytes)
     return out
+
+
+_copy_to_device = jax.jit(lambda tree: tree)     # one C++ dispatch, not device_put's Python path
+
+
+def to_device(tree, several_calls: bool):
+    """The samples [N, ...] as the compiled calls read them.
+
+    One device: NumPy arrays copied to it once when `several_calls` read them (a single call's own
+    argument transfer is the cheapest copy). DataParallel: replicated on every device once, each
+    batch is split inside the call. DataParallel over several processes: each process passes its
+    own share and gets [P, N, ...] arrays, row n of process p at [p, n] (on p's devices only).
+    """
+    current = distribution()
+    if current is None:
+        return _copy_to_device(tree) if several_calls else tree
+    if current.num_processes == 1:
+        return jax.device_put(tree, current.replicated)
+    return from_processes(tree)
+
+
+def put_chunk(data):
+    """A stream's chunk [rows, ...] copied to the device ahead of its call: the default device, or every
+    device of a one-process DataParallel (each batch is split inside the call, as for to_device's arrays).
+    Across processes the consumer places each chunk (StreamFeed: every process at the same point)."""
+    current = distribution()
+    return jax.device_put(data) if current is None else jax.device_put(data, current.replicated)
+
+
+def _describe_step(row) -> str:
+    """One process's (has a chunk, first batch, full batches, tail, batch size, layout digest), in words."""
+    more, first, num_steps, tail, batch_size, digest = row
+    if not more:
+        return "the pass ended"
+    return (f"batches from {first}: {num_steps} of {batch_size} rows" + (f" and one of {tail}" if tail else "")
+            + f" (layout {digest & 0xFFFFFFFF:08x})")      # the digest comes back as int32
+
+
+def shared_piece(piece: Piece) -> Piece:
+    """`piece` of this process as one global chunk [P, rows, ...] of every process's own rows, after every
+    process has checked that the others bring a chunk of the same batches (one collective per chunk)."""
+    chunk, leaves = piece.chunk, jax.tree.leaves(piece.data)
+    digest = zlib.crc32(repr([(a.shape, str(a.dtype)) for a in leaves]).encode())
+    agree_across_processes((1, chunk.first, chunk.num_steps, chunk.tail, piece.batch_size, digest), _describe_step)
+    return piece._replace(data=from_processes(piece.data, checked=False))
+
+
+def pass_ended() -> None:
+    """Across processes, after a stream's pass: every process's pass ends at the same batch, or all of them
+    raise, saying where each one stood (the collective that matches another process's next chunk)."""
+    agree_across_processes((0,) * 6, _describe_step)
 
 
 def take(tree, index):

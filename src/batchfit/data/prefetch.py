@@ -14,11 +14,22 @@ import queue
 import threading
 from typing import Callable, Iterator
 
-__all__ = ["Prefetcher", "Stopped", "check_stop", "stop_requested", "stoppable"]
+__all__ = ["Prefetcher", "Stopped", "check_stop", "put_ahead", "stop_requested", "stoppable"]
 
 _ITEM, _DONE, _ERROR = range(3)
 _POLL_S = 0.05          # how often a blocked put or get looks at the stop flag
 _WORKER = threading.local()     # .stops: on a worker thread, the stop Events it obeys (its Prefetcher's and outer ones)
+
+
+def put_ahead() -> bool:
+    """Whether a stream's worker copies chunks to the device itself (True off the CPU).
+
+    On the CPU backend host arrays already are device memory, and a `device_put` from the
+    worker thread waits behind the computations in flight (measured: the stream runs 30%
+    slower); the compiled call takes the NumPy chunk as it is.
+    """
+    import jax                 # only the stream's worker asks; the queue itself needs no JAX
+    return jax.default_backend() != "cpu"
 
 
 class Stopped(BaseException):

@@ -13,6 +13,7 @@ Both hand the loop `feed(keys, steps_per_execution).epoch(key)`: an iterator of 
 from __future__ import annotations
 
 import collections.abc
+import inspect
 import itertools
 import math
 import numbers
@@ -28,15 +29,18 @@ from batchfit.data.dataset import INFINITE_CARDINALITY, Dataset, FusedPlan
 from batchfit.data.stream import StreamSource, unpack
 from batchfit.errors import check_int, describe
 
-__all__ = ["ArraySource", "as_source", "split_source", "validation_source", "is_batch_list", "is_py_dataset"]
+__all__ = ["ArraySource", "fit_key", "as_source", "split_source", "validation_source", "is_batch_list", "is_py_dataset"]
 
 
 class ArraySource:
     """In-memory samples x [N, ...], y [N, ...], w [N], read in batches of `batch_size`."""
 
     def __init__(self, x, y, w, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 reshuffle: bool = True, drop_remainder: bool = False):
+                 reshuffle: bool = True, drop_remainder: bool = False, order=None):
+        """`order(key) -> row indices` (a Dataset's own shuffle, keys from fit_key(seed, epoch)) replaces
+        the permutation drawn from (seed, epoch) when given."""
         self.sample = DeviceData(x, y, w)
+        self._order_of = order
         self.n = arrays.num_samples(x, y)
         self.batch_size, self.shuffle, self.seed, self.reshuffle = batch_size, shuffle, seed, reshuffle
         self.rows = self.n - self.n % batch_size if drop_remainder else self.n
@@ -82,19 +86,18 @@ class ArraySource:
             return None
         key = key if self.reshuffle else 0
         if self._order is None or self._order[0] != key:
-            self._order = (key, epoch_order(self.n, self.seed, key))
+            drawn = (epoch_order(self.n, self.seed, key) if self._order_of is None
+                     else np.asarray(self._order_of(fit_key(self.seed, key)), np.int32))
+            self._order = (key, drawn)
         return self._order[1]
 
     def data(self, num_calls: int) -> DeviceData:
-        """The samples to hand the compiled calls: NumPy arrays go to the device once when
-        several calls read them; a single call's own argument transfer is the cheapest copy."""
+        """The samples to hand the compiled calls, placed once by arrays.to_device (one device, all
+        devices of a DataParallel, or each process's own share)."""
         if self._device is None:
             on_host = any(isinstance(leaf, np.ndarray) for leaf in jax.tree.leaves(self.sample))
-            self._device = _to_device(self.sample) if on_host and num_calls > 1 else self.sample
+            self._device = arrays.to_device(self.sample, on_host and num_calls > 1)
         return self._device
-
-
-_to_device = jax.jit(lambda tree: tree)     # one C++ dispatch, not device_put's Python path
 
 
 class _ArrayFeed:
@@ -124,6 +127,29 @@ class _ArrayFeed:
         pass
 
 
+def fit_key(generation: int, epoch: int) -> tuple:
+    """The iteration key of a Dataset's epoch `epoch` in its `generation`-th fit / evaluate call: each call
+    draws new shuffle orders (tf.data's reshuffle_each_iteration), the first as fit(shuffle=True) would."""
+    return (epoch,) if generation == 0 else (epoch, generation)
+
+
+class _DatasetPasses:
+    """`open(key)` for a StreamSource over a Dataset: the elements of fit_key(generation, key)."""
+
+    def __init__(self, dataset: Dataset, generation: int):
+        self.dataset, self.generation = dataset, generation
+
+    def __call__(self, key):
+        return self.dataset._elements(fit_key(self.generation, key))
+
+
+def _next_generation(dataset: Dataset) -> int:
+    """How many fit / evaluate / predict calls read `dataset` before this one (its order generation)."""
+    generation = getattr(dataset, "_generation", 0)
+    dataset._generation = generation + 1
+    return generation
+
+
 def is_batch_list(x) -> bool:
     """A list of (x, y) batches, as opposed to a nested list of numbers (an array)."""
     return (isinstance(x, list) and bool(x) and isinstance(x[0], (tuple, list))
@@ -133,6 +159,28 @@ def is_batch_list(x) -> bool:
 def is_py_dataset(x) -> bool:
     """A Keras-style PyDataset (bf.utils.PyDataset, keras.utils.PyDataset or a subclass): batches by index."""
     return any(cls.__name__ == "PyDataset" for cls in type(x).__mro__)
+
+
+def _is_batch_tuple(x) -> bool:
+    """A tuple of (x, y) batches (a mistake: Keras reads a tuple as the inputs of one batch)."""
+    return isinstance(x, tuple) and len(x) > 1 and all(is_batch_list([item]) for item in x)
+
+
+def _refuse_mistakes(x) -> None:
+    """Inputs that would otherwise be read as arrays without targets ("`y` is required"): say what they are."""
+    if isinstance(x, type):
+        raise TypeError(f"`x` is the class {x.__name__}, not data. Pass an instance: fit({x.__name__}(...)).")
+    if inspect.isgeneratorfunction(x) or (callable(x) and not hasattr(x, "__array__")):
+        name = getattr(x, "__name__", type(x).__name__)
+        raise TypeError(f"`x` is the function {name!r}, not data. Call it to pass its generator (fit({name}())), "
+                        f"or wrap it: Dataset.from_generator({name}).")
+    if _is_batch_tuple(x):
+        raise ValueError(f"`x` is a tuple of {len(x)} (x, y) batches ({describe(x[0])}, ...); a tuple is read as the "
+                         f"inputs of one batch. Pass a list of batches (list(batches)) or a generator instead.")
+    if hasattr(x, "__getitem__") and not hasattr(x, "__iter__") and not hasattr(x, "__array__"):
+        raise TypeError(f"`x` is a {type(x).__name__} with __getitem__ but no __iter__, so it cannot be read as "
+                        f"batches. Subclass bf.utils.PyDataset (define __len__ and __getitem__(index) -> (x, y)), "
+                        f"or add __iter__.")
 
 
 def _kind(x) -> str:
@@ -160,16 +208,22 @@ def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=No
       batch_size: with arrays (default 32); must be None with batches.
       shuffle, seed: with arrays (a Dataset shuffles itself).
       steps: batches per epoch (steps_per_epoch / validation_steps / steps), else one pass.
-      need_y: False for predict. first_key: the first epoch's index (fit's initial_epoch).
+      need_y: False for predict; None: optional, kept when the data has them (a model's own train_step gets
+        x alone or (x, y[, sample_weight]), as Keras passes it). first_key: the first epoch (initial_epoch).
     """
     if steps is not None:
         steps = check_int(steps_name, steps, 1)
     kind = _kind(x)
     if kind == "arrays":
+        _refuse_mistakes(x)
+        if need_y is None:
+            need_y = _optional_targets(y, sample_weight, class_weight)
         return _from_arrays(x, y, sample_weight, class_weight, batch_size=batch_size, shuffle=shuffle,
                             seed=seed, steps=steps, need_y=need_y, allow_nonfinite=allow_nonfinite,
                             first_key=first_key)
     _refuse_array_options(x, y, sample_weight, batch_size)
+    if need_y is None:
+        x, need_y = _peek_targets(x, kind, first_key)
     options = dict(class_weight=class_weight, allow_nonfinite=allow_nonfinite, need_y=need_y,
                    first_key=first_key, steps=steps)
     if kind == "dataset":
@@ -177,6 +231,33 @@ def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=No
     if kind == "py_dataset":
         return _from_py_dataset(x, options)
     return _from_iterable(x, options)
+
+
+def _optional_targets(y, sample_weight, class_weight) -> bool:
+    """Whether arrays with optional targets have them; weights without targets are refused."""
+    if y is None and (sample_weight is not None or class_weight is not None):
+        name = "sample_weight" if sample_weight is not None else "class_weight"
+        raise ValueError(f"`{name}` was given without targets `y`; weights apply to (x, y) data. Pass `y` too, "
+                         f"or leave `{name}` out.")
+    return y is not None
+
+
+def _peek_targets(x, kind: str, first_key) -> tuple:
+    """(the input, whether its batches carry targets), from its first batch; a one-shot iterator gets that
+    batch put back in front. An empty input is left for the source to refuse."""
+    if kind == "dataset":
+        plan = fused_plan(x)
+        if plan is not None:
+            return x, unpack(plan.tensors)[1] is not None
+        first = next(iter(without_prefetch(x)._elements(fit_key(getattr(x, "_generation", 0), first_key))), None)
+    elif kind == "py_dataset":
+        first = x[0]
+    elif isinstance(x, collections.abc.Iterator):
+        first = next(x, None)
+        x = x if first is None else itertools.chain([first], x)
+    else:
+        first = next(iter(x), None)
+    return x, first is not None and unpack(first)[1] is not None
 
 
 def split_source(x, y, sample_weight=None, class_weight=None, *, validation_split: float, batch_size=None,
@@ -244,19 +325,22 @@ def _from_dataset(dataset: Dataset, options: dict):
     if dataset._batched is False:
         raise ValueError(f"The dataset yields single samples ({dataset!r}); fit, evaluate and predict take "
                          f"batches. Add .batch(batch_size) to the pipeline.")
+    generation = _next_generation(dataset)
     plan = fused_plan(dataset)
     if plan is not None and options["steps"] is None:
-        return _fused_source(plan, options)
+        return _fused_source(plan, options, generation)
     dataset = without_prefetch(dataset)
     n = dataset.cardinality()
     if n == INFINITE_CARDINALITY and options["steps"] is None:
         raise ValueError("The dataset is infinite (repeat() without a count); pass steps_per_epoch "
                          "(validation_steps, steps) to say how many batches make an epoch.")
-    return StreamSource(lambda key: dataset._elements((key,)), reiterable=True,
-                        num_batches=n if n >= 0 else None, what="The dataset", **options)
+    source = StreamSource(_DatasetPasses(dataset, generation), reiterable=True,
+                          num_batches=n if n >= 0 else None, what="The dataset", **options)
+    source.seed = generation
+    return source
 
 
-def _fused_source(plan: FusedPlan, options: dict) -> ArraySource:
+def _fused_source(plan: FusedPlan, options: dict, generation: int) -> ArraySource:
     x, y, w = unpack(plan.tensors)
     if options["need_y"] and y is None:
         raise ValueError(f"The dataset has x only ({describe(x)}); training and evaluating need "
@@ -266,8 +350,8 @@ def _fused_source(plan: FusedPlan, options: dict) -> ArraySource:
     y = arrays.standardize(y, "y", allow) if options["need_y"] else None
     n = arrays.num_samples(x, y)
     w = arrays.sample_weights(y, n, w, options["class_weight"]) if options["need_y"] else None
-    return ArraySource(x, y, w, plan.batch_size, plan.seed is not None, plan.seed or 0, plan.reshuffle,
-                       plan.drop_remainder)
+    return ArraySource(x, y, w, plan.batch_size, plan.order is not None, generation, True, plan.drop_remainder,
+                       order=plan.order)
 
 
 def _from_iterable(data, options: dict) -> StreamSource:
@@ -281,8 +365,9 @@ def _from_iterable(data, options: dict) -> StreamSource:
 
 
 def _from_py_dataset(dataset, options: dict) -> StreamSource:
-    """A PyDataset: each pass is on_epoch_begin(), batches 0 .. num_batches - 1 in order, then
-    on_epoch_end(), run on the worker thread in that order (fit's `shuffle` does not apply, as in Keras)."""
+    """A PyDataset: each pass is on_epoch_begin(), then batches 0 .. num_batches - 1 in order; on_epoch_end()
+    follows every epoch (also of steps_per_epoch batches), run on the worker thread in that order (fit's
+    `shuffle` does not apply, as in Keras)."""
     name = type(dataset).__name__
     try:
         num_batches = dataset.num_batches
@@ -310,6 +395,5 @@ def _from_py_dataset(dataset, options: dict) -> StreamSource:
         getattr(dataset, "on_epoch_begin", lambda: None)()
         for index in range(num_batches) if num_batches is not None else itertools.count():
             yield batch(index)
-        getattr(dataset, "on_epoch_end", lambda: None)()
     return StreamSource(one_pass, reiterable=True, num_batches=num_batches, what=f"The PyDataset {name}",
-                        **options)
+                        on_epoch_end=getattr(dataset, "on_epoch_end", None), **options)

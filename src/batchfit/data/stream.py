@@ -22,9 +22,10 @@ import jax
 import numpy as np
 
 from batchfit.data._ops import inline_prefetch
-from batchfit.data.arrays import (Chunk, DeviceData, Piece, aligned_empty, check_finite, release_pages,
-                                  sample_weights, target_dtype)
-from batchfit.data.prefetch import Prefetcher, check_stop, stoppable
+from batchfit.data.arrays import (Chunk, DeviceData, Piece, aligned_empty, check_finite, pass_ended, put_chunk,
+                                  release_pages, sample_weights, shared_piece, target_dtype)
+from batchfit.data.prefetch import Prefetcher, check_stop, put_ahead, stoppable
+from batchfit.distribution import across_processes
 from batchfit.errors import describe
 
 __all__ = ["StreamSource", "StreamFeed", "unpack", "STREAM_CHUNK_BYTES", "STREAM_MAX_STEPS"]
@@ -33,16 +34,6 @@ STREAM_CHUNK_BYTES = 16 << 20     # "auto" chunks of a stream stay under this ma
 STREAM_MAX_STEPS = 512            # ... and this many steps, so that host and device overlap
 EPOCH_END = object()
 _NAMES = ("x", "y", "sample_weight")
-
-
-def put_ahead() -> bool:
-    """Whether the worker copies chunks to the device itself (True off the CPU).
-
-    On the CPU backend host arrays already are device memory, and a `device_put` from the
-    worker thread waits behind the computations in flight (measured: the stream runs 30%
-    slower); the compiled call takes the NumPy chunk as it is.
-    """
-    return jax.default_backend() != "cpu"
 
 
 def unpack(element) -> tuple:
@@ -84,6 +75,8 @@ class _Layout:
             if leaf.ndim == 0:
                 raise ValueError(f"`{name}` of the first batch is a scalar ({_spec(leaf)}); batches need a "
                                  f"batch axis. Batch the data first (e.g. Dataset.batch(32)).")
+        if len({leaf.shape[0] for leaf in leaves}) > 1:
+            self._sizes_differ(leaves, 0)
         self.first = leaves
         self.specs = [(leaf.shape[1:], leaf.dtype) for leaf in leaves]
         self.targets = [target_dtype(leaf.dtype, name) for name, leaf in zip(self.names, leaves)]
@@ -160,12 +153,15 @@ class _Layout:
         self._shapes[size] = [(size, *shape) for shape, _ in self.specs]
         return self._shapes[size]
 
+    def _sizes_differ(self, leaves, index):
+        sizes = ", ".join(f"{n}: {_spec(a)}" for n, a in zip(self.names, leaves))
+        raise ValueError(f"Batch {index} of the input has different numbers of samples ({sizes}). "
+                         f"x, y and sample_weight of a batch must have the same length.")
+
     def _mismatch(self, leaves, index, i):
         leaf, name = leaves[i], self.names[i]
         if leaf.shape[1:] == self.specs[i][0] and leaf.dtype == self.specs[i][1]:
-            sizes = ", ".join(f"{n}: {_spec(a)}" for n, a in zip(self.names, leaves))
-            raise ValueError(f"Batch {index} of the input has different numbers of samples ({sizes}). "
-                             f"x, y and sample_weight of a batch must have the same length.")
+            self._sizes_differ(leaves, index)
         raise ValueError(f"Batch {index} of the input has `{name}` {_spec(leaf)}, but batch 0 had "
                          f"{_spec(self.first[i])}. Every batch must have the same feature shape and dtype "
                          f"(only the batch size may change); fix the generator or cast the batch.")
@@ -208,12 +204,13 @@ class StreamSource:
       num_batches: batches per pass when known (len of the input), else None.
       need_y: whether batches must carry targets (fit, evaluate) or only x is used (predict).
       first_key: the key of the first pass; its first batch is read now to check the input.
+      on_epoch_end: called after each epoch (or evaluation pass), on the worker (a PyDataset's hook).
     """
 
     def __init__(self, open: Callable[[Any], Iterator], *, reiterable: bool, steps: int | None,
                  num_batches: int | None, need_y: bool, class_weight=None, allow_nonfinite=False,
-                 first_key=0, what: str = "The input"):
-        self._open, self._reiterable, self._steps = open, reiterable, steps
+                 first_key=0, what: str = "The input", on_epoch_end: Callable[[], None] | None = None):
+        self._open, self._reiterable, self._steps, self._on_epoch_end = open, reiterable, steps, on_epoch_end
         self.seed = 0
         self.check_targets = None      # y -> None, raising ValueError: the loss's rule, run on every chunk
         self._need_y, self._class_weight, self._allow_nonfinite = need_y, class_weight, allow_nonfinite
@@ -258,7 +255,7 @@ class StreamSource:
                 w = aligned_empty(weights.shape, weights.dtype)
                 w[...] = weights
         data = DeviceData(x, y, w)
-        return jax.device_put(data) if self._put_ahead and not host else data
+        return put_chunk(data) if self._put_ahead and not host and not across_processes() else data
 
     # ----- passes and epochs (run on the worker thread) -----------------------------
 
@@ -332,6 +329,8 @@ class StreamSource:
         with inline_prefetch():            # this thread is the prefetch: a dataset's own adds only hops
             for key in keys:
                 yield from self._pieces(key, steps_per_execution, first_batch, control, seen)
+                if self._on_epoch_end is not None:      # Keras: at every epoch's end, steps_per_epoch or not
+                    self._on_epoch_end()
                 yield EPOCH_END
                 first_batch = 0
 
@@ -364,7 +363,10 @@ class StreamSource:
         return self._reiterable and self._steps is None
 
     def reseed(self, seed: int) -> None:
-        """A stream's order is its own: nothing to draw again."""
+        """A Dataset's passes: read in order generation `seed` (a restored position's). Other streams: no-op."""
+        if hasattr(self._open, "generation") and seed != self.seed:
+            self.seed = self._open.generation = seed
+            self._pending = None              # its first batch was read in the former order
 
     def next_key(self):
         """The key of the next evaluation pass (validation data is read once per epoch)."""
@@ -386,10 +388,12 @@ class StreamFeed:
         self._prefetcher = Prefetcher(lambda: source._run(keys, steps_per_execution, first_batch, control), depth)
 
     def epoch(self, key=None) -> Iterator[Piece]:
+        shared = across_processes()         # each process's chunks joined into global ones
         for item in self._prefetcher:
             if item is EPOCH_END:
-                return
-            yield item
+                return pass_ended() if shared else None
+            yield shared_piece(item) if shared else item
 
     def close(self) -> None:
         self._prefetcher.close()
+

@@ -7,8 +7,7 @@ and only when a callback wants per-batch logs; otherwise once per epoch. The loo
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import _signal
 import signal
 import threading
 import warnings
@@ -32,6 +31,7 @@ class FitPlan(NamedTuple):
     steps_per_execution: int
     metric_names: tuple
     accumulate_steps: int = 1     # batches per update (gradient accumulation); 1: an update per batch
+    loss_name: str | None = "loss"  # None: row 0 is not logged (a custom train_step that reports no "loss")
 
 
 class Cursor:
@@ -67,7 +67,8 @@ class Cursor:
 
     def end_epoch(self) -> "Cursor":
         """The epoch just dispatched (its logs read on demand), the cursor now at the next one's start."""
-        ended = copy.copy(self)
+        ended = object.__new__(Cursor)
+        ended.__dict__.update(self.__dict__)
         self.begin(self.epoch + 1)
         return ended
 
@@ -98,7 +99,7 @@ class Cursor:
 
     @property
     def _names(self):
-        return ("loss", *self.plan.metric_names)
+        return (self.plan.loss_name, *self.plan.metric_names)
 
 
 def _check_start(position: Position, plan: FitPlan, num_batches: int | None) -> None:
@@ -177,16 +178,20 @@ def run_fit(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks, sho
     `on_train_interrupt()` run (the state and cursor are consistent), then KeyboardInterrupt propagates.
     """
     callbacks.on_train_begin()
-    _restore(callbacks, slot, source, cursor)
-    with _interrupts_at_step_boundaries() as interrupts:
-        try:
-            logs = _run_epochs(exe, slot, source, cursor, callbacks, should_stop, validate, interrupts)
-        except KeyboardInterrupt:
-            if not interrupts.forced:          # a second Ctrl-C may have cut a dispatch: nothing to save
-                for hook in callbacks.listeners("on_train_interrupt"):
-                    hook()
-            raise
-    callbacks.on_train_end(logs)
+    try:
+        _restore(callbacks, slot, source, cursor)
+        with _interrupts_at_step_boundaries() as interrupts:
+            try:
+                logs = _run_epochs(exe, slot, source, cursor, callbacks, should_stop, validate, interrupts)
+            except KeyboardInterrupt:
+                if not interrupts.forced:          # a second Ctrl-C may have cut a dispatch: nothing to save
+                    for hook in callbacks.listeners("on_train_interrupt"):
+                        hook()
+                raise
+        callbacks.on_train_end(logs)
+    finally:                                       # background checkpoint writes end before fit returns or raises
+        for hook in callbacks.listeners("on_train_exit"):
+            hook()
 
 
 def _run_epochs(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks, should_stop: Callable,
@@ -270,26 +275,27 @@ def _on_sigint(signum, frame):
         signal.default_int_handler(signum, frame)
 
 
-@contextlib.contextmanager
-def _interrupts_at_step_boundaries():
+class _interrupts_at_step_boundaries:
     """Catch SIGINT while fit runs (main thread, with Python's default handler or this module's): a
     KeyboardInterrupt raised inside a dispatch would leave the slot holding donated buffers. The handler is
-    installed once (signal.signal costs about 25 us, a visible share of a small fit) and acts as Python's
-    default one outside fit; a handler of the user's own is left alone."""
-    interrupts = _Interrupts()
-    watch = threading.current_thread() is threading.main_thread()
-    if watch:
-        current = signal.getsignal(signal.SIGINT)
-        if current is signal.default_int_handler:
-            signal.signal(signal.SIGINT, _on_sigint)
-        watch = current in (signal.default_int_handler, _on_sigint)
-    if watch:
-        _RUNNING.append(interrupts)
-    try:
-        yield interrupts
-    finally:
-        if watch:
-            _RUNNING.remove(interrupts)
+    installed once and acts as Python's default one outside fit; a handler of the user's own is left alone.
+    A class rather than a contextmanager, and `_signal.getsignal` (signal.getsignal converts a handler
+    function through an enum lookup that fails): fit enters this on every call."""
+
+    def __enter__(self) -> _Interrupts:
+        self.interrupts, self.watch = _Interrupts(), False
+        if threading.current_thread() is threading.main_thread():
+            current = _signal.getsignal(signal.SIGINT)
+            if current is signal.default_int_handler:
+                signal.signal(signal.SIGINT, _on_sigint)
+            self.watch = current is signal.default_int_handler or current is _on_sigint
+        if self.watch:
+            _RUNNING.append(self.interrupts)
+        return self.interrupts
+
+    def __exit__(self, *exc) -> None:
+        if self.watch:
+            _RUNNING.remove(self.interrupts)
 
 
 def _end_epoch(ended: Cursor, slot: Slot, callbacks, validate) -> dict:
@@ -338,6 +344,14 @@ def run_evaluate(exe: Executables, leaves: list, source, steps_per_execution: in
         outputs.append(totals.rows)
         if want_end:
             callbacks.on_test_batch_end(chunk.last, read_totals(totals.rows, names))
+        if _RUNNING:                     # validation inside fit (main thread): Ctrl-C acts at this batch boundary
+            _RUNNING[-1].check()
+    if not outputs:        # a one-shot input (fit's validation generator) has run out: Keras warns, no val_*
+        warnings.warn("Your input ran out of data; interrupting training. Make sure that your dataset or generator "
+                      "can generate at least `steps_per_epoch * epochs` batches. You may need to use the "
+                      "`.repeat()` function when building your dataset.", UserWarning, stacklevel=2)
+        callbacks.on_test_end({})
+        return {}
     logs = read_totals(totals.rows, names)
     callbacks.on_test_end(logs)
     return logs

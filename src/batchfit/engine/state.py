@@ -161,6 +161,7 @@ def zero_totals(num_metrics: int) -> np.ndarray:
 
 
 def read_totals(totals, names) -> dict:
-    """{name: sum / count} from accumulators read to the host (0.0 where nothing was counted)."""
+    """{name: sum / count} from accumulators read to the host (0.0 where nothing was counted); a row
+    named None is not reported."""
     rows = np.asarray(totals, np.float64)
-    return {name: float(t / c) if c > 0 else 0.0 for name, (t, c) in zip(names, rows.tolist())}
+    return {name: float(t / c) if c > 0 else 0.0 for name, (t, c) in zip(names, rows.tolist()) if name is not None}

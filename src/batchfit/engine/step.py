@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from batchfit import _logits
 from batchfit.engine.state import Accumulated, Batch, ModelGraph, TrainState, zero_totals
 from batchfit.errors import describe
+from batchfit.optimizers._loss_scale import all_finite, scale_of
 
 __all__ = ["Program", "Totals", "train_step", "accumulate_step", "apply_accumulated", "eval_step", "predict_step",
            "stateful_metrics", "initial_totals", "with_results"]
@@ -31,6 +33,7 @@ class Program(NamedTuple):
     weighted_mean: bool       # loss_reduction="weighted_mean": divide by sum(w), not B
     penalty: Callable         # module -> R(theta), the sum of its regularization penalties
     weighted: tuple = ()      # per metric: whether it sees the sample weights (`weighted_metrics=`); () = all do
+    custom: Any = None        # engine.custom.CustomStep: the model's own train_step / test_step, or None
 
 
 def _forward(program: Program, params, model_state, batch: Batch, training: bool):
@@ -39,13 +42,31 @@ def _forward(program: Program, params, model_state, batch: Batch, training: bool
     The normalizer is n_b, or sum_i w_i with loss_reduction="weighted_mean".
     """
     module = program.graph.merge(params, model_state, training)
-    y_pred = module(batch.x)
+    y_pred = _as_float32(module(batch.x))
     per_sample = program.loss.per_sample(batch.y, y_pred)
     weighted = jnp.sum(per_sample) if batch.w is None else jnp.sum(batch.w * per_sample)
     norm = jnp.sum(batch.w) if batch.w is not None and program.weighted_mean else jnp.float32(per_sample.shape[0])
     penalty = program.penalty(module)
     _, new_model_state = program.graph.split(module)
     return weighted, norm, penalty, y_pred, new_model_state
+
+
+_HALF = (jnp.dtype("float16"), jnp.dtype("bfloat16"))
+
+
+def _as_float32(y_pred):
+    """The model's output as the loss and metrics take it: half precision widened to float32 (Keras's
+    losses and metrics compute in float32), keeping the logits a sigmoid / softmax output came from."""
+    def widen(out):
+        if getattr(out, "dtype", None) not in _HALF:
+            return out
+        wide = out.astype(jnp.float32)
+        source, result = out, wide
+        while source is not None and result is not None:      # each primal level, as _logits.record
+            _logits.carry(source, result, lambda logits: logits.astype(jnp.float32))
+            source, result = getattr(source, "primal", None), getattr(result, "primal", None)
+        return wide
+    return jax.tree.map(widen, y_pred)
 
 
 def _batch_loss(weighted, norm, penalty):
@@ -118,26 +139,49 @@ def with_results(program: Program, totals: Totals) -> Totals:
     return totals._replace(rows=rows)
 
 
+def _scaled(value, scale):
+    """`value` times the loss scale of a LossScaleOptimizer (mixed_float16); as it is without one (None)."""
+    return value if scale is None else value * scale
+
+
+def _applied(grads, scale) -> jax.Array:
+    """int32 []: 1 when the update counts (Keras's `iterations`), 0 when loss scaling skipped it."""
+    return jnp.ones((), jnp.int32) if scale is None else all_finite(grads).astype(jnp.int32)
+
+
+def _scaled_objective(program: Program, params, model_state, batch: Batch, scale):
+    """L_b times the loss scale (the gradients to compute), with (L_b, y_pred, new model state) as aux."""
+    loss, (y_pred, new_model_state) = _objective(program, params, model_state, batch, True)
+    return _scaled(loss, scale), (loss, y_pred, new_model_state)
+
+
 def train_step(program: Program, state: TrainState, totals: Totals, batch: Batch):
-    """One update: (state, totals, batch) -> (state, totals, L_b), L_b measured before the update."""
-    grad_fn = jax.value_and_grad(_objective, argnums=1, has_aux=True)
-    (loss, (y_pred, model_state)), grads = grad_fn(program, state.params, state.model_state, batch, True)
+    """One update: (state, totals, batch) -> (state, totals, L_b), L_b measured before the update.
+
+    With a LossScaleOptimizer the gradients are those of L_b times its scale; the optimizer divides
+    them again and skips a step whose gradients are not finite (which `state.step` does not count)."""
+    scale = scale_of(state.opt_state)
+    grad_fn = jax.value_and_grad(_scaled_objective, argnums=1, has_aux=True)
+    (_, (loss, y_pred, model_state)), grads = grad_fn(program, state.params, state.model_state, batch, scale)
     updates, opt_state = program.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = TrainState(params, model_state, opt_state, state.step + 1)
+    new_state = TrainState(params, model_state, opt_state, state.step + _applied(grads, scale))
     return new_state, _accumulate(program, totals, loss, batch, y_pred), loss
 
 
-def _weighted_sum(program: Program, params, model_state, batch: Batch):
-    """sum_i w_i l_i, the part of L_b that accumulation differentiates; (L_b, normalizer, ...) as aux."""
+def _weighted_sum(program: Program, params, model_state, batch: Batch, scale=None):
+    """sum_i w_i l_i (times the loss scale, if any), the part of L_b that accumulation differentiates;
+    (L_b, normalizer, ...) as aux."""
     weighted, norm, penalty, y_pred, new_model_state = _forward(program, params, model_state, batch, True)
-    return weighted, (_batch_loss(weighted, norm, penalty), norm, y_pred, new_model_state)
+    return _scaled(weighted, scale), (_batch_loss(weighted, norm, penalty), norm, y_pred, new_model_state)
 
 
 def accumulate_step(program: Program, state: TrainState, totals, acc: Accumulated, batch: Batch):
-    """One batch of a group: L_b at the group's weights, no update; its gradient sum joins `acc`."""
+    """One batch of a group: L_b at the group's weights, no update; its gradient sum joins `acc`
+    (scaled by the group's loss scale, when the optimizer has one)."""
     grad_fn = jax.value_and_grad(_weighted_sum, argnums=1, has_aux=True)
-    (_, (loss, norm, y_pred, model_state)), grads = grad_fn(program, state.params, state.model_state, batch)
+    (_, (loss, norm, y_pred, model_state)), grads = grad_fn(program, state.params, state.model_state, batch,
+                                                            scale_of(state.opt_state))
     acc = Accumulated(jax.tree.map(jnp.add, acc.grads, grads), acc.count + norm)
     return state._replace(model_state=model_state), _accumulate(program, totals, loss, batch, y_pred), acc, loss
 
@@ -146,12 +190,14 @@ def apply_accumulated(program: Program, state: TrainState, acc: Accumulated):
     """The group's update: the gradient one batch of all its samples gives, sum / normalizer + dR/dtheta."""
     def penalty(params):
         return program.penalty(program.graph.merge(params, state.model_state, True))
+    scale = scale_of(state.opt_state)
     safe = jnp.where(acc.count > 0, acc.count, 1.0)
-    grads = jax.tree.map(lambda g, r: jnp.where(acc.count > 0, g / safe, 0.0) + r, acc.grads,
+    grads = jax.tree.map(lambda g, r: jnp.where(acc.count > 0, g / safe, 0.0) + _scaled(r, scale), acc.grads,
                          jax.grad(penalty)(state.params))
     updates, opt_state = program.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(params, state.model_state, opt_state, state.step + 1), Accumulated.zeros(state.params)
+    new_state = TrainState(params, state.model_state, opt_state, state.step + _applied(grads, scale))
+    return new_state, Accumulated.zeros(state.params)
 
 
 def eval_step(program: Program, state: TrainState, totals: Totals, batch: Batch):

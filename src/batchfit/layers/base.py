@@ -82,8 +82,8 @@ def _shape(value, name: str, owner: str = "") -> tuple:
 class _DTypePolicy(NamedTuple):
     """A layer's dtypes: its weights are `variable_dtype`, its arithmetic `compute_dtype`.
 
-    A plain dtype name sets both; a mixed policy (Keras's "mixed_bfloat16") would keep float32
-    weights and compute in bfloat16, and needs only `_dtype_policy` to say so.
+    A plain dtype name sets both; a mixed policy ("mixed_bfloat16", "mixed_float16") keeps float32
+    weights and computes in half precision (bf.mixed_precision.DTypePolicy).
     """
 
     name: str
@@ -92,17 +92,13 @@ class _DTypePolicy(NamedTuple):
 
 
 def _dtype_policy(value, owner: str, accepted: tuple = _FLOAT_DTYPES) -> _DTypePolicy:
-    """The policy named by `dtype=`: a name in `accepted`, a NumPy/JAX dtype, or None (float32)."""
-    try:
-        name = "float32" if value is None else (
-            value if isinstance(value, str) else np.dtype(value).name)
-    except (TypeError, ValueError):
-        name = None
-    if name not in accepted:
-        raise ValueError(f"{owner}: `dtype` must be one of {', '.join(map(repr, accepted))}, "
-                         f"a NumPy/JAX dtype of these, or None (float32); got dtype={value!r}. "
-                         f"Pass e.g. {owner}(..., dtype='bfloat16').")
-    return _DTypePolicy(name, name, name)
+    """The policy named by `dtype=`: a name in `accepted` or a mixed one, a DTypePolicy (or Keras's
+    serialized one), a NumPy/JAX dtype, or None (the global policy, bf.mixed_precision)."""
+    from batchfit import mixed_precision
+    if value is None and "float32" in accepted:
+        value = mixed_precision.global_policy()
+    policy = mixed_precision.DTypePolicy(mixed_precision._policy_name(value, owner, accepted))
+    return _DTypePolicy(policy.name, policy.variable_dtype, policy.compute_dtype)
 
 
 def _jax_dtype(name: str) -> np.dtype:
@@ -134,10 +130,12 @@ class Layer(WeightLists):
     """A Keras layer: `layer(x)` on arrays or on symbolic tensors (bf.Input); its weights live in the NNX
     module `make_module(input_shape, rngs)` builds for [B, *input_shape] when the shape is first known.
 
-    `dtype` (Keras's argument): "float32" (None), "bfloat16", "float16", "float64", or a NumPy or
-    JAX dtype of these. The built module's weights are `variable_dtype` and it computes in
-    `compute_dtype` (both `dtype` for now), floating inputs cast to it. float64 needs
-    `jax.config.update("jax_enable_x64", True)` before building; without it JAX holds float32.
+    `dtype` (Keras's argument): "float32", "bfloat16", "float16", "float64", a NumPy or JAX dtype
+    of these, "mixed_bfloat16" / "mixed_float16" (float32 weights, half precision arithmetic), a
+    bf.mixed_precision.DTypePolicy, or None: the global policy when the layer is constructed. The
+    built module's weights are `variable_dtype` and it computes in `compute_dtype`, floating inputs
+    cast to it. float64 needs `jax.config.update("jax_enable_x64", True)` before building; without
+    it JAX holds float32.
     """
 
     _accepted_dtypes = _FLOAT_DTYPES
@@ -174,6 +172,12 @@ class Layer(WeightLists):
     def dtype(self) -> str:
         """The dtype of the weights, as Keras 3's `layer.dtype`."""
         return self._dtype_policy.variable_dtype
+
+    @property
+    def dtype_policy(self):
+        """The layer's bf.mixed_precision.DTypePolicy, as Keras 3's `layer.dtype_policy`."""
+        from batchfit import mixed_precision
+        return mixed_precision.DTypePolicy(self._dtype_policy.name)
 
     @property
     def variable_dtype(self) -> str:
@@ -286,8 +290,13 @@ class Layer(WeightLists):
         return _symbolic.single_node(self, "input").inputs
 
     def get_config(self) -> dict:
-        """{"class_name", "config"}: the constructor arguments as given, `dtype` as its name."""
-        config = {**self._arguments, "dtype": self._dtype_policy.name}
+        """{"class_name", "config"}: the constructor arguments as given, `dtype` as its name (a mixed
+        policy as Keras 3 writes it: {"module": "keras", "class_name": "DTypePolicy", ...})."""
+        from batchfit import mixed_precision
+        dtype = self._dtype_policy.name
+        if dtype.startswith("mixed_"):
+            dtype = mixed_precision.serialize(self.dtype_policy)
+        config = {**self._arguments, "dtype": dtype}
         return {"class_name": type(self).__name__, "config": config}
 
     def _fail(self, input_shape, needs: str):

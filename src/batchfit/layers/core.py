@@ -145,6 +145,8 @@ class InputLayer(Layer):
     _accepted_dtypes = _FLOAT_DTYPES + _INTEGER_DTYPES
 
     def __init__(self, shape=None, **kwargs):
+        if kwargs.get("dtype") is None:             # Keras's Input is float32 under any global policy
+            kwargs["dtype"] = "float32"
         super().__init__(**({"input_shape": shape, **kwargs} if shape is not None else kwargs))
 
     def make_module(self, input_shape, rngs: nnx.Rngs) -> FunctionModule:

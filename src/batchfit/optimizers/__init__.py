@@ -22,7 +22,7 @@ from batchfit._keras_adam import AdamState, scale_by_keras_adam
 from batchfit.optimizers._pieces import (clip_by_global_norm, clip_by_norm, decoupled_weight_decay,
                                          scale_by_learning_rate)
 from batchfit._keras_names import missing as _missing
-from batchfit.optimizers import schedules
+from batchfit.optimizers import _stateless, schedules
 from batchfit.registry import Registry
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Optimizer", "AdamState", "get",
@@ -61,8 +61,8 @@ def _without_keras_only(cls, config: dict) -> dict:
     return {k: v for k, v in config.items() if k in taken or k not in (*_KERAS_OFF, "name", "ema_momentum")}
 
 
-class Optimizer:
-    """Base class: Keras's common arguments and the shared clip/decay chain.
+class Optimizer(_stateless.KerasStateless):
+    """Base class: Keras's common arguments and the shared clip/decay chain; Keras's `stateless_apply`.
 
     Args:
       learning_rate: a float >= 0, or a schedule of the number of updates done so far.
@@ -389,5 +389,7 @@ def schedule_step(opt_state) -> jax.Array | None:
     schedule_state = _injected_state(opt_state).hyperparams_states.get("learning_rate")
     return None if schedule_state is None else schedule_state.count
 
+
+from batchfit.optimizers._loss_scale import LossScaleOptimizer  # noqa: E402  (it builds on Optimizer, get)
 
 __getattr__ = _missing(__name__, lambda: list(globals()))   # a Keras name batchfit lacks says so
