@@ -18,6 +18,7 @@ from batchfit._shell import NotCompiledError, Shell
 from batchfit.callbacks import CallbackList
 from batchfit.callbacks.setup import callback_list
 from batchfit.data.source import ArraySource, as_source, split_source, validation_source
+from batchfit.engine import driver
 from batchfit.engine.loop import Cursor, FitPlan, run_evaluate, run_fit, run_predict
 from batchfit.layers.base import run_module
 
@@ -129,7 +130,7 @@ class Model(KerasStep, Shell, Handling):
         return source
 
     def _steps(self, source, callbacks: CallbackList) -> int:
-        from batchfit.engine import driver      # "auto": a compiled loop, or one step per call (driver.py)
+        """Steps per compiled call: "auto" is a compiled loop, or one step per call (engine/driver.py)."""
         setting = self._settings.steps_per_execution if self._settings else "auto"
         leaves = self._slot.leaves if self._slot is not None else ()
         return driver.steps_per_execution(setting, source, callbacks, self._exe, leaves)

@@ -203,6 +203,12 @@ def steps_per_execution(setting, source, callbacks, exe=None, leaves=()) -> int:
     if fused == 1 or exe is None:
         return fused
     platform, losers = _model_losers(exe, leaves, source.sample.x)
+    if not losers:                      # the common case, decided once per model: logged once
+        if exe.predict_batch not in _SAID:
+            _SAID[exe.predict_batch] = set()
+            logger.info("steps_per_execution='auto': compiled loops (nothing in this model runs slower in one "
+                        "on %s).", platform)
+        return fused
     choice = choose(fused, losers, platform)
     _say(exe, choice, _verbose(callbacks))
     return choice.steps_per_execution
