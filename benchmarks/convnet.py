@@ -282,6 +282,7 @@ def main(argv=None) -> dict | None:
     n, repeats = (8 * BATCH, 3) if args.quick else (16 * BATCH, args.repeats or 5)
     summary = measure(n, repeats)
     print(json.dumps({k: v for k, v in summary.items() if k != "times_s"}), flush=True)
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "convnet.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(section(summary))
