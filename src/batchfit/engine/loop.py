@@ -8,6 +8,7 @@ and only when a callback wants per-batch logs; otherwise once per epoch. The loo
 from __future__ import annotations
 
 import _signal
+import collections.abc
 import signal
 import threading
 import warnings
@@ -102,6 +103,25 @@ class Cursor:
         return (self.plan.loss_name, *self.plan.metric_names)
 
 
+class _RunningLogs(collections.abc.Mapping):
+    """Cursor.running_logs(report), read from the device when a callback first looks at them: a callback
+    that does not (a checkpoint saving every n batches) lets the loop dispatch on without waiting."""
+
+    def __init__(self, cursor: "Cursor", report):
+        self._cursor, self._report, self._logs = cursor, report, None
+
+    def _read(self) -> dict:
+        if self._logs is None:
+            self._logs = self._cursor.running_logs(self._report)
+        return self._logs
+
+    __getitem__ = lambda self, key: self._read()[key]
+    __iter__ = lambda self: iter(self._read())
+    __len__ = lambda self: len(self._read())
+    __bool__ = lambda self: True                # `logs or {}` (CallbackList) must not read them
+    __repr__ = lambda self: repr(self._read())
+
+
 def _check_start(position: Position, plan: FitPlan, num_batches: int | None) -> None:
     """A position to resume from, checked against this call's metrics and data."""
     if position.totals.shape != (1 + len(plan.metric_names), 2):
@@ -148,7 +168,7 @@ def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, sh
             accumulate=k)
         cursor.advance(chunk.last, totals, report)
         if want_end:
-            callbacks.on_train_batch_end(chunk.last, cursor.running_logs(report))
+            callbacks.on_train_batch_end(chunk.last, _RunningLogs(cursor, report))
         if interrupts is not None:
             interrupts.check()
         if should_stop():
