@@ -117,6 +117,37 @@ def test_predict_and_predict_on_batch_run_the_models_predict_step_as_keras():
     np.testing.assert_allclose(np.asarray(mine(x[:5])), np.asarray(theirs(x[:5])), rtol=RTOL)  # call: plain
 
 
+def only_predicting(lib):
+    """A plain subclassed model (built-in train_step) with its own predict_step: sigmoid(2 * the output)."""
+    class OnlyPredicting(lib.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = lib.layers.Dense(1)
+
+        def call(self, x, training=False):
+            return self.dense(x)
+
+        def predict_step(self, state, data):
+            x, _, _ = lib.utils.unpack_x_y_sample_weight(data)
+            y_pred, ntv = self.stateless_call(state[0], state[1], x, training=False)
+            return jax.nn.sigmoid(2.0 * y_pred), ntv
+    return OnlyPredicting()
+
+
+def test_a_predict_step_alone_keeps_the_built_in_fit_and_evaluate_as_keras():
+    x, y = regression(n=40)
+    theirs, mine = twins(only_predicting, x)
+    for m, opt in ((theirs, keras.optimizers.SGD(0.05)), (mine, bf.optimizers.SGD(0.05))):
+        m.compile(optimizer=opt, loss="mse", metrics=["mae"])
+    fits = [m.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0) for m in (theirs, mine)]
+    assert_same_fit(theirs, mine, fits, {"loss", "mae"})
+    np.testing.assert_allclose(mine.evaluate(x, y, verbose=0), theirs.evaluate(x, y, verbose=0), rtol=RTOL)
+    out = mine.predict(x, batch_size=16, verbose=0)
+    np.testing.assert_allclose(out, theirs.predict(x, batch_size=16, verbose=0), rtol=RTOL)
+    assert out.min() > 0 and out.max() < 1                   # predict_step's sigmoid, not the plain call
+    np.testing.assert_allclose(mine.predict_on_batch(x[:5]), theirs.predict_on_batch(x[:5]), rtol=RTOL)
+
+
 def test_a_predict_step_returning_only_the_outputs_says_what_keras_expects():
     model = predicting(bf, pairs=False)
     with pytest.raises(TypeError, match=r"must return \(outputs, non_trainable_variables\)"):

@@ -252,12 +252,14 @@ class KerasStep:
     def _custom_step(self):
         """The engine's CustomStep for this compile() (traced, or not yet), or None for a model without its
         own train_step. An uncompiled model gets one too: predict runs its predict_step."""
-        if not self._has_custom_step():
-            return None
+        own = lambda name: getattr(self, name) if callable(getattr(type(self), name, None)) else None
+        if not self._has_custom_step():       # a predict_step alone: fit and evaluate stay built in
+            predict = own("predict_step")
+            return None if predict is None else custom_lib.CustomStep(
+                None, None, custom_lib.Layout(*self._keras_cache()[1:3]), predict=predict)
         traced = self.__dict__.get("_custom_traced")
         if traced is not None and traced[0] is self._settings:
             return traced[1]
-        own = lambda name: getattr(self, name) if callable(getattr(type(self), name, None)) else None
         layout = custom_lib.Layout(*self._keras_cache()[1:3])
         return custom_lib.CustomStep(self.train_step, own("test_step"), layout, predict=own("predict_step"))
 

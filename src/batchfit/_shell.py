@@ -107,7 +107,8 @@ class Shell:
     def _program(self) -> Program:
         s = self._settings
         custom = self._custom_step()           # the model's own train_step (_keras_step.py), or None
-        return Program(self._graph, s and s.loss, s.metrics if s and custom is None else (), s and s.optimizer,
+        own = custom is not None and custom.train is not None
+        return Program(self._graph, s and s.loss, s.metrics if s and not own else (), s and s.optimizer,
                        bool(s and s.weighted_mean), layers_lib.regularization_penalty, s.weighted if s else (),
                        custom)
 

@@ -88,16 +88,21 @@ def _scan_chunk(step, carry, data, start, order, num_steps, tail, batch_size):
     return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
+def _own_steps(program: Program) -> bool:
+    """Whether the model trains and tests with its own train_step / test_step (a predict_step alone: not)."""
+    return program.custom is not None and program.custom.train is not None
+
+
 def _train(program: Program, state, totals, batch):
     """The program's train step: the model's own (Keras's train_step protocol) or the built-in one."""
-    if program.custom is not None:
+    if _own_steps(program):
         return loop_safe(functools.partial(custom_lib.custom_train_step, program.custom))(state, totals, batch)
     return loop_safe(functools.partial(train_step, program))(state, totals, batch)
 
 
 def _eval(program: Program, state, totals, batch):
     """The program's eval step: the model's own test_step, or the built-in one."""
-    if program.custom is not None:
+    if _own_steps(program):
         return loop_safe(functools.partial(custom_lib.custom_eval_step, program.custom))(state, totals, batch)
     return loop_safe(functools.partial(eval_step, program))(state, totals, batch)
 
@@ -183,7 +188,7 @@ def _own_outputs(predict_chunk):
 def _batch_logs(program, totals: Totals, loss, running: bool, mode: str = "train") -> dict:
     """The logs *_on_batch return: running means, or this batch's values with the raw loss L_b; with a
     custom step, the logs that mode's step ("train" / "test") reports, rows as custom.log_rows left them."""
-    if program.custom is not None:
+    if _own_steps(program):
         custom = program.custom
         reported = custom.train_logs if mode == "train" else custom.test_logs
         names = ("loss" if "loss" in reported else None, *custom_lib.logged(custom, mode))
@@ -276,7 +281,7 @@ def build_executables(program: Program, state_def) -> Executables:
             return (jax.tree.leaves(state), *outs)
         return flat
 
-    initial = (initial_totals(program.metrics) if program.custom is None      # host arrays: constants of
+    initial = (initial_totals(program.metrics) if not _own_steps(program)     # host arrays: constants of
                else custom_lib.initial_totals(program.custom))                # the *_on_batch programs
     return Executables(
         train_batch=_from_processes(jax.jit(updates(functools.partial(_train_batch, initial=initial)),
