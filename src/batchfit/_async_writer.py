@@ -107,8 +107,8 @@ class Writer:
 
     def submit(self, key: Hashable, job: Callable[[], None], owner, what: str) -> None:
         """Run `job()` in the background; it replaces a job still waiting under `key`. `what` names it in errors."""
-        if jax.process_count() > 1:      # orbax synchronizes a save's processes with device collectives, which
-            self.wait()                  # must come in the same order everywhere: write now, on this thread
+        if jax.distributed.is_initialized() and jax.process_count() > 1:
+            self.wait()      # orbax syncs a save's processes with collectives in one order everywhere: write now
             job()
             return
         with self._changed:

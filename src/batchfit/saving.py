@@ -4,12 +4,10 @@
 config, build and compile logic live in batchfit/models.py. The older format, still written by
 `Sequential.save(path)` for a path without an extension and read by `load_model`, follows.
 
-A saved model is a folder holding `model.json` (the format, the layers' configs, the built input
-shape, the seed, the compile settings when given by name, the weights' dtypes and shapes) and
-`weights.npz` (the `get_weights()` arrays, Keras order; no optimizer state). Every array is read
-with `allow_pickle=False`; a damaged file raises bf.errors.CheckpointError naming it. Saves are
-atomic and durable, and replace only a folder that holds an earlier batchfit save.
-"""
+A saved model is a folder: `model.json` (format, layer configs, input shape, seed, compile settings
+given by name, weight dtypes and shapes) and `weights.npz` (`get_weights()`, no optimizer state). Arrays
+are read with `allow_pickle=False`; a damaged file raises bf.errors.CheckpointError naming it. Saves
+are atomic and durable, and replace only a folder that holds an earlier batchfit save."""
 
 from __future__ import annotations
 
@@ -85,11 +83,15 @@ def _write_durably(path: str, write) -> None:
         os.fsync(f.fileno())
 
 
+def _not_process_0() -> bool:      # without jax.distributed, no backend is asked (a forked saver must not start one)
+    return jax.distributed.is_initialized() and jax.process_index() != 0
+
+
 def write_file(path, write) -> str:
     """Write a file at `path` atomically and durably: `write(binary_file)` fills a sibling temporary file,
     which is fsynced and renamed onto `path` (then the folder is fsynced). A kill leaves the old file."""
     path = os.fspath(path)
-    if jax.process_index() != 0:     # several processes save one file: process 0 writes it (the others
+    if _not_process_0():             # several processes save one file: process 0 writes it (the others
         return path                  # would remove its staging file as a leftover)
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -121,7 +123,7 @@ def recover_folder(path) -> None:
 def write_model(path, config: dict, weights: list) -> str:
     """Write `config` (JSON) and `weights` (arrays) to the folder `path`, atomically; returns its path."""
     path = os.fspath(path)
-    if jax.process_index() != 0:     # as in write_file
+    if _not_process_0():             # as in write_file
         return path
     recover_folder(path)
     if os.path.exists(path) and not _is_save(path):
