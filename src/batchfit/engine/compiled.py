@@ -25,7 +25,6 @@ from batchfit.engine.step import (Program, Totals, accumulate_step, apply_accumu
 __all__ = ["Executables", "build_executables", "start_state", "results"]
 
 _CHUNK_SHAPE = ("num_steps", "tail", "batch_size")
-LOOP_SAFE = True        # every step runs through driver.loop_safe: its convolutions are fast in a loop body too
 
 
 class Executables(NamedTuple):

@@ -148,9 +148,8 @@ def loop_losers(jaxpr, platform: str, rewritten: frozenset = frozenset()) -> tup
 
 
 def _rewritten(platform: str) -> frozenset:
-    """What loop_safe rewrites in the compiled steps on `platform` (nothing when compiled.py does not use it)."""
-    from batchfit.engine import compiled
-    return LOOP_SAFE_PLATFORMS.get(platform, frozenset()) if getattr(compiled, "LOOP_SAFE", False) else frozenset()
+    """What loop_safe rewrites in the compiled steps on `platform` (compiled.py runs every step through it)."""
+    return LOOP_SAFE_PLATFORMS.get(platform, frozenset())
 
 
 def choose(fused_steps: int, losers: tuple, platform: str) -> Choice:
