@@ -364,3 +364,58 @@ def test_a_custom_step_scales_its_loss_under_mixed_float16_as_keras():
     np.testing.assert_allclose(fits[1].history["raw"], fits[0].history["raw"], rtol=2e-3)
     for a, b in zip(mine.get_weights(), theirs.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
+
+
+def reconstructing(lib):
+    """An autoencoder trained on x alone: its own train_step and test_step score mse(x, model(x)), with a
+    Mean("loss") tracker, read through unpack_x_y_sample_weight as Keras's guide does."""
+
+    class Reconstructing(lib.Model):
+        def __init__(self):
+            super().__init__()
+            self.encode, self.decode = lib.layers.Dense(3, activation="tanh"), lib.layers.Dense(6)
+            self.loss_tracker = lib.metrics.Mean(name="loss")
+
+        def call(self, x, training=False):
+            return self.decode(self.encode(x))
+
+        def _score(self, tv, ntv, data):
+            x, y, _ = lib.utils.unpack_x_y_sample_weight(data)
+            assert y is None                                  # evaluate(x) passes the x batch alone
+            out, ntv = self.stateless_call(tv, ntv, x, training=False)
+            return jnp.mean(jnp.square(out - x)), ntv
+
+        def train_step(self, state, data):
+            tv, ntv, ov, mv = state
+            (loss, ntv), grads = jax.value_and_grad(lambda w: self._score(w, ntv, data), has_aux=True)(tv)
+            tv, ov = self.optimizer.stateless_apply(ov, grads, tv)
+            mv = self.loss_tracker.stateless_update_state(mv, loss)
+            return {"loss": self.loss_tracker.stateless_result(mv)}, (tv, ntv, ov, mv)
+
+        def test_step(self, state, data):
+            tv, ntv, mv = state
+            loss, ntv = self._score(tv, ntv, data)
+            mv = self.loss_tracker.stateless_update_state(mv, loss)
+            return {"loss": self.loss_tracker.stateless_result(mv)}, (tv, ntv, mv)
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker]
+    return Reconstructing()
+
+
+def test_evaluate_on_x_alone_runs_the_models_test_step_as_keras():
+    x = np.random.default_rng(3).normal(size=(20, 6)).astype(np.float32)     # batches of 8: 8, 8 and 4
+    theirs, mine = twins(reconstructing, x)
+    for m, opt in ((theirs, keras.optimizers.SGD(0.1)), (mine, bf.optimizers.SGD(0.1))):
+        m.compile(optimizer=opt)
+    fits = [m.fit(x, batch_size=8, epochs=2, shuffle=False, verbose=0) for m in (theirs, mine)]
+    assert_same_fit(theirs, mine, fits, {"loss"})
+    losses = [m.evaluate(x, batch_size=8, verbose=0) for m in (theirs, mine)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=RTOL)
+    # by hand: the Mean tracker weights each batch's mse by one, over the 3 batches (Keras's Mean of scalars)
+    out = mine.predict(x, batch_size=8, verbose=0)
+    by_batch = [np.mean(np.square(out[i:i + 8] - x[i:i + 8]), dtype=np.float64) for i in (0, 8, 16)]
+    np.testing.assert_allclose(losses[1], np.mean(by_batch), rtol=1e-5)
+    ds = bf.data.Dataset.from_tensor_slices(x).batch(8)
+    np.testing.assert_allclose(mine.evaluate(ds, verbose=0), losses[1], rtol=1e-6)

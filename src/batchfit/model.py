@@ -205,7 +205,7 @@ class Model(KerasStep, Shell, Handling):
         self._require_compiled("evaluate")
         x, y = self._structure_x(x), self._structure_y(y)
         source = self._accept(as_source(x, y, sample_weight, batch_size=batch_size, steps=steps, steps_name="steps",
-                                        allow_nonfinite=self._settings.allow_nonfinite))
+                                        need_y=self._needs_targets(), allow_nonfinite=self._settings.allow_nonfinite))
         self._trace_custom(source.sample)
         cbs = self._callbacks(callbacks, verbose, "test", source.num_batches)
         logs = run_evaluate(self._exe, self._slot.leaves, source, self._steps(source, cbs), self._log_names("test"),
