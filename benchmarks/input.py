@@ -3,16 +3,18 @@
     python benchmarks/input.py             # the full run (about 4 minutes; writes a 4.2 GB temp file)
     python benchmarks/input.py --quick     # small sizes, to check that it runs
     python benchmarks/input.py --maps      # only the map placements against the fused path: input_maps.json
-    python benchmarks/input.py --workers   # a Python per-row map serially, on 2 threads, on 2 processes:
-                                           # input_workers.json (rows/s)
+    python benchmarks/input.py --workers   # a non-traceable per-row map serially, on threads, on 2 processes:
+                                           # input_workers.json (rows/s), interleaved
 
 1. Throughput on the second article's workload (100,000 x 10 samples, Dense(128, relu) ->
    Dense(1), Adam, MSE, batches of 32): steps/s of fit on in-memory arrays (the fused
    device path), of the article's bf.data pipeline, of a generator of NumPy batches, and of
    two other streamed inputs, and of the usual per-row placement of a map
-   (`shuffle -> map(f) -> batch`) with a traceable `f` (standardize: batched by batchfit) and
-   with a Python `f` (NumPy's `np.where`, which JAX cannot trace: per row, serially and on
-   AUTOTUNE threads). The variants run interleaved, `--repeats` rounds, so that a
+   (`shuffle -> map(f) -> batch`) with a traceable `f` (standardize: batched by batchfit), a
+   NumPy-written `f` (`np.where`: traced on NumPy proxies, batched) and a non-traceable `f`
+   (Python control flow on the row's values: per row, serially, on AUTOTUNE threads, and on 2
+   spawned processes of this script's own, which batchfit does not use: see --workers).
+   The variants run interleaved, `--repeats` rounds, so that a
    busy machine slows all of them alike; the ratio reported is the median of the per-round
    ratios to the fused path.
 2. Memory: a float32 memmap of --memmap-gb GB is written to a temp dir (free space is
@@ -47,9 +49,12 @@ SIZES = {False: (100_000, 3), True: (20_000, 1)}      # --quick -> (samples, epo
 ARTICLE = "article pipeline: from_tensor_slices.shuffle.batch.prefetch (fused)"
 MEAN, STD = np.full(10, 0.5), np.full(10, 0.29)       # the features are uniform on [0, 1)
 TRACEABLE_MAP = "per-row map, traceable f: shuffle.map(standardize).batch.prefetch"
-PYTHON_MAP = "per-row map, Python f: shuffle.map(np.where).batch.prefetch"
-MAPS = (TRACEABLE_MAP, "batched map, traceable f: shuffle.batch.map(standardize).prefetch", PYTHON_MAP,
-        "per-row map, Python f on AUTOTUNE threads", "batched map, Python f: shuffle.batch.map(np.where).prefetch")
+NUMPY_MAP = "per-row map, NumPy f: shuffle.map(np.where).batch.prefetch"
+PYTHON_MAP = "per-row map, non-traceable f: shuffle.map(cap_outliers).batch.prefetch"
+PYTHON_THREADS = "per-row map, non-traceable f on AUTOTUNE threads"
+PYTHON_PROCESSES = "per-row map, non-traceable f on 2 processes (this script's pool, not batchfit's)"
+MAPS = (TRACEABLE_MAP, "batched map, traceable f: shuffle.batch.map(standardize).prefetch", NUMPY_MAP,
+        "batched map, NumPy f: shuffle.batch.map(np.where).prefetch", PYTHON_MAP, PYTHON_THREADS, PYTHON_PROCESSES)
 
 
 def standardize(features, target):
@@ -58,8 +63,15 @@ def standardize(features, target):
 
 
 def keep_above_half(features, target):
-    """A Python per-row map: np.where needs concrete values, so JAX cannot trace it and it runs per row."""
+    """A NumPy-written per-row map: JAX cannot trace np.where on its own; batchfit traces it on NumPy proxies."""
     return np.where(features > 0.5, features, 0.0), target
+
+
+def cap_outliers(features, target):
+    """A non-traceable per-row map: Python control flow on the row's values, so it runs per row."""
+    if features.max() > 0.99:
+        features = np.minimum(features, 0.99)
+    return features, target
 
 
 def article_model():
@@ -88,11 +100,16 @@ def variants(x, y, batch_size):
     mapped = batched.map(lambda a, b: (a, b)).prefetch(buffer_size=bf.data.AUTOTUNE)
     rows = bf.data.Dataset.from_tensor_slices((x, y)).shuffle(buffer_size=10000)
     auto = bf.data.AUTOTUNE
-    maps = dict(zip(MAPS, (rows.map(standardize).batch(batch_size).prefetch(auto),
-                           rows.batch(batch_size).map(standardize).prefetch(auto),
-                           rows.map(keep_above_half).batch(batch_size).prefetch(auto),
-                           rows.map(keep_above_half, num_parallel_calls=auto).batch(batch_size).prefetch(auto),
-                           rows.batch(batch_size).map(keep_above_half).prefetch(auto))))
+    maps = dict(zip(MAPS[:-1], (rows.map(standardize).batch(batch_size).prefetch(auto),
+                               rows.batch(batch_size).map(standardize).prefetch(auto),
+                               rows.map(keep_above_half).batch(batch_size).prefetch(auto),
+                               rows.batch(batch_size).map(keep_above_half).prefetch(auto),
+                               rows.map(cap_outliers).batch(batch_size).prefetch(auto),
+                               rows.map(cap_outliers, num_parallel_calls=auto).batch(batch_size).prefetch(auto))))
+
+    def on_processes(epochs):               # the rows mapped by process_pool(), batched as batch() does
+        for _ in range(epochs):
+            yield from stack_batches(process_map(cap_outliers, iter(rows), process_pool()), batch_size)
     return {
         ARRAYS: lambda m, e: m.fit(x, y, batch_size=batch_size, epochs=e, verbose=0),
         ARTICLE: lambda m, e: m.fit(pipeline, epochs=e, verbose=0),
@@ -102,6 +119,7 @@ def variants(x, y, batch_size):
             batches(e, True), steps_per_epoch=steps, epochs=e, verbose=0),
         "article pipeline with a .map before .prefetch (streamed)": lambda m, e: m.fit(mapped, epochs=e, verbose=0),
         **{name: (lambda m, e, ds=ds: m.fit(ds, epochs=e, verbose=0)) for name, ds in maps.items()},
+        PYTHON_PROCESSES: lambda m, e: m.fit(on_processes(e), steps_per_epoch=steps, epochs=e, verbose=0),
     }
 
 
@@ -127,38 +145,98 @@ def throughput(samples: int, epochs: int, repeats: int, batch_size: int = 32, na
             for name, r in rates.items()}
 
 
-def map_rows(chunk):
-    """keep_above_half on each row of `chunk` ((x, y) arrays), stacked: one worker's task."""
-    outputs = [keep_above_half(a, b) for a, b in zip(*chunk)]
-    return tuple(np.stack(parts) for parts in zip(*outputs))
+_POOL = []                       # the spawned process pool of this script, started once
 
 
-def python_map_workers(samples: int, repeats: int, chunk: int = 1024) -> dict:
-    """Rows/s of a Python per-row map run serially, on 2 threads and on 2 spawned processes (chunks of
-    `chunk` rows per task, in order), interleaved: whether workers help on this machine."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+def process_pool(workers: int = 2):
+    """A pool of `workers` spawned processes (never forked: this process has started JAX), kept for the run."""
+    if not _POOL:
+        import atexit
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        _POOL.append(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+        atexit.register(_POOL[0].shutdown, cancel_futures=True)
+    return _POOL[0]
+
+
+def map_group(fn, packed):
+    """One worker task: `fn` on each row of a packed group of elements, the results packed again."""
+    return pack([fn(*row) for row in unpack(packed)])
+
+
+def pack(elements: list):
+    """A group of (x, y) elements as two stacked arrays (cheap to send), or the list when they do not stack."""
+    try:
+        return "stacked", tuple(np.stack(parts) for parts in zip(*elements))
+    except ValueError:
+        return "list", elements
+
+
+def unpack(packed):
+    kind, data = packed
+    return zip(*data) if kind == "stacked" else data
+
+
+def process_map(fn, elements, pool, workers: int = 2, group: int = 256):
+    """`fn` of each element on the pool's processes, groups of `group` elements per task, in the input order."""
+    import collections
+    import itertools
+    pending = collections.deque()
+    while chunk := list(itertools.islice(elements, group)):
+        pending.append(pool.submit(map_group, fn, pack(chunk)))
+        if len(pending) >= 2 * workers:
+            yield from unpack(pending.popleft().result())
+    while pending:
+        yield from unpack(pending.popleft().result())
+
+
+def stack_batches(elements, batch_size: int):
+    """(x, y) elements stacked `batch_size` at a time, the last batch smaller (what Dataset.batch gives)."""
+    import itertools
+    while chunk := list(itertools.islice(elements, batch_size)):
+        yield tuple(np.stack(parts) for parts in zip(*chunk))
+
+
+def python_map_workers(samples: int, repeats: int, batch_size: int = 32) -> dict:
+    """Rows/s of `shuffle.map(cap_outliers).batch` (no training): serially, on 2 and on AUTOTUNE threads
+    (batchfit's num_parallel_calls) and on 2 spawned processes (process_map), interleaved, each round
+    starting with another system: whether workers help on this machine."""
+    import batchfit as bf
     rng = np.random.default_rng(0)
     x, y = rng.random((samples, 10)), rng.random((samples, 1))
-    chunks = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, samples, chunk)]
-    threads = ThreadPoolExecutor(2)
-    processes = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
-    systems = {"serial": lambda: [map_rows(c) for c in chunks],
-               "2 threads": lambda: list(threads.map(map_rows, chunks)),
-               "2 processes (spawn)": lambda: list(processes.map(map_rows, chunks))}
-    for run in systems.values():
-        run()                                                     # start the workers outside the timings
-    rates = {name: [] for name in systems}
-    for _ in range(repeats):
-        for name, run in systems.items():
+    rows = bf.data.Dataset.from_tensor_slices((x, y)).shuffle(buffer_size=10000, seed=0)
+    pipelines = {"serial": lambda: iter(rows.map(cap_outliers).batch(batch_size)),
+                 "2 threads": lambda: iter(rows.map(cap_outliers, num_parallel_calls=2).batch(batch_size)),
+                 "AUTOTUNE threads": lambda: iter(rows.map(cap_outliers, num_parallel_calls=bf.data.AUTOTUNE)
+                                                  .batch(batch_size)),
+                 "2 processes (spawn)": lambda: stack_batches(
+                     process_map(cap_outliers, iter(rows), process_pool()), batch_size)}
+    for run in pipelines.values():
+        sum(1 for _ in run())                                     # start the workers outside the timings
+    rates = {name: [] for name in pipelines}
+    names = list(pipelines)
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
             start = time.perf_counter()
-            run()
+            sum(1 for _ in pipelines[name]())
             rates[name].append(samples / (time.perf_counter() - start))
-    threads.shutdown()
-    processes.shutdown()
     base = np.array(rates["serial"])
-    return {name: {"rows_per_s_median": float(np.median(r)), "ratio_to_serial_median": float(np.median(r / base))}
+    return {name: {"rows_per_s_median": float(np.median(r)), "ratio_to_serial_median": float(np.median(r / base)),
+                   "rows_per_s_all": [round(v) for v in r]}
             for name, r in ((name, np.array(r)) for name, r in rates.items())}
+
+
+def workers_report(results: dict) -> str:
+    """The --workers results as a RESULTS.md section."""
+    machine = results["machine"]
+    lines = ["## A non-traceable per-row map on workers (issue 26)", "",
+             f"`python benchmarks/input.py --workers` on {machine['cpus']} CPUs; load average at the start "
+             f"{machine['load_average'][0]:.1f}: `shuffle.map(cap_outliers).batch(32)` over "
+             f"{results['samples']:,} rows of 10, no training, {results['repeats']} interleaved rounds.", "",
+             "| system | rows/s (median) | ratio to serial (median) |", "|---|---:|---:|"]
+    for name, r in results["workers"].items():
+        lines.append(f"| {name} | {r['rows_per_s_median']:,.0f} | {r['ratio_to_serial_median']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def generator_against_arrays(repeats: int) -> dict:
@@ -266,14 +344,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--memmap-gb", type=float, default=None, help="memmap size in GB (default 4.2; quick 0.2)")
     parser.add_argument("--maps", action="store_true", help="only the map placements and the fused path")
     parser.add_argument("--workers", action="store_true",
-                        help="only: a Python per-row map serially, on 2 threads, on 2 processes (rows/s)")
+                        help="only: a non-traceable per-row map serially, on threads, on 2 processes (rows/s)")
     parser.add_argument("--out", type=pathlib.Path, default=HERE, help="where input.json and INPUT.md go")
     parser.add_argument("--child-memmap", help=argparse.SUPPRESS)
     parser.add_argument("--shuffle", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.workers:
-        return save({"machine": machine(), "workers": python_map_workers(SIZES[args.quick][0], args.repeats or 5)},
-                    args.out / "input_workers.json")
+        samples, repeats = SIZES[args.quick][0] // 5, args.repeats or 7
+        results = save({"machine": machine(), "samples": samples, "repeats": repeats,
+                        "workers": python_map_workers(samples, repeats)}, args.out / "input_workers.json")
+        print(workers_report(results))
+        return results
     if args.child_memmap:
         memmap_child(args.child_memmap, args.shuffle)
         return {}

@@ -5,13 +5,16 @@ or mapped before), `f` is traced with JAX on one row's shapes and dtypes, as tf.
 its map functions. If it traces, is pure, and gives bit for bit the same result on a whole
 batch as on each row stacked, the map becomes rows again (`MappedRows`): `batch` gathers a
 block of rows and maps it in one call, and fit's fused device path can map all rows once
-(`fold`).
+(`fold`). A NumPy-written `f` (`np.where`, `np.clip`, ufuncs, indexing: JAX cannot trace
+NumPy calls) is traced again on NumPy proxies (`_numpy_trace`), which run each NumPy call as
+its `jax.numpy` twin in 64 bits, NumPy's types; the same checks then apply.
 
 `f` runs on a whole batch in one of three forms, the first that matches the per-row results:
 
 * NumPy: `f` itself, called on the `[B, ...]` arrays, when tracing `f` on a batch gives the
   same computation (jaxpr) as `jax.vmap(f)` does: element-wise arithmetic, casts, clips.
-* vmap: `jax.jit(jax.vmap(f))`, for maps that reduce or index along the row's own axes.
+* vmap: `jax.jit(jax.vmap(f))`, for maps that reduce or index along the row's own axes (for a
+  NumPy-written `f`: its proxied form under `jax.enable_x64`).
 * eager: `jax.vmap(f)` op by op, as the per-row calls run `jnp` functions (XLA fuses a jitted
   reduction differently, so jit(vmap(f)) of a row norm differs in the last bit).
 
@@ -26,19 +29,18 @@ print) also happen while `map()` traces and probes `f`, as in tf.data, which tra
 
 from __future__ import annotations
 
-import collections
-import itertools
+import contextlib
 import re
 import threading
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
 
 from batchfit.data._base import _call, _stack
+from batchfit.data._numpy_trace import numpy_traceable, x64
+from batchfit.data._workers import parallel_map, tuple_if_list
 from batchfit.data.arrays import read_rows, release_pages
 
 __all__ = ["BatchedMap", "MappedRows", "batched_map", "fold", "parallel_map", "tuple_if_list", "FOLD_MAX_BYTES"]
@@ -47,40 +49,7 @@ FOLD_MAX_BYTES = 1 << 30          # fit's fused path maps all rows at once up to
 _PROBE_SIZES = (7, 11, 13)        # rows in a probe batch: one that is no axis length of the rows
 _RELEASE_BYTES = 64 << 20         # memmap bytes read between two releases of its pages
 _INT64_PARAM = re.compile(r"np\.int64\((-?\d+)\)")
-_TASK_S = 1e-3                    # a task of a parallel map runs about this long (a group of elements)
-
-
-def tuple_if_list(value):
-    """tf.data's rule for a map's result: a list is a tuple (of components), anything else stays."""
-    return tuple(value) if isinstance(value, list) else value
-
-
-def parallel_map(fn: Callable, elements, workers: int):
-    """`fn` of each element on `workers` threads, yielded in the input order (tf.data's deterministic map).
-
-    A task maps a group of elements sized to take about _TASK_S by the last group's speed: a task per
-    element costs more than a small `fn`, a large group would keep slow elements from running side by side.
-    """
-    per_element = [_TASK_S]                 # seconds per element, from the last finished group
-
-    def run(group):
-        start = time.perf_counter()
-        out = [tuple_if_list(_call(fn, e)) for e in group]
-        per_element[0] = max(1e-7, (time.perf_counter() - start) / len(group))
-        return out
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="batchfit-map") as pool:
-        pending = collections.deque()
-        try:
-            while group := list(itertools.islice(elements, max(1, min(64, round(_TASK_S / per_element[0]))))):
-                pending.append(pool.submit(run, group))
-                if len(pending) >= 2 * workers:
-                    yield from pending.popleft().result()
-            while pending:
-                yield from pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+_RANDOM = (np.random.Generator, np.random.RandomState)
 
 
 class BatchedMap(NamedTuple):
@@ -93,38 +62,61 @@ class BatchedMap(NamedTuple):
 
 
 def batched_map(fn: Callable, rows) -> BatchedMap | None:
-    """The batched form of `fn` over `rows` (a rows object: `_leaves` [N, ...], `_treedef`), or None: per row."""
+    """The batched form of `fn` over `rows` (a rows object: `_leaves` [N, ...], `_treedef`), or None: per row.
+
+    `fn` is traced as it is; when JAX cannot trace it, or none of its forms is exact, it is traced again
+    with NumPy proxies (_numpy_trace): NumPy calls run as `jnp` calls, in 64 bits as NumPy computes."""
     leaves, treedef = list(rows._leaves), rows._treedef
-    n = leaves[0].shape[0]
-    if n == 0:
+    if leaves[0].shape[0] == 0:
         return None
-
     call = _caller(fn, treedef, len(leaves))
-
-    size = next((s for s in _PROBE_SIZES if s not in {d for leaf in leaves for d in leaf.shape[1:]}), 17)
-    row_specs = [jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype) for leaf in leaves]
-    batch_specs = [jax.ShapeDtypeStruct((size, *leaf.shape[1:]), leaf.dtype) for leaf in leaves]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # float64 rows traced as float32 when x64 is off; probes
         objects = _visible(fn)
         before = _snapshot(objects)
-        try:
-            first, second = (jax.make_jaxpr(call)(*row_specs) for _ in range(2))
-            pure = _same_jaxpr(first, second) and not _changed(objects, before)
-        except Exception:                        # anything that does not trace runs per row
-            pure = False
-        if not pure:
+        for traced, context in ((call, contextlib.nullcontext), (numpy_traceable(call), x64)):
+            plan = _batched_form(call, traced, context, leaves, (objects, before))
+            if plan != "fails":
+                _restore(objects, before)     # only what a trace or a probe changed: nothing, if pure
+                return plan if isinstance(plan, BatchedMap) else None
             _restore(objects, before)
-            return None
-        forms = [("numpy", _numpy_form(call))] if _same_on_a_batch(call, batch_specs) else []
-        forms += [("vmap", _vmap_form(call, jax.jit)), ("eager", _vmap_form(call, lambda g: g))]
-        probes = _probes(leaves, row_specs, size)
-        for form, apply in forms:          # made-up rows may warn (a log of -1): not the user's data
-            result = _matches(call, apply, probes)
-            if result is not None:
-                out_leaves, out_treedef = jax.tree.flatten(result)
-                return BatchedMap(apply, form, out_treedef, tuple((a.shape[1:], a.dtype) for a in out_leaves))
     return None
+
+
+def _batched_form(call, traced, context, leaves, seen) -> BatchedMap | str:
+    """The first exact form of `call` with `traced` (its traceable version, run in `context`) as the jax
+    function; "impure" when the traces show a side effect, "fails" when it does not trace or no form fits."""
+    size = next((s for s in _PROBE_SIZES if s not in {d for leaf in leaves for d in leaf.shape[1:]}), 17)
+    row_specs = [jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype) for leaf in leaves]
+    batch_specs = [jax.ShapeDtypeStruct((size, *leaf.shape[1:]), leaf.dtype) for leaf in leaves]
+    with context():
+        status = _purity(traced, row_specs, *seen)
+        if status != "pure":
+            return status
+        same = _same_on_a_batch(traced, batch_specs)
+    forms = [("numpy", _numpy_form(call))] if same else []
+    forms += [("vmap", _vmap_form(traced, jax.jit, context)), ("eager", _vmap_form(traced, _eager, context))]
+    probes = _probes(leaves, row_specs, size)
+    for form, apply in forms:          # made-up rows may warn (a log of -1): not the user's data
+        result = _matches(call, apply, probes)
+        if result is not None:
+            out_leaves, out_treedef = jax.tree.flatten(result)
+            return BatchedMap(apply, form, out_treedef, tuple((a.shape[1:], a.dtype) for a in out_leaves))
+    return "fails"
+
+
+def _purity(traced, row_specs, objects, before) -> str:
+    """"pure" when `traced` traces twice to the same computation and changes no visible container,
+    "impure" when it traces but is not pure, "fails" when it does not trace."""
+    try:
+        first, second = (jax.make_jaxpr(traced)(*row_specs) for _ in range(2))
+    except Exception:                        # anything that does not trace runs per row
+        return "fails"
+    return "pure" if _same_jaxpr(first, second) and not _changed(objects, before) else "impure"
+
+
+def _eager(function):
+    return function
 
 
 def _caller(fn, treedef, num_leaves: int) -> Callable:
@@ -160,11 +152,12 @@ def _numpy_form(call):
     return apply
 
 
-def _vmap_form(call, compile):
+def _vmap_form(call, compile, context):
     mapped = compile(jax.vmap(call))
 
     def apply(leaves):
-        return jax.tree.map(np.asarray, mapped(*leaves))
+        with context():                    # per call: JAX's x64 switch is per thread
+            return jax.tree.map(np.asarray, mapped(*leaves))
     return apply
 
 
@@ -220,15 +213,17 @@ def _same_jaxpr(a, b) -> bool:
 
 
 def _visible(fn) -> list:
-    """The containers a side effect of `fn` could change that we can see: the lists, dicts, sets and deques in
-    its closure and in the globals it names, and the attributes of its `self` (or of `fn` itself, an object)."""
+    """The containers a side effect of `fn` could change that we can see: the lists, dicts, sets, deques and
+    NumPy random generators in its closure and in the globals it names, the attributes of its `self` (or of
+    `fn` itself, an object), and NumPy's global random state."""
     objects = [cell.cell_contents for cell in getattr(fn, "__closure__", None) or () if _has_contents(cell)]
     code, names = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
     objects += [names[name] for name in (code.co_names if code else ()) if name in names]
     owner = getattr(fn, "__self__", None) if hasattr(fn, "__code__") or hasattr(fn, "__func__") else fn
     if owner is not None and hasattr(owner, "__dict__"):
         objects.append(vars(owner))
-    return [o for o in objects if isinstance(o, (list, dict, set)) or type(o).__name__ == "deque"]
+    objects.append(np.random.mtrand._rand)           # the state behind np.random.normal & co.
+    return [o for o in objects if isinstance(o, (list, dict, set, *_RANDOM)) or type(o).__name__ == "deque"]
 
 
 def _has_contents(cell) -> bool:
@@ -240,12 +235,32 @@ def _has_contents(cell) -> bool:
 
 
 def _snapshot(objects: list) -> list:
-    return [dict(o) if isinstance(o, dict) else set(o) if isinstance(o, set) else list(o) for o in objects]
+    return [_random_state(o) if isinstance(o, _RANDOM) else dict(o) if isinstance(o, dict) else
+            set(o) if isinstance(o, set) else list(o) for o in objects]
+
+
+def _random_state(generator) -> dict:
+    if isinstance(generator, np.random.Generator):
+        return generator.bit_generator.state
+    return generator.get_state(legacy=False)
+
+
+def _same_state(a, b) -> bool:
+    """Whether two random states (dicts of ints, strings and arrays) are equal."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
 
 
 def _changed(objects: list, snapshots: list) -> bool:
     """Whether any container holds other items (by identity) than in its snapshot."""
     for o, before in zip(objects, snapshots):
+        if isinstance(o, _RANDOM):
+            if not _same_state(_random_state(o), before):
+                return True
+            continue
         if len(o) != len(before):
             return True
         if isinstance(o, dict):
@@ -262,7 +277,13 @@ def _changed(objects: list, snapshots: list) -> bool:
 def _restore(objects: list, snapshots: list) -> None:
     """Put back what tracing changed, so that the per-row calls that follow see the state they would have."""
     for o, before in zip(objects, snapshots):
-        if isinstance(o, (dict, set)):
+        if not _changed([o], [before]):         # untouched: left alone (another thread may be drawing from it)
+            continue
+        if isinstance(o, np.random.Generator):
+            o.bit_generator.state = before
+        elif isinstance(o, np.random.RandomState):
+            o.set_state(before)
+        elif isinstance(o, (dict, set)):
             o.clear()
             o.update(before)
         else:

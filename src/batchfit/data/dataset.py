@@ -21,6 +21,7 @@ Differences from tf.data, on purpose:
   engine's own chunk prefetch replaces a trailing `prefetch`.
 * `map(f)` on rows of arrays traces `f` when `map()` is called, as tf.data does, and runs it on whole
   batches when that gives the per-row results bit for bit (see `_map.py`); otherwise per row.
+  A NumPy-written `f` (`np.where`, `np.clip`, ufuncs, indexing) is traced too, with NumPy's types.
   `num_parallel_calls` runs a per-row `f` on threads and always keeps the input order.
 * `cache()` keeps elements in memory; `cache(filename)` with a file is not supported.
 * `prefetch(0)` is refused (tf.data takes it as no prefetch): leave the prefetch out instead.
