@@ -246,19 +246,30 @@ class EpochsRun(bf.callbacks.Callback):
 
 
 def checkpoints(x, y, vx, folder) -> dict:
-    """In both processes: one epoch with BackupAndRestore kept, then a fresh model's two-epoch fit that resumes
-    from it; model.save of the result from process 0, and bf.load_model of it in both processes."""
+    """In both processes: one epoch with BackupAndRestore kept and two ModelCheckpoints (process 0 writes their
+    files; both read them back), then a fresh model's two-epoch fit that resumes from the backup; model.save of
+    the result from process 0, and bf.load_model of it in both processes."""
     from jax.experimental import multihost_utils
     backup = bf.callbacks.BackupAndRestore(os.path.join(folder, "backup"), delete_checkpoint=False)
-    make_model().fit(x, y, callbacks=[backup], **{**HOSTS_FIT, "epochs": 1})
+    weights_file, model_file = os.path.join(folder, "last.weights.h5"), os.path.join(folder, "last.keras")
+    savers = [bf.callbacks.ModelCheckpoint(weights_file, save_weights_only=True),
+              bf.callbacks.ModelCheckpoint(model_file, save_freq=3)]       # batches 3 and 6 of the 6
+    first = make_model()
+    first.fit(x, y, callbacks=[backup, *savers], **{**HOSTS_FIT, "epochs": 1})
+    multihost_utils.sync_global_devices("checkpointed")                     # process 0 wrote both files
+    reread = make_model()
+    reread.load_weights(weights_file)
+    saved = {"trained_weights": [w.tolist() for w in first.get_weights()],
+             "model_checkpoint_weights": [w.tolist() for w in reread.get_weights()],
+             "model_checkpoint_keras": [w.tolist() for w in bf.load_model(model_file).get_weights()]}
     model, epochs = make_model(), EpochsRun()
     history = model.fit(x, y, callbacks=[bf.callbacks.BackupAndRestore(os.path.join(folder, "backup")), epochs],
                         **HOSTS_FIT)
     model.save(os.path.join(folder, "model.keras"))       # every process calls it; process 0 writes
     multihost_utils.sync_global_devices("saved")          # process 1 reads what process 0 has written
     loaded = bf.load_model(os.path.join(folder, "model.keras"))
-    return {"resumed_history": history.history, "resumed_epochs_run": epochs.run, "resumed_weights": [w.tolist() for w in model.get_weights()],
-            "loaded_weights": [w.tolist() for w in loaded.get_weights()],
+    return {**saved, "resumed_history": history.history, "resumed_epochs_run": epochs.run,
+            "resumed_weights": [w.tolist() for w in model.get_weights()], "loaded_weights": [w.tolist() for w in loaded.get_weights()],
             "loaded_predict": np.asarray(loaded.predict_on_batch(vx)).tolist()}
 
 

@@ -283,7 +283,9 @@ def _one_process_reference(shares, batch_size) -> dict:
 
 def _check_checkpoints(result, want, predicted, bound):
     """BackupAndRestore and model.save in both processes: a fit of 2 epochs resumed after the first (it runs
-    only epoch 1) ends as the uninterrupted run; the model process 0 saved loads in both processes."""
+    only epoch 1) ends as the uninterrupted run; the model process 0 saved loads in both processes; the
+    files two ModelCheckpoints (weights at the epoch's end, the .keras model every 3 batches) wrote in the
+    first epoch hold its final weights in both processes."""
     assert result["resumed_epochs_run"] == [1]
     for name in ("loss", "mae"):
         _close(want["history"].history[name], result["resumed_history"][name], bound)
@@ -292,6 +294,9 @@ def _check_checkpoints(result, want, predicted, bound):
     for a, b in zip(result["resumed_weights"], result["loaded_weights"], strict=True):
         np.testing.assert_array_equal(a, b)
     _close(predicted, result["loaded_predict"], bound)
+    for saved in ("model_checkpoint_weights", "model_checkpoint_keras"):    # ModelCheckpoint: process 0 wrote
+        for a, b in zip(result["trained_weights"], result[saved], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=saved)
 
 
 @pytest.mark.skipif("arrays.to_device" not in inspect.getsource(source.ArraySource.data),
