@@ -1,7 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("BATCHFIT_COMPILATION_CACHE", "0")
+# One compilation cache for the whole run (the xdist workers and the subprocesses of the tests inherit
+# the directory), in a folder of its own that the run removes: many tests compile the same programs,
+# and a hit skips XLA. The user's ~/.cache is left alone.
+if "BATCHFIT_CACHE_DIR" not in os.environ:
+    os.environ["BATCHFIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="batchfit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BATCHFIT_CACHE_DIR"], True)
+os.environ.setdefault("BATCHFIT_COMPILATION_CACHE", "1")
 
 import random
 

@@ -37,7 +37,7 @@ def test_import_does_not_pull_optional_libraries():
 def _after_import(code: str, env: dict | None = None) -> str:
     import os
     full_env = {**os.environ, **(env or {})}
-    full_env.pop("BATCHFIT_COMPILATION_CACHE", None)       # conftest switches it off for the tests
+    full_env.pop("BATCHFIT_COMPILATION_CACHE", None)       # as a user has it: unset
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env=full_env).stdout.split()
 
