@@ -3,6 +3,7 @@ a hand-written JAX floor and Keras 3 in the same run.
 
     python benchmarks/convnet.py [--quick] [--repeats R] [--out DIR]     # measure, write DIR/convnet.json
     python benchmarks/convnet.py --section [DIR/convnet.json]           # print its RESULTS.md section
+    python benchmarks/convnet.py --profile [--repeats R] [--out DIR]   # ms per piece, DIR/convnet_profile.json
 
 Model: Conv2D(32, 3x3, relu) -> MaxPooling2D(2) -> Conv2D(64, 3x3, relu) -> MaxPooling2D(2) -> Flatten ->
 Dropout(0.5) -> Dense(10, softmax), categorical crossentropy, Adam, batch 128, 28x28x1 inputs (random
@@ -11,13 +12,18 @@ data of MNIST's shape, the same in every system). Systems:
 * batchfit `fit` with steps_per_execution "auto", 1, and the whole epoch in one compiled loop ("loop");
   batchfit `train_on_batch` over the same batches;
 * the same arithmetic by hand in JAX (Keras's Adam, the crossentropy from the logits, dropout), from
-  batchfit's initial weights: one `jit(step)` per batch, and one `jit(lax.scan)` per epoch;
+  batchfit's initial weights: one `jit(step)` per batch, one `jit(lax.scan)` per epoch, that scan of
+  batchfit's loop_safe(step), and that again with batchfit's block_max pooling;
 * Keras 3 on JAX (in this process), and Keras 3 on TensorFlow in a subprocess when TensorFlow is
   importable (it is skipped, and the JSON says so, when it is not).
 
 Every repeat times one epoch of each in-process system, in an order that rotates (the machine is
 shared and noisy); the figures are medians in ms per step and ratios of medians. Nothing is
 asserted about time.
+
+--profile times each piece of the training step alone, in a compiled loop of 8 (a lax.scan of
+loop_safe(piece), every input shifted by the carry so that nothing is hoisted out of the loop, every
+output summed into it), the old and the new form of each rewritten piece side by side.
 """
 
 from __future__ import annotations
@@ -69,31 +75,34 @@ def keras_model(keras):
 # ----- the hand-written JAX floor -----------------------------------------------------------
 
 def floor_functions():
-    """(step, epoch, safe_epoch): jit(step) of one batch, jit(lax.scan(step)) of an epoch, and the same scan of
-    batchfit's loop_safe(step) (its convolutions in XLA:CPU's canonical layout), state donated."""
+    """(step, epoch, safe_epoch, block_epoch): jit(step) of one batch, jit(lax.scan(step)) of an epoch, the same
+    scan of batchfit's loop_safe(step) (its convolutions rewritten for XLA:CPU), and that scan with max pooling
+    as batchfit's block_max instead of reduce_window; state donated."""
     import jax
     import jax.numpy as jnp
     from jax import lax
     from batchfit.engine.driver import loop_safe
+    from batchfit.layers.pooling import block_max
     sys.path.insert(0, HERE)
     from baselines import _keras_adam
 
-    def forward(params, x, key):
+    def forward(params, x, key, blocks=False):
         h = x
         for kernel, bias in params["convs"]:
             h = jax.nn.relu(lax.conv_general_dilated(h, kernel, (1, 1), "VALID",
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias)
-            h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+            h = (block_max(h, (2, 2)) if blocks
+                 else lax.reduce_window(h, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"))
         h = h.reshape(h.shape[0], -1)
         h = jnp.where(jax.random.bernoulli(key, 0.5, h.shape), h / 0.5, 0.0)
         return h @ params["dense"][0] + params["dense"][1]
 
-    def step(state, batch):
+    def step(state, batch, blocks=False):
         x, y = batch
         key = jax.random.fold_in(jax.random.PRNGKey(1), state["count"])
 
         def objective(params):
-            return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(forward(params, x, key)), axis=-1))
+            return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(forward(params, x, key, blocks)), axis=-1))
 
         loss, grads = jax.value_and_grad(objective)(state["params"])
         return _keras_adam(grads, state), loss
@@ -104,7 +113,10 @@ def floor_functions():
     def safe_epoch(state, xs, ys):
         return lax.scan(loop_safe(step), state, (xs, ys))
 
-    return tuple(jax.jit(f, donate_argnums=(0,)) for f in (step, epoch, safe_epoch))
+    def block_epoch(state, xs, ys):
+        return lax.scan(loop_safe(lambda state, batch: step(state, batch, True)), state, (xs, ys))
+
+    return tuple(jax.jit(f, donate_argnums=(0,)) for f in (step, epoch, safe_epoch, block_epoch))
 
 
 def floor_state(weights):
@@ -121,6 +133,17 @@ def _timed(run):
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
+
+
+def _interleaved(systems: dict, repeats: int, log: bool = False) -> dict:
+    """name -> seconds of each of `repeats` runs, the order of the systems rotating every repeat."""
+    times, names = {name: [] for name in systems}, list(systems)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(_timed(systems[name]))
+        if log:
+            print(json.dumps({k: round(v[-1], 4) for k, v in times.items()}), flush=True)
+    return times
 
 
 def batchfit_systems(x, y, choice_log: list) -> dict:
@@ -157,10 +180,10 @@ class _ListHandler(logging.Handler):
 
 def floor_systems(x, y, weights) -> dict:
     import jax
-    step, epoch, safe_epoch = floor_functions()
+    step, epoch, safe_epoch, block_epoch = floor_functions()
     nb = len(x) // BATCH
     xs, ys = (jax.device_put(a[:nb * BATCH].reshape(nb, BATCH, *a.shape[1:])) for a in (x, y))
-    holder = {"step": floor_state(weights), "scan": floor_state(weights), "safe": floor_state(weights)}
+    holder = {name: floor_state(weights) for name in ("step", "scan", "safe", "block")}
 
     def per_batch():
         state = holder["step"]
@@ -174,7 +197,8 @@ def floor_systems(x, y, weights) -> dict:
             jax.block_until_ready(losses)
         return run
     return {"jax jit(step)": per_batch, "jax jit(lax.scan)": per_epoch("scan", epoch),
-            "jax jit(lax.scan(loop_safe))": per_epoch("safe", safe_epoch)}
+            "jax jit(lax.scan(loop_safe))": per_epoch("safe", safe_epoch),
+            "jax jit(lax.scan(loop_safe)), block_max pooling": per_epoch("block", block_epoch)}
 
 
 def keras_jax_system(x, y) -> dict:
@@ -210,6 +234,85 @@ def _worker_tf(n: int, repeats: int) -> None:
     print(json.dumps({"times": times}))
 
 
+# ----- the profile: each piece of the step alone, in a compiled loop ---------------------------
+
+PROFILE_STEPS = 8
+
+
+def profile_pieces() -> dict:
+    """name -> (piece(*arrays) -> array or pytree, arrays, whether driver.loop_safe may use a matmul)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    from batchfit.layers.pooling import block_max
+    sys.path.insert(0, HERE)
+    from baselines import _keras_adam
+    r = lambda *shape, rng=np.random.default_rng(0): rng.standard_normal(shape, dtype=np.float32)
+    conv = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kernel_grad = lambda x, g, k: jax.vjp(lambda k: conv(x, k), k)[1](g)[0]
+    input_grad = lambda x, g, k: jax.vjp(lambda x: conv(x, k), x)[1](g)[0]
+    reduce_window = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    pool = lambda fn: (lambda x, g: jax.vjp(fn, x)[1](g)[0])
+    blocks = lambda x: block_max(x, (2, 2))
+
+    def head(h, kernel, bias, y):       # dropout 0.5, dense 10, softmax crossentropy: loss and 3 gradients
+        def loss(h, kernel, bias):
+            h = jnp.where(jax.random.bernoulli(jax.random.PRNGKey(1), 0.5, h.shape), h / 0.5, 0.0)
+            return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(h @ kernel + bias), axis=-1))
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(h, kernel, bias)
+
+    params = [r(3, 3, 1, 32), r(32), r(3, 3, 32, 64), r(64), r(1600, 10), r(10)]
+    adam = lambda *a: _keras_adam(a[:6], {"params": a[6:12], "m": a[12:18], "v": a[18:], "count": jnp.int32(0)})
+    x1, g1, x2, g2, p2 = r(128, 28, 28, 1), r(128, 26, 26, 32), r(128, 13, 13, 32), r(128, 11, 11, 64), r(128, 5, 5, 64)
+    return {"conv 1 forward": (conv, (x1, params[0]), True),
+            "conv 1 kernel gradient, convolution": (kernel_grad, (x1, g1, params[0]), False),
+            "conv 1 kernel gradient, matmul": (kernel_grad, (x1, g1, params[0]), True),
+            "max pool 1 forward + gradient, reduce_window": (pool(reduce_window), (g1, x2), True),
+            "max pool 1 forward + gradient, block_max": (pool(blocks), (g1, x2), True),
+            "conv 2 forward": (conv, (x2, params[2]), True),
+            "conv 2 kernel gradient": (kernel_grad, (x2, g2, params[2]), True),
+            "conv 2 input gradient": (input_grad, (x2, g2, params[2]), True),
+            "max pool 2 forward + gradient, reduce_window": (pool(reduce_window), (g2, p2), True),
+            "max pool 2 forward + gradient, block_max": (pool(blocks), (g2, p2), True),
+            "dropout, dense, softmax crossentropy: forward + gradients": (head, (r(128, 1600), params[4], params[5],
+                                                                                 r(128, 10)), True),
+            "Keras Adam update": (adam, tuple(params) * 4, True)}
+
+
+def _profile_loop(piece, arrays, matmul: bool):
+    """jit of a lax.scan of PROFILE_STEPS calls of loop_safe(piece); compiled on the first call."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    from batchfit.engine import driver
+
+    def body(shift, _):             # every output summed: XLA computes all of it
+        out = piece(*(a + shift for a in arrays))
+        return shift + 1e-9 * sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out)), None
+    looped = jax.jit(lambda: lax.scan(driver.loop_safe(body), jnp.float32(0), None, length=PROFILE_STEPS)[0])
+    original, driver._by_matmul = driver._by_matmul, driver._by_matmul if matmul else (lambda eqn: False)
+    try:
+        jax.block_until_ready(looped())             # trace and compile with the rule chosen
+    finally:
+        driver._by_matmul = original
+    return lambda: jax.block_until_ready(looped())
+
+
+def profile(repeats: int) -> dict:
+    import jax
+    times = _interleaved({name: _profile_loop(*piece) for name, piece in profile_pieces().items()}, repeats)
+    ms = {name: round(1e3 * statistics.median(v) / PROFILE_STEPS, 2) for name, v in times.items()}
+    return {"ms_per_piece": ms, "repeats": repeats, "steps_per_loop": PROFILE_STEPS, "devices": str(jax.devices())}
+
+
+def profile_section(summary: dict) -> str:
+    lines = ["### Where a convnet step goes (each piece alone in a compiled loop)", "",
+             f"{summary['repeats']} interleaved repeats, medians, ms per call; {summary['devices']}.", "",
+             "| piece | ms |", "|---|---:|"]
+    lines += [f"| {name} | {value} |" for name, value in summary["ms_per_piece"].items()]
+    return "\n".join(lines) + "\n"
+
+
 # ----- measure, summarize, print the RESULTS.md section -------------------------------------
 
 def measure(n: int, repeats: int) -> dict:
@@ -221,12 +324,7 @@ def measure(n: int, repeats: int) -> dict:
     systems.update(floor_systems(x, y, weights))
     systems.update(keras_jax_system(x, y))
     compile_s = {name: round(_timed(run), 2) for name, run in systems.items()}     # first call compiles
-    times = {name: [] for name in systems}
-    names = list(systems)
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(_timed(systems[name]))
-        print(json.dumps({k: round(v[-1], 4) for k, v in times.items()}), flush=True)
+    times = _interleaved(systems, repeats, log=True)
     steps = {name: -(-n // BATCH) for name in systems}
     steps.update({name: n // BATCH for name in systems if name.startswith("jax ")})
     tf = keras_tensorflow(n, repeats)
@@ -271,10 +369,13 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--out", default=HERE, help="write convnet.json here (default: this folder)")
     parser.add_argument("--section", nargs="?", const=os.path.join(HERE, "convnet.json"), default=None,
                         help="print the RESULTS.md section of a convnet.json and exit")
+    parser.add_argument("--profile", action="store_true", help="time each piece of the step alone instead")
     parser.add_argument("--worker-tf", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_tf:
         return _worker_tf(*args.worker_tf)
+    if args.profile:
+        return _write(profile(args.repeats or 9), args.out, "convnet_profile.json", profile_section)
     if args.section:
         with open(args.section) as f:
             print(section(json.load(f)))
@@ -282,10 +383,15 @@ def main(argv=None) -> dict | None:
     n, repeats = (8 * BATCH, 3) if args.quick else (16 * BATCH, args.repeats or 5)
     summary = measure(n, repeats)
     print(json.dumps({k: v for k, v in summary.items() if k != "times_s"}), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "convnet.json"), "w") as f:
+    return _write(summary, args.out, "convnet.json", section)
+
+
+def _write(summary: dict, folder: str, name: str, make_section) -> dict:
+    """Write summary as folder/name (JSON) and print its RESULTS.md section."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "w") as f:
         json.dump(summary, f, indent=1)
-    print(section(summary))
+    print(make_section(summary))
     return summary
 
 

@@ -9,9 +9,12 @@ gradient is `f01b_i01o->01bf`), so inside a loop they ran on XLA's naive convolu
 slower for the second kernel gradient of Keras's MNIST convnet, 4.4x for its whole training step.
 
 * `loop_safe(fn)` is that rewrite done before XLA sees the program: it evaluates fn's jaxpr with
-  every convolution put in the canonical layout by explicit transposes (on the CPU only). The
-  arithmetic is the same convolution (on the convnet, bitwise the numbers of the plain step at the
-  top level), and a loop of it runs as fast per step as one step per call.
+  every convolution put in the canonical layout by explicit transposes (on the CPU only), and the
+  kernel gradient of a layer with a one-channel input computed as one matmul over its patches (which
+  XLA:CPU's convolution kernels, splitting their work over a batch of 1, run slower). The canonical
+  convolution is the same arithmetic (bitwise the plain step's numbers); the matmul sums the same
+  products in another order (float32 rounding). A loop of the rewritten step runs as fast per step as
+  one step per call, and fit and train_on_batch both run it, so they agree bitwise.
 * `steps_per_execution(...)` is what "auto" fuses: the callbacks' and the data's limit, or one step
   per call where the model's program holds a primitive that still loses inside a loop on this
   backend (LOOP_LOSERS, less what the compiled steps rewrite). The choice is made from the program
@@ -21,7 +24,9 @@ slower for the second kernel gradient of Keras's MNIST convnet, 4.4x for its who
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import weakref
 from typing import NamedTuple
 
@@ -51,26 +56,79 @@ _SAID: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # predict_b
 
 # ----- loop_safe: every convolution in XLA:CPU's canonical layout ----------------------------------
 
-def _canonical_conv(eqn, lhs, rhs):
-    """The convolution of `eqn` on lhs / rhs, computed as transpose -> canonical convolution -> transpose.
-
-    Canonical (XLA:CPU's fast kernels): lhs [batch, spatial..., feature], rhs [spatial..., in, out],
-    out [batch, spatial..., feature]. Every other parameter (strides, padding, dilations, groups,
-    precision) is the eqn's own, so this is the same arithmetic in another memory order.
-    """
+def _canonical(eqn, lhs, rhs) -> tuple:
+    """lhs, rhs of a convolution `eqn` transposed to XLA:CPU's canonical layout: lhs [batch, spatial..., feature],
+    rhs [spatial..., in, out]; and the canonical dimension numbers."""
     spec, n = eqn.params["dimension_numbers"], lhs.ndim
     lhs = jnp.transpose(lhs, (spec.lhs_spec[0], *spec.lhs_spec[2:], spec.lhs_spec[1]))
     rhs = jnp.transpose(rhs, (*spec.rhs_spec[2:], spec.rhs_spec[1], spec.rhs_spec[0]))
     spatial = tuple(range(1, n - 1))
-    canonical = lax.ConvDimensionNumbers((0, n - 1, *spatial), (n - 1, n - 2, *range(n - 2)), (0, n - 1, *spatial))
-    out = eqn.primitive.bind(lhs, rhs, **{**eqn.params, "dimension_numbers": canonical})
-    out_spec = spec.out_spec                        # original axis out_spec[k] <- canonical axis:
+    return lhs, rhs, lax.ConvDimensionNumbers((0, n - 1, *spatial), (n - 1, n - 2, *range(n - 2)), (0, n - 1, *spatial))
+
+
+def _from_canonical(eqn, out):
+    """A canonical output [batch, spatial..., feature] in the layout of `eqn`'s out_spec."""
+    out_spec, n = eqn.params["dimension_numbers"].out_spec, out.ndim
     source = {out_spec[0]: 0, out_spec[1]: n - 1, **{out_spec[2 + i]: 1 + i for i in range(n - 2)}}
     return jnp.transpose(out, tuple(source[axis] for axis in range(n)))
 
 
+def _canonical_conv(eqn, lhs, rhs):
+    """The convolution of `eqn` on lhs / rhs, computed as transpose -> canonical convolution -> transpose.
+
+    Every parameter but the layout (strides, padding, dilations, groups, precision) is the eqn's own,
+    so this is the same arithmetic in another memory order.
+    """
+    lhs, rhs, canonical = _canonical(eqn, lhs, rhs)
+    return _from_canonical(eqn, eqn.primitive.bind(lhs, rhs, **{**eqn.params, "dimension_numbers": canonical}))
+
+
+def _by_matmul(eqn) -> bool:
+    """Whether `eqn` (a convolution) is the case _matmul_conv computes: a plain sliding window (stride,
+    dilations and groups 1, no negative padding) over a batch of one, with fewer output positions than window
+    taps. That is the kernel gradient of a layer whose input has one channel (a first layer on grey images):
+    XLA:CPU's convolution kernels split their work over the batch and the output positions, here 1 and a few."""
+    params, rhs, out = eqn.params, eqn.invars[1].aval, eqn.outvars[0].aval
+    spec = params["dimension_numbers"]
+    plain = (all(v == 1 for v in (*params["window_strides"], *params["lhs_dilation"], *params["rhs_dilation"]))
+             and params["feature_group_count"] == params["batch_group_count"] == 1
+             and all(p >= 0 for pair in params["padding"] for p in pair))
+    positions = math.prod(out.shape[d] for d in spec.out_spec[2:])
+    return (plain and out.shape[spec.out_spec[0]] == 1
+            and positions < math.prod(rhs.shape[d] for d in spec.rhs_spec[2:]))
+
+
+def _matmul_conv(eqn, lhs, rhs):
+    """A plain convolution (_by_matmul) as one matmul over its patches: out[o, n, f] = sum over (c, k) of
+    lhs[c, o + k, n] * rhs[c, k, f], the patches [c, k..., o, n] gathered by one slice per output position o.
+
+    The products are the same as the convolution's; their sums run in another order (float32 rounding).
+    lhs goes to [feature, spatial..., batch] and rhs to [in, spatial..., out]: for the kernel gradient of a
+    channels-last layer these are the layouts its input and its output's gradient already have.
+    """
+    spec = eqn.params["dimension_numbers"]
+    lhs = jnp.transpose(lhs, (spec.lhs_spec[1], *spec.lhs_spec[2:], spec.lhs_spec[0]))     # [C, S..., N]
+    rhs = jnp.transpose(rhs, (spec.rhs_spec[1], *spec.rhs_spec[2:], spec.rhs_spec[0]))     # [C, K..., F]
+    lhs = jnp.pad(lhs, ((0, 0), *eqn.params["padding"], (0, 0)))
+    window = rhs.shape[1:-1]
+    outputs = [s - k + 1 for s, k in zip(lhs.shape[1:-1], window)]
+    patches = jnp.stack([lhs[(slice(None), *(slice(o, o + k) for o, k in zip(position, window)))]
+                         for position in itertools.product(*map(range, outputs))], axis=-2)   # [C, K..., O, N]
+    out = lax.dot_general(patches.reshape(math.prod(rhs.shape[:-1]), -1), rhs.reshape(-1, rhs.shape[-1]),
+                          (((0,), (0,)), ((), ())), precision=eqn.params["precision"],
+                          preferred_element_type=eqn.params["preferred_element_type"])        # [O * N, F]
+    out = jnp.moveaxis(out.reshape(*outputs, lhs.shape[-1], rhs.shape[-1]), -2, 0)           # [N, O..., F]
+    return _from_canonical(eqn, out.astype(eqn.outvars[0].aval.dtype))
+
+
+def _rewrite_conv(eqn, lhs, rhs):
+    """The convolution of `eqn` in a form XLA:CPU runs fast, in a loop body too: one matmul over its patches
+    where _by_matmul says so, else the canonical convolution."""
+    return (_matmul_conv if _by_matmul(eqn) else _canonical_conv)(eqn, lhs, rhs)
+
+
 def _evaluate(jaxpr, consts, args) -> list:
-    """jax.core.eval_jaxpr with every convolution canonical (_canonical_conv), calls to jitted functions
+    """jax.core.eval_jaxpr with every convolution rewritten (_rewrite_conv), calls to jitted functions
     that hold one evaluated inline; every other equation is bound as it is."""
     env = {}
     read = lambda v: v.val if isinstance(v, jax_core.Literal) else env[v]
@@ -80,7 +138,7 @@ def _evaluate(jaxpr, consts, args) -> list:
         values = [read(v) for v in eqn.invars]
         inner = eqn.params.get("jaxpr")
         if eqn.primitive.name == _CONV:
-            outs = [_canonical_conv(eqn, *values)]
+            outs = [_rewrite_conv(eqn, *values)]
         elif eqn.primitive.name in _CALLS and isinstance(inner, jax_core.ClosedJaxpr) and _CONV in primitives(inner):
             outs = _evaluate(inner.jaxpr, inner.consts, values)
         else:
@@ -92,13 +150,15 @@ def _evaluate(jaxpr, consts, args) -> list:
 
 
 def loop_safe(fn, platform: str | None = None):
-    """`fn` (arrays in, arrays out, traced under jit) with its convolutions in the layout XLA:CPU runs fast
-    in a loop body too; `fn` itself on other backends (`platform`: default, jax.default_backend()).
+    """`fn` (arrays in, arrays out, traced under jit) with its convolutions in forms XLA:CPU runs fast
+    in a loop body too (_rewrite_conv); `fn` itself on other backends (`platform`: default,
+    jax.default_backend()).
 
     The convolutions of fn's own code and of the jitted functions it calls are rewritten; those inside
-    its own control flow (a scan, cond or remat in the model) are left as they are. On Keras's convnet
-    the result is bitwise that of fn at the top level of a program, in a `lax.scan` as well
-    (tests/test_driver.py; benchmarks/convnet.py).
+    its own control flow (a scan, cond or remat in the model) are left as they are. In a `lax.scan` the
+    result is bitwise that of loop_safe(fn) at the top level of a program; it is bitwise fn's own where
+    no input has one channel, else within float32 rounding (tests/test_driver.py,
+    tests/test_convnet_fast.py; benchmarks/convnet.py).
     """
     rewrites = LOOP_SAFE_PLATFORMS.get(platform or jax.default_backend(), frozenset())
     if _CONV not in rewrites:

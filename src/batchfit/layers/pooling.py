@@ -2,10 +2,21 @@
 
 Windows run as jax.lax.reduce_window at shapes fixed when the layer is built. An average with
 padding="same" divides each window's sum by the number of real (unpadded) entries in it, as Keras.
+
+A max pooling whose windows tile the input (strides == pool_size, padding "valid": Keras's default)
+runs as `block_max` instead: a reshape into windows and a maximum over each, whose gradient is an
+elementwise mask. The gradient of reduce_window's maximum is XLA's select_and_scatter, which XLA:CPU
+expands into an index array per axis, a variadic reduce_window and a scatter: on Keras's MNIST convnet
+that was the largest cost of the training step (benchmarks/RESULTS.md). The numbers are the same:
+the maximum is exact, and the gradient goes to the first maximum of each window in row-major order,
+the element select_and_scatter picks (ties, such as windows of zeros after a ReLU, included). A window
+holding a NaN passes no gradient (select_and_scatter passes it to one element; the loss is NaN either way).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import jax
@@ -21,6 +32,48 @@ __all__ = ["MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D
            "AvgPool1D", "AvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D", "GlobalAvgPool1D", "GlobalAvgPool2D"]
 
 
+def _blocks(x, pool: tuple):
+    """x [B, *spatial, C] cut into the windows `pool` that tile it (the remainder of each axis dropped):
+    [B, o1, p1, o2, p2, ..., C], with o the output sizes and p the window's."""
+    outputs = [n // p for n, p in zip(x.shape[1:-1], pool)]
+    x = x[(slice(None), *(slice(0, o * p) for o, p in zip(outputs, pool)))]
+    return x.reshape(x.shape[0], *itertools.chain(*zip(outputs, pool)), x.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def block_max(x, pool: tuple):
+    """Max pooling of x [B, *spatial, C] with windows `pool` that tile it (strides = pool, padding "valid"):
+    [B, *spatial // pool, C], as reduce_window's maximum, and with its gradient (see the module docstring).
+
+    The maximum is a reduction (not an elementwise maximum of the window's elements), so XLA computes the
+    pooled array once; as a cheap elementwise op it would recompute it in each of its consumers."""
+    return jnp.max(_blocks(x, pool), axis=tuple(range(2, 2 * len(pool) + 1, 2)))
+
+
+def _block_max_forward(x, pool):
+    out = block_max(x, pool)
+    return out, (x, out)
+
+
+def _block_max_backward(pool, residuals, gradient):
+    """The gradient [B, *spatial, C]: each window's `gradient` on its first maximum (row-major), zero elsewhere."""
+    x, out = residuals
+    blocks, parts, found, zero = _blocks(x, pool), [], None, jnp.zeros((), gradient.dtype)
+    for position in itertools.product(*(range(p) for p in pool)):      # row-major: the first maximum wins
+        element = blocks[(slice(None), *itertools.chain(*((slice(None), i) for i in position)))]
+        hit = element == out
+        parts.append(jnp.where(hit if found is None else hit & ~found, gradient, zero))
+        found = hit if found is None else found | hit
+    for axis in reversed(range(len(pool))):   # [B, o1, .., C] per position -> [B, o1, p1, o2, p2, .., C]
+        parts = [jnp.stack(parts[i:i + pool[axis]], axis=2 + axis) for i in range(0, len(parts), pool[axis])]
+    tiled = parts[0].reshape(x.shape[0], *(o * p for o, p in zip(out.shape[1:-1], pool)), x.shape[-1])
+    rest = [(0, n - t) for n, t in zip(x.shape, tiled.shape)]
+    return (jnp.pad(tiled, rest),)
+
+
+block_max.defvjp(_block_max_forward, _block_max_backward)
+
+
 class PoolModule(nnx.Module):
     """Built windowed pooling: [B, *spatial, C] -> [B, *spatial', C], the max or the mean of each window.
     A mask does not pass it, as Keras's."""
@@ -30,6 +83,7 @@ class PoolModule(nnx.Module):
     def __init__(self, reduce: str, pool_size: tuple, strides: tuple, padding: str, compute_dtype="float32"):
         self.reduce, self.padding = reduce, padding.upper()
         self.window, self.strides = (1, *pool_size, 1), (1, *strides, 1)
+        self.tiles = self.padding == "VALID" and tuple(pool_size) == tuple(strides)   # block_max applies
         self.compute_dtype = _jax_dtype(compute_dtype)
 
     def _sum(self, x, initial, operation):
@@ -39,6 +93,8 @@ class PoolModule(nnx.Module):
 
     def __call__(self, x):
         x = _autocast(x, self.compute_dtype)
+        if self.reduce == "max" and self.tiles:
+            return block_max(x, self.window[1:-1])
         if self.reduce == "max":
             return self._sum(x, -jnp.inf, jax.lax.max)
         total = self._sum(x, 0, jax.lax.add)
