@@ -1,18 +1,23 @@
 """What a checkpoint every 100 batches costs (issue 23): the second article's workload, one epoch per fit
 call, without callbacks and with ModelCheckpoint / BackupAndRestore saving every 100 batches.
 
-    python benchmarks/checkpoint_cost.py [--quick] [--repeats N] [--epochs E] [--out DIR]
+    python benchmarks/checkpoint_cost.py [--quick] [--repeats N] [--epochs E] [--where] [--out DIR]
 
 Model and data as benchmarks/workloads.py's seed2 (100,000 x 10, Dense(128, relu) -> Dense(1), MSE, Adam,
 batch 32: 3,125 batches, so 31 saves per epoch). Repeats alternate between the systems; the figure is each
 system's median epoch over the median without callbacks. Saves are written in the background and fit's end
 waits for the last one, so with one epoch per fit call that last write is inside the figure; `--epochs E`
-spreads it over E epochs (the epoch figure of a longer fit). Prints JSON lines; asserts nothing about time.
+spreads it over E epochs (the epoch figure of a longer fit). The order of the systems rotates from one
+repeat to the next, so that no system always runs after the same one (a fit can pay for the work its
+predecessor left running). `--where` adds two variants of each saving row, to show where its time goes:
+"write dropped" (the callback cuts, copies and captures at every save, but no file is written) and
+"no fsync" (written, with os.fsync a no-op). Prints JSON lines; asserts nothing about time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -58,6 +63,35 @@ def systems(folder: str) -> dict:
     }
 
 
+_SAVING = ("ModelCheckpoint(save_freq=100, weights)", "ModelCheckpoint(save_freq=100, .keras)",
+           "BackupAndRestore(save_freq=100)")
+
+
+def with_variants(made: dict) -> dict:
+    """`made` plus, for each saving row, the variants of `--where`: {name: (make callbacks, patch or None)}."""
+    from batchfit._async_writer import WRITER
+    rows = {name: (make, None) for name, make in made.items()}
+    for name in _SAVING:
+        rows[f"{name}, write dropped"] = (made[name], (WRITER, "submit", lambda *args, **kwargs: None))
+        rows[f"{name}, no fsync"] = (made[name], (os, "fsync", lambda fd: None))
+    return rows
+
+
+@contextlib.contextmanager
+def patched(patch):
+    """Within the block, `setattr(*patch)` (None: nothing changes)."""
+    if patch is None:
+        yield
+        return
+    owner, name, value = patch
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
+
+
 CHECKPOINT_HEADING = "## A checkpoint every 100 batches (issue 23)"
 
 
@@ -77,6 +111,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="20,000 samples, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None, help="alternating repeats (default 5; 3 with --quick)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per fit call (default 1); figures per epoch")
+    parser.add_argument("--where", action="store_true", help="add each saving row without its writes, and "
+                                                              "without fsync")
     parser.add_argument("--out", default=HERE, help="write checkpoint_cost.json here (default: this folder, which "
                                                      "also refreshes RESULTS.md's section)")
     args = parser.parse_args(argv)
@@ -87,18 +123,25 @@ def main(argv=None) -> dict:
     times = {}
     with tempfile.TemporaryDirectory() as folder:
         made = systems(folder)
-        for name, callbacks in made.items():          # first calls: compile every chunk shape
-            model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0, callbacks=callbacks())
+        rows = with_variants(made) if args.where else {name: (make, None) for name, make in made.items()}
+        names = list(rows)
+        for name, (callbacks, patch) in rows.items():          # first calls: compile every chunk shape
+            with patched(patch):
+                model.fit(x, y, batch_size=workload.batch_size, epochs=1, verbose=0, callbacks=callbacks())
             times[name] = []
-        for _ in range(repeats):
-            for name, callbacks in made.items():
-                start = time.perf_counter()
-                model.fit(x, y, batch_size=workload.batch_size, epochs=args.epochs, verbose=0, callbacks=callbacks())
-                times[name].append((time.perf_counter() - start) / args.epochs)
+        for repeat in range(repeats):
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                callbacks, patch = rows[name]
+                with patched(patch):
+                    start = time.perf_counter()
+                    model.fit(x, y, batch_size=workload.batch_size, epochs=args.epochs, verbose=0,
+                              callbacks=callbacks())
+                    times[name].append((time.perf_counter() - start) / args.epochs)
             print(json.dumps({k: round(v[-1], 4) for k, v in times.items()}), flush=True)
     medians = {k: statistics.median(v) for k, v in times.items()}
     base = medians["no callback"]
     summary = {"workload": workload.title, "samples": len(x), "repeats": repeats, "epochs": args.epochs,
+               "order": "rotated each repeat",
                "median_s": {k: round(v, 4) for k, v in medians.items()},
                "over_no_callback": {k: round(v / base, 3) for k, v in medians.items()},
                "round_ratio_median": {k: round(statistics.median(a / b for a, b in zip(v, times["no callback"])), 3)

@@ -3,12 +3,12 @@
     python tests/backup_child.py BACKUP_DIR OUT KILL [INPUT]
 
 KILL is "none", "batch:n" / "val:n" (SIGKILL at the n-th training / validation batch hook of
-this process), "file:n" (at the n-th file fsynced by a checkpoint write, before its rename) or
-"folder:n" (at the n-th fsync of a whole checkpoint folder: odd n before the rename, even n
-after it). The parent also kills it at random instants. INPUT is "arrays" (the default: NumPy
-arrays, shuffled by fit) or "grain" (a grain MapDataset, shuffled by grain, mapped and batched:
-a stream that resumes by skipping the batches of the epoch already run). When fit ends, OUT.npz
-holds every array of the training state and OUT.json the History, both written aside and renamed.
+this process), "file:n" (at the n-th fsync by a checkpoint write: odd n the file before its rename,
+even n the folder after it) or "folder:n" (at the n-th fsync of the folder, after a rename). The
+parent also kills it at random instants. INPUT is "arrays" (the default: NumPy arrays, shuffled by
+fit) or "grain" (a grain MapDataset, shuffled by grain, mapped and batched: a stream that resumes by
+skipping the batches of the epoch already run). When fit ends, OUT.npz holds every array of the
+training state and OUT.json the History, both written aside and renamed.
 """
 
 import json
@@ -94,8 +94,8 @@ class KillAt(bf.callbacks.Callback):
 
 
 def kill_in_writes(kind, n):
-    """SIGKILL at the n-th fsync of a file ("file") or of a folder ("folder") by a checkpoint write."""
-    name = {"file": "_fsync", "folder": "_fsync_folder"}[kind]
+    """SIGKILL at the n-th fsync of a file ("file") or of the folder ("folder") by a checkpoint write."""
+    name = {"file": "_fsync", "folder": "_fsync_directory"}[kind]
     original, count = getattr(checkpoint, name), [0]
 
     def counted(*args):

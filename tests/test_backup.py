@@ -1,6 +1,7 @@
 """BackupAndRestore and training checkpoints: Ctrl-C, SIGINT and SIGKILL, then a resume that ends bitwise
 where a run that was never stopped ends (weights, optimizer and RNG state, History)."""
 
+import io
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -152,30 +154,80 @@ def saved_backup(tmp_path_factory):
     return folder, model
 
 
-def _files(step_dir: Path, part: str) -> list:
-    return sorted((p for p in (step_dir / part).rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+def _rewrite_record(step: Path, edit) -> None:
+    """Rewrite the record of the checkpoint file `step` as `edit(record)` returns it (a valid zip, every other
+    member as it was): what a person editing the file by hand would leave."""
+    with zipfile.ZipFile(step) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    record = np.load(io.BytesIO(members["record.json.npy"]), allow_pickle=False).tobytes().decode()
+    edited = io.BytesIO()
+    np.save(edited, np.frombuffer(edit(json.loads(record)).encode(), np.uint8))
+    members["record.json.npy"] = edited.getvalue()
+    with zipfile.ZipFile(step, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
 
 
-@pytest.mark.parametrize("damage", ["bit_flip", "truncate", "record", "wrong_model"])
+def _object_array(step: Path) -> None:
+    """Replace the arrays by an array of Python objects (np.save pickles it)."""
+    with zipfile.ZipFile(step) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    members["arrays.npy"] = pickled.getvalue()
+    with zipfile.ZipFile(step, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _recheck(record: dict, **changes) -> str:
+    """The record with `changes` and its own SHA-256 recomputed (so that only the arrays' digests can tell)."""
+    import hashlib
+    record = {**record, **changes}
+    body = {k: v for k, v in record.items() if k != "check"}
+    record["check"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return json.dumps(record)
+
+
+def _as_int32(record: dict) -> str:
+    """The record saying that the first training array (float32) is int32, its digest recomputed."""
+    train = record["layout"]["train"]
+    assert train["00000"][0] == "float32"
+    return _recheck(record, layout={**record["layout"], "train": {**train, "00000": ["int32", *train["00000"][1:]]}})
+
+
+def _flip_in_data(step: Path) -> None:
+    """Flip one bit of the last byte of the largest array (header bytes such as a zip time stamp are not data)."""
+    with zipfile.ZipFile(step) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(step.read_bytes())
+    local = 30 + int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little") + \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")   # the local header
+    raw[info.header_offset + local + info.file_size - 1] ^= 0x10
+    step.write_bytes(bytes(raw))
+
+
+DAMAGES = {
+    "bit_flip": _flip_in_data,
+    "truncate": lambda step: step.write_bytes(step.read_bytes()[: step.stat().st_size // 2]),
+    "record": lambda step: _rewrite_record(step, lambda r: json.dumps({**r, "epoch": 1})),
+    "wrong_dtype": lambda step: _rewrite_record(step, _as_int32),
+    "object_array": _object_array,
+}
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "wrong_model"])
 def test_a_damaged_backup_is_refused_with_checkpoint_error_before_any_step(tmp_path, saved_backup, damage):
-    shutil.copytree(saved_backup[0] / "1", tmp_path / "1")        # the latest only: no fallback
-    model, step = saved_backup[1], tmp_path / "1"
-    if damage == "bit_flip":
-        data = _files(step, "state")[0]
-        raw = bytearray(data.read_bytes())
-        raw[len(raw) // 2] ^= 0x10
-        data.write_bytes(bytes(raw))
-    elif damage == "truncate":
-        data = _files(step, "state")[0]
-        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    elif damage == "record":
-        record = step / "meta" / "metadata"
-        record.write_text(record.read_text().replace('"epoch": 2', '"epoch": 1'))
-    else:
+    shutil.copy2(saved_backup[0] / "1.npz", tmp_path / "1.npz")        # the latest only: no fallback
+    model, step = saved_backup[1], tmp_path / "1.npz"
+    if damage == "wrong_model":
         model = bf.Sequential([bf.layers.Dense(5, input_shape=(4,)), bf.layers.Dense(1)], seed=0)
         model.compile(optimizer="adam", loss="mse", metrics=["mae"], steps_per_execution=3)
-    with pytest.raises(CheckpointError, match=str(step)):
+    else:
+        DAMAGES[damage](step)
+    with pytest.raises(CheckpointError, match=str(step)) as raised:
         TrainingCheckpoints(tmp_path).restore(model.get_position().train)
+    assert "allow_pickle" not in str(raised.value)
     weights = [w.copy() for w in model.get_weights()]
     with pytest.raises(CheckpointError):
         child.fit(model, [bf.callbacks.BackupAndRestore(tmp_path)])
@@ -186,9 +238,8 @@ def test_a_damaged_backup_is_refused_with_checkpoint_error_before_any_step(tmp_p
 def test_double_checkpoint_falls_back_to_the_previous_backup(tmp_path, saved_backup):
     shutil.copytree(saved_backup[0], tmp_path, dirs_exist_ok=True)
     store = TrainingCheckpoints(tmp_path, max_to_keep=2)
-    assert store.steps() == [0, 1]
-    for data in _files(tmp_path / "1", "state"):
-        data.write_bytes(b"")
+    assert store.steps() == [0, 1] and sorted(p.name for p in tmp_path.iterdir()) == ["0.npz", "1.npz"]
+    (tmp_path / "1.npz").write_bytes(b"")
     position, extra = store.restore(saved_backup[1].get_position().train)
     assert (position.epoch, position.batch, extra["history"]["epoch"]) == (1, 0, [0])
 
@@ -271,8 +322,9 @@ def _kill_points(num, rng):
     points = []
     for i in range(num):
         kind = kinds[i % len(kinds)]
-        n = {"timer": 0, "batch": rng.randint(1, 9), "val": rng.randint(1, 3), "file": rng.randint(1, 40),
-             "folder": rng.randint(1, 8)}[kind]          # 9 batch hooks and 3 validations a run, 2 folders a save
+        n = {"timer": 0, "batch": rng.randint(1, 9), "val": rng.randint(1, 3), "file": rng.randint(1, 6),
+             "folder": rng.randint(1, 3)}[kind]     # 9 batch hooks, 3 validations, and 2 fsyncs in each of the
+        # first saves of a run (a restarted run makes fewer; the writer skips saves that a newer one replaced)
         points.append((kind, n, rng.uniform(0.2, 1.5)))
     return points
 

@@ -356,3 +356,34 @@ def test_saves_killed_at_random_instants_leave_a_loadable_save(tmp_path):
         assert len({float(v) for w in model.get_weights() for v in np.unique(w)}) == 1   # never a mix of two
         model.save(path)
         assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
+
+
+def test_a_training_checkpoint_is_one_file_that_keeps_every_dtype_bitwise_without_pickle(tmp_path):
+    """TrainingCheckpoints in one process: `{step}.npz` with two members, the arrays' bytes (uint8 [36]: bfloat16
+    2*2, an empty [0, 3], bool 2, a PRNG key's uint32 data 2*4, uint8 2, an int32 scalar 4, the 4 float32 batch
+    losses 16) and the record; every array comes back with its dtype, shape and bits; max_to_keep=1 leaves the
+    newest only, and a save removes the temporary file a killed save left."""
+    import jax
+    import jax.numpy as jnp
+    from batchfit.checkpoint import TrainingCheckpoints
+    from batchfit.engine.state import Position, TrainState
+    state = TrainState(params={"w": jnp.array([1.5, -2.25], jnp.bfloat16), "e": jnp.zeros((0, 3))},
+                       model_state={"on": jnp.array([True, False]), "key": jax.random.key(3)},
+                       opt_state=(jnp.array([7, 255], jnp.uint8),), step=jnp.array(5, jnp.int32))
+    losses = np.array([0.5, 0.25, 1.0, 2.0], np.float32)
+    position = Position(state, 2, 4, 11, np.array([[3.0, 4.0]], np.float32), losses)
+    store = TrainingCheckpoints(tmp_path)
+    assert store.save(position, {"note": 1}) == 0
+    (tmp_path / ".1.npz.batchfit-tmp-x1").write_bytes(b"half")          # left by a save killed mid-write
+    assert store.save(position) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.npz"]     # the leftover and step 0 are gone
+    with np.load(tmp_path / "1.npz", allow_pickle=False) as archive:
+        assert sorted(archive.files) == ["arrays", "record.json"] and archive["arrays"].size == 20 + 16
+    back, extra = store.restore(state)
+    plain = lambda a: jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+    for got, saved in zip(jax.tree.leaves(back.train), jax.tree.leaves(state), strict=True):
+        assert (got.dtype, got.shape) == (saved.dtype, saved.shape)
+        np.testing.assert_array_equal(np.asarray(plain(got)).reshape(-1).view(np.uint8),
+                                      np.asarray(plain(saved)).reshape(-1).view(np.uint8))
+    assert (back.epoch, back.batch, back.seed, extra) == (2, 4, 11, {})
+    np.testing.assert_array_equal(back.batch_losses, losses)

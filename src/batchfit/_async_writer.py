@@ -3,7 +3,8 @@
 At a save, the training thread takes `snapshot(leaves)`: one compiled call that packs every array
 (PRNG keys as their data) into a single new uint8 buffer on the device. It is cheap, it is ordered
 before the next training call (which donates the originals), and it does not wait for the device.
-The job that reads it back (`Snapshot.arrays()`), serializes and writes goes to `WRITER`, one thread.
+The job that reads it back (`Snapshot.arrays()`), serializes and writes goes to `WRITER`: one thread,
+started by a job and ended when no job is left (so none outlives a fit, which waits for its writes).
 
 Semantics (ModelCheckpoint and BackupAndRestore):
 - Jobs run one at a time, in the order their keys were first submitted. A job submitted under a key
@@ -11,7 +12,14 @@ Semantics (ModelCheckpoint and BackupAndRestore):
   is then at most one interval staler than in a synchronous run, and never torn (each write is
   atomic). Jobs under other keys (other file names) are all written.
 - `wait(owner)` blocks until every job is written; fit's end, Ctrl-C and the next fit call it, so
-  after fit returns the files are those a synchronous run leaves.
+  after fit returns the files are those a synchronous run leaves. Fit waits for the last write's
+  fsyncs too, on purpose, although the thread could finish them after fit returns (the atexit hook
+  below waits for it at a normal exit): a failed write (a full disk, an I/O error) then raises in
+  fit, not in a later line or never; a process killed right after fit returns (a scheduler's
+  SIGKILL, a notebook restarted) keeps the last checkpoint; a file loaded right after fit is the
+  last one; and a backup that delete_checkpoint removes cannot outlive the run and be resumed by the
+  next one. The wait is for the write running and the newest one waiting when training ends (a
+  few ms per file; a fit of several epochs pays it once).
 - A job's error is kept for its owner and raised in the training thread by `check(owner)` (at the
   next save) or `wait(owner)` (at fit's end), with a note naming the job: never lost.
 - The writer starts the next job as soon as one ends: a save that falls due while a write runs is
@@ -103,7 +111,8 @@ class Writer:
         self._waiting: dict = {}          # key -> (owner, job, what), oldest key first
         self._running: Hashable | None = None
         self._errors: dict = {}           # owner -> the first error of its jobs not yet raised
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None     # the writer thread; it ends when no job is left
+        self._ended: threading.Thread | None = None      # the last one that ended, for `wait` to join
 
     def submit(self, key: Hashable, job: Callable[[], None], owner, what: str) -> None:
         """Run `job()` in the background; it replaces a job still waiting under `key`. `what` names it in errors."""
@@ -113,7 +122,7 @@ class Writer:
             return
         with self._changed:
             self._waiting[key] = (owner, job, what)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="batchfit-checkpoint-writer", daemon=True)
                 self._thread.start()
             self._changed.notify_all()
@@ -134,7 +143,10 @@ class Writer:
         """Block until every job submitted so far is done, then raise `owner`'s error if one failed (with
         `raise_errors=False`, as a warning: for when another exception is already on its way)."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._waiting and self._running is None)
+            self._changed.wait_for(lambda: not self._waiting and self._thread is None)
+            ended = self._ended
+        if ended is not None and ended is not threading.current_thread():
+            ended.join()                   # it has left its loop: no writer thread outlives the wait
         if owner is None:
             return
         if raise_errors:
@@ -146,17 +158,20 @@ class Writer:
             warnings.warn(f"A background checkpoint write failed: {type(error).__name__}: {error} "
                           f"({' '.join(getattr(error, '__notes__', []))})", RuntimeWarning, stacklevel=2)
 
-    def _next(self) -> tuple:
-        """Wait for a job and take it."""
+    def _next(self) -> tuple | None:
+        """Take the next job; None when none is left (the thread then ends: `submit` starts another)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._waiting)
+            if not self._waiting:
+                self._thread, self._ended = None, threading.current_thread()
+                self._changed.notify_all()
+                return None
             key = next(iter(self._waiting))
             self._running = key
             return self._waiting.pop(key)
 
     def _work(self) -> None:
-        while True:
-            owner, job, what = self._next()
+        while (taken := self._next()) is not None:
+            owner, job, what = taken
             try:
                 job()
             except BaseException as e:       # noqa: BLE001 - handed to the training thread, never lost

@@ -178,7 +178,7 @@ class Model(KerasStep, Shell, Handling):
             val = validation_source(validation_data, validation_batch_size or batch_size, validation_steps,
                                     options["allow_nonfinite"])
         if resume is not None:
-            source.reseed(resume.seed)         # a Dataset's order generation, as saved in the position
+            source.reseed(resume.seed, resume.data_seeds)    # a Dataset's order generation and drawn seeds
         self._accept(source)
         self._trace_custom(source.sample)          # a custom train_step: its logs' names (_keras_step.py)
         if val is not None:
@@ -187,7 +187,7 @@ class Model(KerasStep, Shell, Handling):
         loss_name = None if getattr(self._custom_step(), "has_loss", True) is False else "loss"
         plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._log_names("train"), accumulate_steps,
                        loss_name)
-        cursor = Cursor(plan, source.seed, resume, source.num_batches)
+        cursor = Cursor(plan, source.seed, resume, source.num_batches, source.drawn_seeds())
         validate = None if val is None else (
             lambda slot: run_evaluate(self._exe, slot.leaves, val, self._steps(val, cbs), self._log_names("test"), cbs))
         self.stop_training, self._resume, self._cursor, self._busy = False, None, cursor, "fit"

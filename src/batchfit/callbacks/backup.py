@@ -26,7 +26,8 @@ class BackupAndRestore(Callback):
     """Back up the training position in `backup_dir`; a later `fit` with this callback resumes from it.
 
     Args:
-      backup_dir: a folder for this run's backups only (orbax checkpoints; see batchfit.checkpoint).
+      backup_dir: a folder for this run's backups only (one file per backup, orbax across processes; see
+        batchfit.checkpoint).
       save_freq: "epoch" (at each epoch's end), an integer n (every n batches, counted across
         epochs as Keras counts them; with steps_per_execution="auto" compiled calls end exactly
         there), or False (only when Ctrl-C stops fit).
@@ -38,6 +39,12 @@ class BackupAndRestore(Callback):
     are made at epoch ends only (a warning says so) and the run resumes at the epoch boundary.
     Put BackupAndRestore after callbacks that add to the epoch logs (learning_rate): the backup
     records the logs as they are when its on_epoch_end runs.
+
+    A bf.data.Dataset whose shuffle(seed=None) steps drew their seeds resumes in the same order in a
+    new process: the backup keeps the drawn seeds and the restarted fit puts them into the dataset it
+    builds again (data/_seeds.py). A pipeline with another number of such steps, or with a cache()
+    after one, is refused before any step; seeds drawn inside flat_map / interleave functions and by
+    sample_from_datasets(seed=None) are not kept (give those a seed).
 
     Backups are written in the background (batchfit/_async_writer.py): at a save, fit copies the
     position on the device and goes on; a save that falls due while the previous backup is still

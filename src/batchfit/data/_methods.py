@@ -219,12 +219,13 @@ class SampleFromDatasets(Dataset):
             raise ValueError(f"sample_from_datasets(): `weights` must be {k} non-negative numbers, not all 0, one per "
                              f"dataset; got {describe(weights)}.")
         self._weights, self._stop, self._rerandomize = w / w.sum(), bool(stop_on_empty), rerandomize
-        self._seed = fresh_seed() if seed is None else _check_int("sample_from_datasets", "seed", seed, 0, "")
+        self.seed = fresh_seed() if seed is None else _check_int("sample_from_datasets", "seed", seed, 0, "")
+        self.drawn = seed is None          # data/_seeds.py: a resumed fit puts a drawn seed back
         batched = {d._batched for d in self._datasets}
         self._batched = batched.pop() if len(batched) == 1 else None
 
     def _elements(self, key):
-        rng = np.random.default_rng((self._seed, *(key if self._rerandomize else ())))
+        rng = np.random.default_rng((self.seed, *(key if self._rerandomize else ())))
         iterators = [d._elements(key) for d in self._datasets]
         weights = self._weights.copy()
         while weights.sum() > 0:

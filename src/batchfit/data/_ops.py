@@ -145,6 +145,7 @@ class Shuffle(Unary):
         super().__init__(input)
         self.buffer_size = buffer_size
         self.seed = fresh_seed() if seed is None else int(seed)
+        self.drawn = seed is None        # a resumed fit puts back the seed drawn here (data/_seeds.py)
         self.reshuffle = reshuffle
         self._rows = input._rows
 

@@ -25,6 +25,8 @@ import numpy as np
 from batchfit.data import arrays
 from batchfit.data.arrays import DeviceData, Piece, epoch_order, plan_chunks
 from batchfit.data._ops import fused_plan, without_prefetch
+from batchfit.data._py_dataset import from_py_dataset, is_py_dataset
+from batchfit.data._seeds import drawn_seeds, put_drawn_seeds
 from batchfit.data.dataset import INFINITE_CARDINALITY, Dataset, FusedPlan
 from batchfit.data.stream import StreamSource, unpack
 from batchfit.errors import check_int, describe
@@ -70,9 +72,16 @@ class ArraySource:
 
     resumes_mid_epoch = True        # any batch of any epoch can be started from
 
-    def reseed(self, seed: int) -> None:
-        """Draw the epochs' orders from `seed` from now on (a restored position's data order)."""
-        if seed != self.seed:
+    dataset = None       # a fused bf.data.Dataset (set by _from_dataset): positions keep its drawn shuffle seeds
+
+    def drawn_seeds(self) -> tuple:
+        """Its shuffle(seed=None) steps' seeds (data/_seeds.py); () for arrays."""
+        return drawn_seeds(self.dataset)
+
+    def reseed(self, seed: int, data_seeds: tuple | None = None) -> None:
+        """Draw the epochs' orders from `seed` from now on (a restored position's data order), with a fused
+        Dataset's shuffle seeds `data_seeds` (None: keep its own)."""
+        if put_drawn_seeds(self.dataset, data_seeds) or seed != self.seed:
             self.seed, self._order = seed, None
 
     def feed(self, keys, steps_per_execution: int, first_batch: int = 0, control=None) -> "_ArrayFeed":
@@ -156,11 +165,6 @@ def is_batch_list(x) -> bool:
             and any(getattr(v, "ndim", 0) >= 1 for v in x[0]))
 
 
-def is_py_dataset(x) -> bool:
-    """A Keras-style PyDataset (bf.utils.PyDataset, keras.utils.PyDataset or a subclass): batches by index."""
-    return any(cls.__name__ == "PyDataset" for cls in type(x).__mro__)
-
-
 def _is_batch_tuple(x) -> bool:
     """A tuple of (x, y) batches (a mistake: Keras reads a tuple as the inputs of one batch)."""
     return isinstance(x, tuple) and len(x) > 1 and all(is_batch_list([item]) for item in x)
@@ -229,7 +233,7 @@ def as_source(x, y=None, sample_weight=None, class_weight=None, *, batch_size=No
     if kind == "dataset":
         return _from_dataset(x, options)
     if kind == "py_dataset":
-        return _from_py_dataset(x, options)
+        return from_py_dataset(x, options)
     return _from_iterable(x, options)
 
 
@@ -328,7 +332,9 @@ def _from_dataset(dataset: Dataset, options: dict):
     generation = _next_generation(dataset)
     plan = fused_plan(dataset)
     if plan is not None and options["steps"] is None:
-        return _fused_source(plan, options, generation)
+        source = _fused_source(plan, options, generation)
+        source.dataset = dataset
+        return source
     dataset = without_prefetch(dataset)
     n = dataset.cardinality()
     if n == INFINITE_CARDINALITY and options["steps"] is None:
@@ -362,38 +368,3 @@ def _from_iterable(data, options: dict) -> StreamSource:
         num_batches = None
     opener = (lambda key: data) if one_shot else (lambda key: iter(data))
     return StreamSource(opener, reiterable=not one_shot, num_batches=num_batches, what="The input", **options)
-
-
-def _from_py_dataset(dataset, options: dict) -> StreamSource:
-    """A PyDataset: each pass is on_epoch_begin(), then batches 0 .. num_batches - 1 in order; on_epoch_end()
-    follows every epoch (also of steps_per_epoch batches), run on the worker thread in that order (fit's
-    `shuffle` does not apply, as in Keras)."""
-    name = type(dataset).__name__
-    try:
-        num_batches = dataset.num_batches
-    except NotImplementedError:
-        num_batches = None
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, numbers.Integral)
-                                    or num_batches < 1):
-        raise ValueError(f"The PyDataset {name} has {num_batches!r} batches (its __len__ / num_batches); it "
-                         f"needs at least 1. Make __len__ return the number of batches, e.g. "
-                         f"math.ceil(num_samples / batch_size).")
-    if num_batches is None and options["steps"] is None:
-        raise ValueError(f"The PyDataset {name} has no length (num_batches is None): pass steps_per_epoch "
-                         f"(validation_steps, steps) to say how many batches make an epoch, or define __len__.")
-
-    def batch(index: int):
-        element = dataset[index]
-        if isinstance(element, (tuple, list)) and 1 <= len(element) <= 3 or isinstance(element, dict) \
-                or hasattr(element, "shape"):
-            return element
-        raise TypeError(f"{name}[{index}] returned {describe(element)}; a PyDataset's __getitem__ must return "
-                        f"a batch: (x, y) or (x, y, sample_weight) (x alone to predict), arrays [B, ...] or "
-                        f"dicts of them.")
-
-    def one_pass(key):
-        getattr(dataset, "on_epoch_begin", lambda: None)()
-        for index in range(num_batches) if num_batches is not None else itertools.count():
-            yield batch(index)
-    return StreamSource(one_pass, reiterable=True, num_batches=num_batches, what=f"The PyDataset {name}",
-                        on_epoch_end=getattr(dataset, "on_epoch_end", None), **options)

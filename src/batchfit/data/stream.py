@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from batchfit.data._ops import inline_prefetch
+from batchfit.data._seeds import drawn_seeds, put_drawn_seeds
 from batchfit.data.arrays import (Chunk, DeviceData, Piece, aligned_empty, check_finite, pass_ended, put_chunk,
                                   release_pages, sample_weights, shared_piece, target_dtype)
 from batchfit.data.prefetch import Prefetcher, check_stop, put_ahead, stoppable
@@ -138,16 +139,10 @@ class _Layout:
 
     def _flat_leaves(self, batch):
         """The fast path for batches of plain NumPy arrays: no tree flattening."""
-        leaves = []
-        for i in range(3):
-            value = batch[i]
-            if i in self.slots:
-                if type(value) is not np.ndarray:
-                    return None
-                leaves.append(value)
-            elif value is not None:
-                return None
-        return leaves
+        slots = self.slots
+        if any(type(batch[i]) is not np.ndarray if i in slots else batch[i] is not None for i in range(3)):
+            return None
+        return [batch[i] for i in range(3) if i in slots]
 
     def _shapes_for(self, size):
         self._shapes[size] = [(size, *shape) for shape, _ in self.specs]
@@ -362,9 +357,14 @@ class StreamSource:
         has no steps_per_epoch."""
         return self._reiterable and self._steps is None
 
-    def reseed(self, seed: int) -> None:
-        """A Dataset's passes: read in order generation `seed` (a restored position's). Other streams: no-op."""
-        if hasattr(self._open, "generation") and seed != self.seed:
+    def drawn_seeds(self) -> tuple:
+        """The seeds a Dataset's shuffle(seed=None) steps drew (data/_seeds.py); () for other streams."""
+        return drawn_seeds(getattr(self._open, "dataset", None))
+
+    def reseed(self, seed: int, data_seeds: tuple | None = None) -> None:
+        """A Dataset's passes: read in order generation `seed`, with the shuffle seeds `data_seeds` of the run
+        that saved the position (None: keep this dataset's). Other streams: no-op."""
+        if hasattr(self._open, "generation") and (put_drawn_seeds(self._open.dataset, data_seeds) or seed != self.seed):
             self.seed = self._open.generation = seed
             self._pending = None              # its first batch was read in the former order
 

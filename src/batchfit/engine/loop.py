@@ -44,8 +44,9 @@ class Cursor:
     in the values reset_state() gives, Executables.initial_totals).
     """
 
-    def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None):
-        self.plan, self.seed = plan, seed
+    def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None,
+                 data_seeds: tuple = ()):
+        self.plan, self.seed, self.data_seeds = plan, seed, data_seeds
         self.width = 2 * (1 + len(plan.metric_names))
         if start is None:
             self.begin(plan.initial_epoch)
@@ -55,7 +56,7 @@ class Cursor:
     def resume(self, start: Position, num_batches: int | None) -> None:
         """Move to `start` (a Position a callback restored at fit start), checked against this fit."""
         _check_start(start, self.plan, num_batches)
-        self.seed, self.epoch, self.batch = start.seed, start.epoch, start.batch
+        self.seed, self.epoch, self.batch, self.data_seeds = start.seed, start.epoch, start.batch, start.data_seeds
         self.totals = Totals(start.totals, start.metric_states)
         self.prior_losses = np.asarray(start.batch_losses, np.float32)
         self.accumulated, self.reports = start.accumulated, []
@@ -96,7 +97,7 @@ class Cursor:
         states = self.totals.states
         return Position(copy_tree(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
                         losses.astype(np.float32), copy_tree(self.accumulated),
-                        None if states is None else jax.tree.map(np.array, states))
+                        None if states is None else jax.tree.map(np.array, states), self.data_seeds)
 
     @property
     def _names(self):
@@ -261,9 +262,9 @@ def _restore(callbacks, slot: Slot, source, cursor: Cursor) -> None:
                              f"{position.epoch}, but this input cannot be read again from an epoch's start (a "
                              f"one-shot iterator, or steps_per_epoch on a stream). Pass a re-iterable input "
                              f"(a bf.data.Dataset, a list, a PyDataset), or delete the backup to start over.")
+        source.reseed(position.seed, position.data_seeds)    # the saved data order (a Dataset's drawn seeds too)
         cursor.resume(position, source.num_batches)
         slot.put(copy_tree(position.train))
-        source.reseed(position.seed)                 # shuffled arrays: the saved data order
 
 
 class _Interrupts:

@@ -65,7 +65,9 @@ class Position(NamedTuple):
     batch_losses: float32 [batch], the raw loss of each batch of the epoch so far;
     accumulated: the gradient-accumulation group in progress (None without accumulate_steps);
     metric_states: the stateful metrics' variables so far, one tuple of arrays per metric (None:
-    as their reset_state() leaves them).
+    as their reset_state() leaves them);
+    data_seeds: the seeds a bf.data.Dataset's shuffle(seed=None) steps drew (data/_seeds.py), put back
+    on resume so that the dataset built again by a restarted job reads in the same order.
     A stream that can be read again resumes by skipping `batch` batches of epoch `epoch`.
     """
 
@@ -77,6 +79,7 @@ class Position(NamedTuple):
     batch_losses: np.ndarray
     accumulated: Accumulated | None = None
     metric_states: tuple | None = None
+    data_seeds: tuple = ()
 
 
 class Slot:

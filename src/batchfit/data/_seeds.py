@@ -1,0 +1,88 @@
+"""The seeds a bf.data pipeline drew when it was built, so that a resumed fit reads in the same order.
+
+`shuffle(seed=None)` draws its seed when the step is built (data/arrays.fresh_seed). A job restarted
+after a crash builds its dataset again and draws other seeds; training positions therefore carry the
+drawn seeds (`drawn_seeds`), and a resumed fit puts them back (`put_drawn_seeds`) before it reads a
+batch. Steps that were given a seed are left alone: the pipeline's code says what they are.
+
+>>> import numpy as np
+>>> first = Dataset.from_tensor_slices(np.arange(6)).shuffle(6).batch(3)
+>>> again = Dataset.from_tensor_slices(np.arange(6)).shuffle(6).batch(3)    # another seed drawn
+>>> put_drawn_seeds(again, drawn_seeds(first))
+True
+>>> [b.tolist() for b in again] == [b.tolist() for b in first]
+True
+"""
+
+from __future__ import annotations
+
+from batchfit.data._base import Dataset
+from batchfit.data._ops import Cache
+
+__all__ = ["drawn_seeds", "put_drawn_seeds"]
+
+
+def _inputs(node: Dataset) -> list:
+    """The datasets `node` reads, in the order its attributes hold them (zip, concatenate and samplers
+    hold several)."""
+    found = []
+    for name, value in vars(node).items():
+        if name == "_rows":                 # the rows' source, not an input step
+            continue
+        if isinstance(value, Dataset):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, Dataset))
+    return found
+
+
+def _steps(dataset: Dataset) -> list:
+    """Every step of the pipeline ending in `dataset`, outermost first, depth first, each once."""
+    seen, order, stack = set(), [], [dataset]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        stack.extend(reversed(_inputs(node)))
+    return order
+
+
+def _drawing(dataset: Dataset) -> list:
+    """The steps of the pipeline that drew their `seed` when built (Shuffle marks itself `drawn`)."""
+    return [step for step in _steps(dataset) if getattr(step, "drawn", False) is True]
+
+
+def drawn_seeds(dataset: Dataset | None) -> tuple:
+    """The seeds of the `shuffle(seed=None)` steps of `dataset`, outermost first (ints; () when none drew)."""
+    return () if dataset is None else tuple(step.seed for step in _drawing(dataset))
+
+
+def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
+    """Give the `shuffle(seed=None)` steps of `dataset` the `seeds` that `drawn_seeds` read from the same
+    pipeline built earlier (by an interrupted run); returns whether a seed changed (seeds None: none given;
+    dataset None: arrays, nothing to do).
+
+    Raises ValueError, before any batch is read, when the pipeline has another number of such steps, or
+    when a `cache()` sits after one (it replays the order of its first pass, which a position does not hold).
+    """
+    if seeds is None or dataset is None:
+        return False
+    seeds = tuple(int(s) for s in seeds)
+    steps = _drawing(dataset)
+    if len(seeds) != len(steps):
+        raise ValueError(f"The training position was saved with a dataset whose pipeline drew {len(seeds)} shuffle "
+                         f"seed(s) (shuffle(seed=None) steps), but this dataset has {len(steps)} such step(s). "
+                         f"Resume with the same pipeline, or delete the backup to start over.")
+    if tuple(step.seed for step in steps) == seeds:
+        return False
+    for cache in (step for step in _steps(dataset) if isinstance(step, Cache)):
+        if _drawing(cache._input):
+            raise ValueError("This dataset caches after a shuffle(seed=None) step: the cache replays the order of "
+                             "its first pass, which a training position does not hold, so fit cannot resume it in "
+                             "the same order. Give that shuffle a seed (shuffle(n, seed=...)), or cache() before "
+                             "shuffling.")
+    for step, seed in zip(steps, seeds):
+        step.seed = seed
+    return True
