@@ -1,7 +1,7 @@
 """The convnet workload (issue 24): Keras's MNIST convnet, ms per training step, batchfit's drivers against
 a hand-written JAX floor and Keras 3 in the same run.
 
-    python benchmarks/convnet.py [--quick] [--repeats R] [--out DIR]     # measure, write DIR/convnet.json
+    python benchmarks/convnet.py [--quick] [--repeats R] [--out DIR] [--tf-python PY]   # write DIR/convnet.json
     python benchmarks/convnet.py --section [DIR/convnet.json]           # print its RESULTS.md section
     python benchmarks/convnet.py --profile [--repeats R] [--out DIR]   # ms per piece, DIR/convnet_profile.json
 
@@ -14,8 +14,9 @@ data of MNIST's shape, the same in every system). Systems:
 * the same arithmetic by hand in JAX (Keras's Adam, the crossentropy from the logits, dropout), from
   batchfit's initial weights: one `jit(step)` per batch, one `jit(lax.scan)` per epoch, that scan of
   batchfit's loop_safe(step), and that again with batchfit's block_max pooling;
-* Keras 3 on JAX (in this process), and Keras 3 on TensorFlow in a subprocess when TensorFlow is
-  importable (it is skipped, and the JSON says so, when it is not).
+* Keras 3 on JAX (in this process), and Keras 3 on TensorFlow in a subprocess, after the others, when
+  TensorFlow is importable here or `--tf-python` names the Python of a virtual environment that has it
+  (it is skipped, and the JSON says so, when neither).
 
 Every repeat times one epoch of each in-process system, in an order that rotates (the machine is
 shared and noisy); the figures are medians in ms per step and ratios of medians. Nothing is
@@ -212,12 +213,14 @@ def keras_jax_system(x, y) -> dict:
     return {"keras 3 on jax": lambda: model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)}
 
 
-def keras_tensorflow(n: int, repeats: int) -> dict:
-    """Keras 3 on TensorFlow, in a subprocess (one backend per process): its epoch times, or why it was skipped."""
-    if importlib.util.find_spec("tensorflow") is None:
-        return {"skipped": "tensorflow is not importable in this environment"}
+def keras_tensorflow(n: int, repeats: int, python: str | None = None) -> dict:
+    """Keras 3 on TensorFlow, in a subprocess (one backend per process) of `python` (another virtual environment
+    with tensorflow and keras: TensorFlow is not in batchfit's extras; default: this interpreter): its epoch
+    times, or why it was skipped."""
+    if python is None and importlib.util.find_spec("tensorflow") is None:
+        return {"skipped": "tensorflow is not importable in this environment (--tf-python names another one)"}
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    out = subprocess.run([sys.executable, __file__, "--worker-tf", str(n), str(repeats)], env=env,
+    out = subprocess.run([python or sys.executable, __file__, "--worker-tf", str(n), str(repeats)], env=env,
                          capture_output=True, text=True, check=False)
     if out.returncode:
         return {"skipped": f"the TensorFlow worker failed: {out.stderr.strip().splitlines()[-1:]}"}
@@ -226,6 +229,8 @@ def keras_tensorflow(n: int, repeats: int) -> dict:
 
 def _worker_tf(n: int, repeats: int) -> None:
     import keras
+    import tensorflow as tf
+    print(f"tensorflow {tf.__version__}, keras {keras.__version__}", file=sys.stderr)
     x, y = make_data(n)
     model = keras_model(keras)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
@@ -315,7 +320,7 @@ def profile_section(summary: dict) -> str:
 
 # ----- measure, summarize, print the RESULTS.md section -------------------------------------
 
-def measure(n: int, repeats: int) -> dict:
+def measure(n: int, repeats: int, tf_python: str | None = None) -> dict:
     import jax
     x, y = make_data(n)
     choices: list = []
@@ -327,7 +332,7 @@ def measure(n: int, repeats: int) -> dict:
     times = _interleaved(systems, repeats, log=True)
     steps = {name: -(-n // BATCH) for name in systems}
     steps.update({name: n // BATCH for name in systems if name.startswith("jax ")})
-    tf = keras_tensorflow(n, repeats)
+    tf = keras_tensorflow(n, repeats, tf_python)
     if "times" in tf:
         times["keras 3 on tensorflow"], steps["keras 3 on tensorflow"] = tf["times"], -(-n // BATCH)
     return summarize(times, steps, compile_s, choices, tf, n, repeats, str(jax.devices()))
@@ -370,6 +375,8 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--section", nargs="?", const=os.path.join(HERE, "convnet.json"), default=None,
                         help="print the RESULTS.md section of a convnet.json and exit")
     parser.add_argument("--profile", action="store_true", help="time each piece of the step alone instead")
+    parser.add_argument("--tf-python", default=None,
+                        help="the Python of a virtual environment with tensorflow and keras, for the Keras-on-TensorFlow row")
     parser.add_argument("--worker-tf", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_tf:
@@ -381,7 +388,7 @@ def main(argv=None) -> dict | None:
             print(section(json.load(f)))
         return None
     n, repeats = (8 * BATCH, 3) if args.quick else (16 * BATCH, args.repeats or 5)
-    summary = measure(n, repeats)
+    summary = measure(n, repeats, args.tf_python)
     print(json.dumps({k: v for k, v in summary.items() if k != "times_s"}), flush=True)
     return _write(summary, args.out, "convnet.json", section)
 
