@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -77,19 +78,9 @@ def with_variants(made: dict) -> dict:
     return rows
 
 
-@contextlib.contextmanager
 def patched(patch):
-    """Within the block, `setattr(*patch)` (None: nothing changes)."""
-    if patch is None:
-        yield
-        return
-    owner, name, value = patch
-    before = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, before)
+    """A context within which `setattr(*patch)` holds (None: nothing changes)."""
+    return contextlib.nullcontext() if patch is None else mock.patch.object(*patch)
 
 
 CHECKPOINT_HEADING = "## A checkpoint every 100 batches (issue 23)"

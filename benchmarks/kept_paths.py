@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from unittest import mock
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,25 +30,15 @@ import batchfit._target_rules as target_rules  # noqa: E402
 from batchfit.callbacks import History  # noqa: E402
 
 
-@contextlib.contextmanager
-def _replaced(owner, name, value):
-    before = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, before)
-
-
 PATHS = {
     "epoch e's logs read once epoch e + 1 is dispatched (History.epoch_ends_in_order = False)":
-        lambda: _replaced(History, "epoch_ends_in_order", True),
+        lambda: mock.patch.object(History, "epoch_ends_in_order", True),
     "finite check by a BLAS sum of squares first (data/arrays.py: _squares_finite)":
-        lambda: _replaced(arrays, "_squares_finite", lambda a: False),
+        lambda: mock.patch.object(arrays, "_squares_finite", lambda a: False),
     "*_on_batch: a layout's shape checks once, its values every batch (_shell.py: checks_layouts_once)":
-        lambda: _replaced(shell.Shell, "checks_layouts_once", False),
+        lambda: mock.patch.object(shell.Shell, "checks_layouts_once", False),
     "a batch's targets ranged through a Python list (_target_rules.py: _LIST_RANGE_MAX)":
-        lambda: _replaced(target_rules, "_LIST_RANGE_MAX", 0),
+        lambda: mock.patch.object(target_rules, "_LIST_RANGE_MAX", 0),
 }
 
 

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from batchfit.data import _map
 from batchfit.data._numpy_trace import NotTraceable, NumpyProxy, numpy_traceable, x64
 from batchfit.data.arrays import epoch_order
 from batchfit.data.dataset import Dataset
+from test_data_map import assert_same_batches, per_row
 
 RNG = np.random.default_rng(0)
 X64 = RNG.standard_normal((40, 6))                        # float64 rows, as NumPy makes them
@@ -21,22 +21,6 @@ X32 = X64.astype(np.float32)
 I32 = (X64 * 10).astype(np.int32)
 LABELS = RNG.integers(0, 3, 40)                           # int64
 DATA = {"float64": X64, "float32": X32, "int32": I32}
-
-
-def per_row(fn, tensors, order, batch_size):
-    """`fn` on each row of `tensors` in `order`, stacked `batch_size` at a time: the reference."""
-    outputs = [_map.tuple_if_list(fn(*[t[i] for t in tensors])) for i in order]
-    return [jax.tree.map(lambda *parts: np.stack(parts), *outputs[s:s + batch_size])
-            for s in range(0, len(outputs), batch_size)]
-
-
-def assert_same_batches(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert jax.tree.structure(g) == jax.tree.structure(w)
-        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(w)):
-            assert type(a) is np.ndarray and a.dtype == b.dtype and a.shape == b.shape
-            assert a.tobytes() == b.tobytes()
 
 
 NUMPY_WRITTEN = {   # name: fn (x [6], label []) -> element; JAX cannot trace any of them as they are
@@ -72,12 +56,12 @@ def test_a_numpy_written_map_runs_batched_and_equals_per_row_numpy(name, dtype):
     mapped = Dataset.from_tensor_slices(tensors).shuffle(40, seed=3).map(fn)
     assert mapped._plan is not None and mapped._plan.form in ("numpy", "vmap", "eager")
     order = [int(i) for i in epoch_order(40, 3, 0)]
-    want = per_row(fn, tensors, order, 16)
+    want = per_row(fn, order, 16, tensors)
     assert_same_batches(list(mapped.batch(16)), want)                 # 16 + 16 + 8: the tail too
     if (dtype, name) in EXPECTED_DTYPES:
         assert [str(leaf.dtype) for leaf in jax.tree.leaves(want[0])] == EXPECTED_DTYPES[dtype, name]
     fused = mapped.fold(tensors)                                      # fit's fused path: all rows at once
-    assert_same_batches([fused], per_row(fn, tensors, range(40), 40))
+    assert_same_batches([fused], per_row(fn, range(40), 40, tensors))
 
 
 def test_the_elementwise_forms_run_numpy_itself_and_the_indexing_ones_vmap():
@@ -123,7 +107,7 @@ def test_a_numpy_map_that_needs_values_runs_per_row(name):
     fn = NOT_TRACEABLE[name]
     mapped = Dataset.from_tensor_slices((X64, LABELS)).map(fn)
     assert mapped._plan is None
-    assert_same_batches(list(mapped.batch(16)), per_row(fn, (X64, LABELS), range(40), 16))
+    assert_same_batches(list(mapped.batch(16)), per_row(fn, range(40), 16, (X64, LABELS)))
 
 
 def test_random_numbers_and_a_list_side_effect_keep_a_numpy_map_per_row():
@@ -132,7 +116,7 @@ def test_random_numbers_and_a_list_side_effect_keep_a_numpy_map_per_row():
     assert noisy._plan is None                            # the traces drew numbers: a side effect, put back
     fresh = np.random.default_rng(7)
     assert_same_batches(list(noisy.batch(16)),
-                        per_row(lambda x: np.where(x > 0, x, 0.0) + fresh.normal(size=x.shape), (X64,), range(40), 16))
+                        per_row(lambda x: np.where(x > 0, x, 0.0) + fresh.normal(size=x.shape), range(40), 16, (X64,)))
     unseeded = Dataset.from_tensor_slices(X64).map(lambda x: x + np.random.default_rng().normal(size=x.shape))
     assert unseeded._plan is None                         # two traces, two different constants
     (batch,) = list(unseeded.batch(40))
@@ -172,8 +156,8 @@ def test_a_numpy_map_on_a_prefetch_thread_and_in_fit_gives_the_per_row_results()
     fn = lambda x, y: (np.where(x > 0.5, x, 0.0), (y * 2.0).astype(np.float32)[None])   # noqa: E731; float64 x
     rows = Dataset.from_tensor_slices((X64, LABELS))
     assert rows.map(fn)._plan.form == "vmap"
-    assert_same_batches(list(rows.map(fn).batch(8).prefetch(2)), per_row(fn, (X64, LABELS), range(40), 8))
-    fx, fy = (np.concatenate(parts) for parts in zip(*per_row(fn, (X64, LABELS), range(40), 8)))
+    assert_same_batches(list(rows.map(fn).batch(8).prefetch(2)), per_row(fn, range(40), 8, (X64, LABELS)))
+    fx, fy = (np.concatenate(parts) for parts in zip(*per_row(fn, range(40), 8, (X64, LABELS))))
     weights = []
     for fit in (lambda m: m.fit(fx, fy, batch_size=8, epochs=2, shuffle=False, verbose=0),
                 lambda m: m.fit(rows.map(fn).batch(8), epochs=2, verbose=0)):
