@@ -38,32 +38,24 @@ def numpy_traceable(call: Callable) -> Callable:
     """`call` (leaves -> a tree of arrays) made traceable: it gets NumpyProxy leaves, returns plain ones."""
     def traced(*leaves):
         result = call(*[NumpyProxy(leaf) for leaf in leaves])
-        return jax.tree.map(_unwrap_one, result)
+        return _unwrap(result)
     return traced
 
 
-def _unwrap_one(value):
-    return value.value if isinstance(value, NumpyProxy) else value
+def _each_proxy(fn, value):
+    """`value` (a proxy, or lists, tuples and dicts holding some) with `fn` applied to every proxy in it."""
+    return jax.tree.map(lambda v: fn(v) if isinstance(v, NumpyProxy) else v, value,
+                        is_leaf=lambda v: isinstance(v, NumpyProxy))
 
 
 def _unwrap(value):
-    """`value` with every proxy in it (also in lists, tuples and dicts) replaced by its tracer."""
-    if isinstance(value, NumpyProxy):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_unwrap(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _unwrap(v) for k, v in value.items()}
-    return value
+    """`value` with every proxy in it replaced by its tracer."""
+    return _each_proxy(lambda p: p.value, value)
 
 
 def _wrap(value):
     """JAX arrays (also in tuples and lists) as proxies; anything else (a shape, an int) as it is."""
-    if isinstance(value, jax.Array):
-        return NumpyProxy(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_wrap(v) for v in value)
-    return value
+    return jax.tree.map(lambda v: NumpyProxy(v) if isinstance(v, jax.Array) else v, value)
 
 
 def _jnp_twin(module: str, name: str):
@@ -110,25 +102,15 @@ def _numpy_dtypes(numpy_function, args, kwargs) -> list | None:
 
 
 def _zeros(value):
-    if isinstance(value, NumpyProxy):
-        return np.zeros(value.shape, value.dtype)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_zeros(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _zeros(v) for k, v in value.items()}
-    return value
+    return _each_proxy(lambda p: np.zeros(p.shape, p.dtype), value)
 
 
 def _cast_up(value, dtype):
     """`value` with each proxy in it cast to `dtype` where NumPy would (a safe cast: int32 -> float64)."""
-    if isinstance(value, NumpyProxy):
-        same = value.dtype == dtype or not np.can_cast(value.dtype, dtype, "safe")
-        return value if same else NumpyProxy(value.value.astype(dtype))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cast_up(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: _cast_up(v, dtype) for k, v in value.items()}
-    return value
+    def cast(p):
+        same = p.dtype == dtype or not np.can_cast(p.dtype, dtype, "safe")
+        return p if same else NumpyProxy(p.value.astype(dtype))
+    return _each_proxy(cast, value)
 
 
 def _as_dtype(value, dtype):
