@@ -16,6 +16,7 @@ import batchfit as bf
 from batchfit.data import _map
 from batchfit.data.arrays import epoch_order
 from batchfit.data.dataset import Dataset
+from batchfit.data._workers import tuple_if_list
 
 X = np.random.default_rng(0).standard_normal((40, 5))          # float64 rows, as NumPy makes them
 LABELS = np.random.default_rng(1).integers(0, 3, 40)            # int64
@@ -24,7 +25,7 @@ WEIGHTS = np.linspace(0.5, 1.5, 5)
 
 def per_row(fn, order, batch_size, tensors=(X, LABELS)):
     """`fn` on each row of `tensors` in `order`, stacked `batch_size` at a time: the reference."""
-    outputs = [_map.tuple_if_list(fn(*[t[i] for t in tensors])) for i in order]
+    outputs = [tuple_if_list(fn(*[t[i] for t in tensors])) for i in order]
     return [jax.tree.map(lambda *parts: np.stack(parts), *outputs[s:s + batch_size])
             for s in range(0, len(outputs), batch_size)]
 

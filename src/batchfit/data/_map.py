@@ -40,10 +40,10 @@ import numpy as np
 
 from batchfit.data._base import _call, _stack
 from batchfit.data._numpy_trace import numpy_traceable, x64
-from batchfit.data._workers import parallel_map, tuple_if_list
+from batchfit.data._workers import tuple_if_list
 from batchfit.data.arrays import read_rows, release_pages
 
-__all__ = ["BatchedMap", "MappedRows", "batched_map", "fold", "parallel_map", "tuple_if_list", "FOLD_MAX_BYTES"]
+__all__ = ["BatchedMap", "MappedRows", "batched_map", "fold", "FOLD_MAX_BYTES"]
 
 FOLD_MAX_BYTES = 1 << 30          # fit's fused path maps all rows at once up to this many output bytes
 _PROBE_SIZES = (7, 11, 13)        # rows in a probe batch: one that is no axis length of the rows
