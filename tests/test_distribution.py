@@ -151,6 +151,16 @@ def _close(a, b, bound):
     np.testing.assert_allclose(b, a, rtol=0, atol=bound * max(np.max(np.abs(a)), 1.0))
 
 
+def _same_training(want, got, bound, weights=("weights",)):
+    """The History, every batch loss and the weights (each of `weights`) of two runs, within `bound`."""
+    for name in want["history"]:
+        _close(want["history"][name], got["history"][name], bound)
+    _close(want["batch_losses"], got["batch_losses"], bound)
+    for key in weights:
+        for a, b in zip(want[key], got[key], strict=True):
+            _close(a, b, bound)
+
+
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
     out = tmp_path_factory.mktemp("devices") / "out.json"
@@ -168,12 +178,7 @@ def test_data_parallel_on_4_devices_equals_one_device(four_devices, scenario, ba
     bound = _bound(steps, batch_size) + _bound(1, 10) + _bound(1, 12)    # + the train_on_batch steps
     assert bound < 2e-4
     assert single["history"].keys() == parallel["history"].keys() == {"loss", "mae", "val_loss", "val_mae"}
-    for name in single["history"]:
-        _close(single["history"][name], parallel["history"][name], bound)
-    _close(single["batch_losses"], parallel["batch_losses"], bound)
-    for key in ("weights", "after_weights"):
-        for a, b in zip(single[key], parallel[key], strict=True):
-            _close(a, b, bound)
+    _same_training(single, parallel, bound, ("weights", "after_weights"))
     for key in ("evaluate", "predict", "train_on_batch", "test_on_batch", "predict_on_batch",
                 "split_train_on_batch", "split_test_on_batch", "split_predict_on_batch"):
         _close(single[key], parallel[key], bound)
@@ -203,11 +208,7 @@ def test_data_parallel_on_4_devices_trains_a_stream_as_one_device(four_devices):
     """A list of batches of 6, 6, 6 and 5 (the streaming source): the same History and weights."""
     single, parallel = four_devices["single"]["stream"], four_devices["parallel"]["stream"]
     bound = _bound(2 * 4, 6)
-    for name in single["history"]:
-        _close(single["history"][name], parallel["history"][name], bound)
-    _close(single["batch_losses"], parallel["batch_losses"], bound)
-    for a, b in zip(single["weights"], parallel["weights"], strict=True):
-        _close(a, b, bound)
+    _same_training(single, parallel, bound)
 
 
 def test_data_parallel_on_4_devices_trains_a_pipeline_put_on_the_devices_ahead(four_devices):
@@ -218,11 +219,7 @@ def test_data_parallel_on_4_devices_trains_a_pipeline_put_on_the_devices_ahead(f
     assert single["chunk_devices"] == [0] and parallel["chunk_devices"] == [4] and parallel["chunk_replicated"]
     bound = _bound(2 * 3, 8)
     assert single["history"].keys() == {"loss", "mae", "val_loss", "val_mae"}
-    for name in single["history"]:
-        _close(single["history"][name], parallel["history"][name], bound)
-    _close(single["batch_losses"], parallel["batch_losses"], bound)
-    for a, b in zip(single["weights"], parallel["weights"], strict=True):
-        _close(a, b, bound)
+    _same_training(single, parallel, bound)
 
 
 def test_data_parallel_on_4_devices_accumulates_and_resumes_as_one_device(four_devices):
