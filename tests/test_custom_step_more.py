@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import batchfit as bf
-from test_custom_step import RTOL, assert_same_fit, compile_gan, gan, guide_model, images, regression, twins
+from test_custom_step import RTOL, RawLoss, assert_same_fit, compile_gan, gan, guide_model, images, regression, twins
 
 keras = pytest.importorskip("keras")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -54,15 +54,8 @@ def test_a_gan_fits_on_images_alone_as_keras_and_on_a_dataset_or_generator_of_th
                 np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
 
 
-class MeanOfX(bf.Model):
+class MeanOfX(RawLoss):
     """A step that only logs the mean of its x batch (data is x alone) and changes nothing."""
-
-    def __init__(self):
-        super().__init__()
-        self.dense = bf.layers.Dense(1)
-
-    def call(self, x, training=False):
-        return self.dense(x)
 
     def train_step(self, state, data):
         return {"mean_x": jnp.mean(data)}, state
