@@ -5,8 +5,8 @@ is all it changes. On XLA:CPU it cost far more than it saved on a convnet: XLA:C
 convolution into the layout its fast kernels take (batch, spatial..., feature; kernel spatial...,
 in, out: its `convolution-canonicalization` pass) only in a program's top-level computation, not
 inside a `while` loop body. The gradients of a convolution are never in that layout (the kernel's
-gradient is `f01b_i01o->01bf`), so inside a loop they ran on XLA's naive convolution emitter: 40x
-slower for the second kernel gradient of Keras's MNIST convnet, 4.4x for its whole training step.
+gradient is `f01b_i01o->01bf`), so inside a loop they ran on XLA's naive convolution emitter, many
+times slower (benchmarks/RESULTS.md, "Convnet", has the figures).
 
 * `loop_safe(fn)` is that rewrite done before XLA sees the program: it evaluates fn's jaxpr with
   every convolution put in the canonical layout by explicit transposes (on the CPU only), and the
