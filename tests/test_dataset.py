@@ -1,6 +1,7 @@
 """bf.data.Dataset follows tf.data: elements, cardinality, shuffle, batch, map, filter, repeat, take, skip, cache."""
 
 import ast
+import concurrent.futures
 import itertools
 import pathlib
 import threading
@@ -273,11 +274,19 @@ def test_public_names():
 
 
 def test_epoch_orders_are_exact_permutations_drawn_from_seed_and_epoch():
-    """epoch_order(n, seed, e) is NumPy's permutation from (seed, e): the same for the same arguments."""
+    """epoch_order(n, seed, e) is NumPy's Philox keyed by seed at counter e, shuffling 0..n-1: the same for the
+    same arguments, in any thread, whatever was drawn before."""
     from batchfit.data import arrays
     first = arrays.epoch_order(50, 7, 2)
-    np.testing.assert_array_equal(first, np.random.default_rng((7, 2)).permutation(50))
-    np.testing.assert_array_equal(arrays.epoch_order(50, 7, 2), first)
+    reference = np.arange(50)
+    np.random.Generator(np.random.Philox(key=[7, 0], counter=[2, 0, 0, 0])).shuffle(reference)
+    np.testing.assert_array_equal(first, reference)
+    arrays.epoch_order(1000, 3, 0)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        again = list(pool.map(lambda _: arrays.epoch_order(50, 7, 2), range(4)))
+    for order in [arrays.epoch_order(50, 7, 2), *again]:
+        np.testing.assert_array_equal(order, first)
+    assert arrays.epoch_order(50, 8, 2).tolist() != first.tolist()
     assert first.dtype == np.int32 and sorted(first.tolist()) == list(range(50))
     assert arrays.epoch_order(50, 7, 3).tolist() != first.tolist()
 

@@ -11,6 +11,7 @@ import math
 import mmap
 import os
 import random
+import threading
 import zlib
 from typing import Any, NamedTuple
 
@@ -368,10 +369,22 @@ def fresh_seed() -> int:
     return random.getrandbits(31)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The sample order of one epoch [n] int32, a permutation drawn from (seed, epoch).
+_PHILOX = threading.local()     # epoch_order's generator, one per thread
 
-    Drawn on the host: NumPy's permutation of 100k indices takes about 1 ms here, while
-    jax.random.permutation (or an argsort of random bits) on this CPU takes 20-45 ms.
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch [n] int32, a permutation drawn from (seed, epoch) on the host.
+
+    A counter-based generator (Philox, keyed by `seed`, its counter at `epoch`) re-keyed in place: an
+    epoch's order costs the shuffle alone, not a new generator and the hashing of its seed.
     """
-    return np.random.default_rng((seed, epoch)).permutation(n).astype(np.int32)
+    generator = getattr(_PHILOX, "generator", None)
+    if generator is None:               # one per thread: the stream's workers draw orders too
+        generator = _PHILOX.generator = np.random.Generator(np.random.Philox(0))
+    generator.bit_generator.state = {
+        "bit_generator": "Philox", "buffer": np.zeros(4, np.uint64), "buffer_pos": 4, "has_uint32": 0,
+        "uinteger": 0, "state": {"counter": np.array([epoch % 2**64, 0, 0, 0], np.uint64),
+                                 "key": np.array([seed % 2**64, seed // 2**64 % 2**64], np.uint64)}}
+    order = np.arange(n, dtype=np.int32)
+    generator.shuffle(order)
+    return order
