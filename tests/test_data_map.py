@@ -75,7 +75,7 @@ def test_a_traceable_map_runs_batched_and_equals_per_row_application(name):
 
 
 NOT_BATCHED = {   # name: fn; each must run per row, with the per-row results
-    "branch on a value": lambda x, y: (x if x[0] > 0 else -x, y),
+    "branch on a value, paths of other dtypes": lambda x, y: (x if x[0] > 0 else x.astype(np.float32), y),
     "np.asarray of the row": lambda x, y: (np.asarray(x) * 2, y),
     "python float": lambda x, y: (x, float(y)),
 }

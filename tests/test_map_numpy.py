@@ -2,8 +2,8 @@
 
 The reference is plain per-row Python: `fn` called on each NumPy row in order, the results
 stacked. A NumPy `f` (np.where, np.clip, ufuncs, indexing, ...) is traced on NumPy proxies
-(`_numpy_trace`); one that needs values (`if`, `float()`), draws random numbers or has a side
-effect stays per row and gives exactly what per-row Python gives.
+(`_numpy_trace`); one that needs values (`float()`, a loop on values), draws random numbers or has a side
+effect stays per row and gives exactly what per-row Python gives (an `if` on values: test_map_branches.py).
 """
 
 import jax
@@ -89,12 +89,18 @@ def test_numpy_type_promotion_on_the_batched_path():
 
 
 NOT_TRACEABLE = {   # name: fn; each must run per row, with what plain per-row Python gives
-    "value-dependent if": lambda x, y: (np.clip(x, 0, 1) if x[0] > 0 else -x, y),
+    "value-dependent while": lambda x, y: (_halve_while_large(np.abs(x)), y),
     "float() of a value": lambda x, y: (np.sqrt(np.abs(x)) * float(x[0]), y),
     "list comprehension over values": lambda x, y: (np.array([v if v > 0 else 0.0 for v in x]), y),
     "an in-place write": lambda x, y: (_write_first(np.abs(x)), y),
     "a NumPy function jnp lacks": lambda x, y: (np.real_if_close(np.where(x > 0, x, 0.0)), y),
 }
+
+
+def _halve_while_large(x):
+    while x.sum() > 1:               # a loop on values: more decisions than a trace follows (test_map_branches)
+        x = x / 2
+    return x
 
 
 def _write_first(x):

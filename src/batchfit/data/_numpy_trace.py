@@ -7,14 +7,22 @@ result again; operators, `.shape`, `.astype`, indexing and the usual methods do 
 proxies compute with 64-bit types on (`jax.enable_x64`), as NumPy does: float64 stays float64,
 an int32 row times a Python float is float64, Python scalars are weak (NEP 50).
 
-Whatever needs a value or has no `jnp` twin fails the trace with `NotTraceable`, so the map runs
-per row: `float(x)`, `if x > 0`, `np.asarray(x)`, in-place writes (`x[0] = 1`, `x += 1`, `out=`),
-a NumPy function that `jax.numpy` lacks. NumPy random numbers drawn during the trace become
-constants; `_map` sees them change between two traces and keeps the map per row.
+An `if` on a traced value (`if x.max() > 0.99:`, `and`, `or`, `not`, `min(a, b)`) is traced the way
+tf.data's AutoGraph turns it into a conditional: `f` runs once per path through its decisions (at
+most `MAX_PATHS`, each with at most `MAX_DECISIONS`), and each row takes the results of the path its
+own values choose (`jnp.where` on the paths' conditions), which is what `f` computes on that row.
+
+Whatever else needs a value or has no `jnp` twin fails the trace with `NotTraceable`, so the map runs
+per row: `float(x)`, `np.asarray(x)`, a loop on values (`while x > 0`, past the limits above), in-place
+writes (`x[0] = 1`, `x += 1`, `out=`), a NumPy function that `jax.numpy` lacks. NumPy random numbers
+drawn during the trace become constants; `_map` sees them change between two traces and keeps the map
+per row.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import warnings
 from typing import Callable
 
@@ -22,7 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["NotTraceable", "NumpyProxy", "numpy_traceable", "x64"]
+__all__ = ["NotTraceable", "NumpyProxy", "numpy_traceable", "x64", "MAX_PATHS", "MAX_DECISIONS"]
+
+MAX_PATHS = 16            # paths through f's `if`s on traced values that one trace follows
+MAX_DECISIONS = 8         # `if`s on traced values along one path (a `while` on values stops here)
+_PATH = threading.local()  # the path being traced in this thread (maps are traced in workers too)
 
 
 class NotTraceable(TypeError):
@@ -35,11 +47,78 @@ def x64():
 
 
 def numpy_traceable(call: Callable) -> Callable:
-    """`call` (leaves -> a tree of arrays) made traceable: it gets NumpyProxy leaves, returns plain ones."""
+    """`call` (leaves -> a tree of arrays) made traceable: it gets NumpyProxy leaves, returns plain ones,
+    every path through its `if`s on traced values followed and joined (see the module's docstring)."""
     def traced(*leaves):
-        result = call(*[NumpyProxy(leaf) for leaf in leaves])
-        return _unwrap(result)
+        return _all_paths(lambda: _unwrap(call(*[NumpyProxy(leaf) for leaf in leaves])))
     return traced
+
+
+class _Path:
+    """One path through a function's decisions: the `script` of those decided so far (True / False), then
+    False for each new one; `conditions` are the traced values decided on, `decisions` what was taken."""
+
+    def __init__(self, script: list):
+        self.script, self.conditions, self.decisions = script, [], []
+
+    def decide(self, proxy: "NumpyProxy") -> bool:
+        if proxy.size != 1:
+            raise ValueError(f"The truth value of an array with more than one element is ambiguous "
+                             f"(shape {proxy.shape}). Use a.any() or a.all()")
+        if len(self.decisions) == MAX_DECISIONS:
+            raise NotTraceable(f"more than {MAX_DECISIONS} decisions on traced values along one path")
+        taken = self.script[len(self.decisions)] if len(self.decisions) < len(self.script) else False
+        self.conditions.append(proxy.value.reshape(()).astype(bool))     # NumPy's truth: nonzero (NaN too)
+        self.decisions.append(taken)
+        return taken
+
+
+def _all_paths(run: Callable):
+    """run()'s result (a tree of tracers) on every path through its decisions, joined per row: depth first,
+    each path the last one's decisions with its last False turned True and the rest dropped."""
+    outer, results, script = getattr(_PATH, "path", None), [], []
+    try:
+        while True:
+            _PATH.path = path = _Path(script)
+            results.append((path, run()))
+            script = list(path.decisions)
+            while script and script[-1]:
+                script.pop()
+            if not script:
+                break
+            if len(results) == MAX_PATHS:
+                raise NotTraceable(f"more than {MAX_PATHS} paths through decisions on traced values")
+            script[-1] = True
+    finally:
+        _PATH.path = outer
+    return _join(results)
+
+
+def _join(results: list):
+    """The result of the path each row takes: `jnp.where` on the paths' conditions, last path first."""
+    last_path, joined = results[-1]
+    structure = jax.tree.structure(joined)
+    for path, result in reversed(results[:-1]):
+        if jax.tree.structure(result) != structure:
+            raise NotTraceable("the paths of an `if` on traced values return different structures")
+        taken = functools.reduce(jnp.logical_and, [c if d else ~c for c, d in zip(path.conditions, path.decisions)])
+        joined = jax.tree.map(lambda a, b: _choose(taken, a, b), result, joined)
+    return joined
+
+
+def _choose(taken, a, b):
+    """`a` where `taken`, else `b`: arrays (traced, or NumPy constants) of one shape and dtype, or equal
+    Python constants."""
+    if a is b:
+        return a
+    a, b = (jnp.asarray(v) if isinstance(v, (np.ndarray, np.generic)) else v for v in (a, b))
+    if not isinstance(a, jax.Array) or not isinstance(b, jax.Array):
+        if type(a) is type(b) and a == b:
+            return a
+        raise NotTraceable("the paths of an `if` on traced values return different constants")
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise NotTraceable("the paths of an `if` on traced values return different shapes or dtypes")
+    return jnp.where(taken, a, b)
 
 
 def _each_proxy(fn, value):
@@ -229,7 +308,12 @@ class NumpyProxy:
     def __getitem__(self, index):
         return _wrap(self.value[_unwrap(index)])
 
-    __bool__ = _refuse("bool()")
+    def __bool__(self) -> bool:
+        path = getattr(_PATH, "path", None)
+        if path is None:
+            raise NotTraceable("bool() of a traced array needs its values")
+        return path.decide(self)
+
     __float__ = _refuse("float()")
     __int__ = _refuse("int()")
     __index__ = _refuse("an index")
