@@ -31,7 +31,7 @@ from __future__ import annotations
 
 # The class and its methods live in _base.py, the steps they build in _ops.py (which
 # registers them in STEPS); importing _ops here makes sure they are registered.
-from batchfit.data import _methods, _methods_batch, _ops, text  # noqa: F401
+from batchfit.data import _methods, _methods_batch, _nested, _ops, text  # noqa: F401
 from batchfit.data._base import (AUTOTUNE, INFINITE_CARDINALITY, UNKNOWN_CARDINALITY, Dataset, FusedPlan,
                                  TensorSpec)
 
