@@ -16,10 +16,12 @@ True
 
 from __future__ import annotations
 
+import numpy as np
+
 from batchfit.data._base import Dataset
 from batchfit.data._ops import Cache
 
-__all__ = ["drawn_seeds", "put_drawn_seeds"]
+__all__ = ["drawn_seeds", "put_drawn_seeds", "seeds_record", "seeds_from_record"]
 
 
 def _inputs(node: Dataset) -> list:
@@ -86,3 +88,34 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
     for step, seed in zip(steps, seeds):
         step.seed = seed
     return True
+
+
+# The Position fields that hold data-order seeds (engine/state.py), as checkpoint.py records them.
+_RECORDED = {"data_seeds": (), "validation_seed": None, "validation_data_seeds": None}
+
+
+def seeds_record(position) -> dict:
+    """A Position's seed fields as JSON for a checkpoint's record: ints, lists of ints, or None."""
+    plain = lambda v: v if v is None else int(v) if isinstance(v, (int, np.integer)) else [int(s) for s in v]
+    return {name: plain(getattr(position, name, default)) for name, default in _RECORDED.items()}
+
+
+def seeds_from_record(record: dict) -> dict | None:
+    """The Position fields `seeds_record` wrote, as tuples (a record written before a field was kept gives
+    its default); None when one is not what `seeds_record` writes (a damaged record)."""
+    found = {}
+    for name, default in _RECORDED.items():
+        value = record.get(name, default)
+        if name in record and not _recordable(name, value):
+            return None
+        found[name] = tuple(value) if isinstance(value, list) else value
+    return found
+
+
+def _recordable(name: str, value) -> bool:
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if value is None:
+        return name != "data_seeds"
+    if name == "validation_seed":
+        return is_int(value)
+    return isinstance(value, list) and all(map(is_int, value))
