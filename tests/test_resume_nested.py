@@ -11,6 +11,7 @@ uninterrupted runs on pipelines built again with the seeds put back (flat_map ta
 """
 
 import doctest
+import hashlib
 import json
 import os
 import signal
@@ -103,7 +104,8 @@ def test_a_rebuilt_nested_pipeline_reads_alike_with_the_seeds_put_back(kind):
 
 
 def test_the_nested_seeds_are_the_numbers_of_step_seed_key_index_and_count():
-    """Each element's inner shuffle(seed=None) gets SeedSequence([seed, len(key), *key, index, count]) >> 1."""
+    """Each element's inner seed=None steps get the BLAKE2b hash of the words (seed, len(key), *key, index, count),
+    4 bytes little-endian, shifted to 31 bits as a drawn seed."""
     built = []
 
     def inner(i):
@@ -114,7 +116,8 @@ def test_the_nested_seeds_are_the_numbers_of_step_seed_key_index_and_count():
 
     ds = Dataset.range(3).flat_map(inner)
     list(ds._elements((4, 1)))
-    number = lambda *words: int(np.random.SeedSequence(list(words)).generate_state(1, np.uint32)[0] >> 1)
+    number = lambda *words: int.from_bytes(hashlib.blake2b(np.array(words, "<u8").tobytes(), digest_size=4).digest(),
+                                           "little") >> 1
     assert built == [(number(ds.seed, 2, 4, 1, i, 0), number(ds.seed, 2, 4, 1, i, 1)) for i in range(3)]
     assert all(0 <= s < 2 ** 31 for pair in built for s in pair) and len({s for p in built for s in p}) == 6
 

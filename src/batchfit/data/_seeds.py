@@ -1,6 +1,6 @@
 """The seeds a bf.data pipeline drew when it was built, so that a resumed fit reads in the same order.
 
-`shuffle(seed=None)` draws its seed when the step is built (data/arrays.fresh_seed). A job restarted
+`shuffle(seed=None)` draws its seed when the step is built (data/_drawn.fresh_seed). A job restarted
 after a crash builds its dataset again and draws other seeds; training positions therefore carry the
 drawn seeds (`drawn_seeds`), and a resumed fit puts them back (`put_drawn_seeds`) before it reads a
 batch. Steps that were given a seed are left alone: the pipeline's code says what they are.
