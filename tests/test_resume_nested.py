@@ -40,13 +40,16 @@ def _host_pair(a, b):
 
 
 def nested(kind: str):
-    """backup_child's 72 training rows as 6 groups of 12, each shuffled (seed=None) inside the function."""
+    """backup_child's 72 training rows as 6 groups of 12, each shuffled (seed=None) inside the function
+    ("cached": not shuffled there, cached, then shuffled as a whole)."""
     (x, y), _ = child.data()
-    group = lambda i: Dataset.from_tensor_slices((x[12 * int(i):12 * int(i) + 12],
-                                                  y[12 * int(i):12 * int(i) + 12])).shuffle(12)
+    rows = lambda i: Dataset.from_tensor_slices((x[12 * int(i):12 * int(i) + 12], y[12 * int(i):12 * int(i) + 12]))
+    group = lambda i: rows(i).shuffle(12)
     groups = Dataset.range(6)
     if kind == "flat_map":
         return groups.flat_map(group).batch(8)
+    if kind == "cached":
+        return groups.interleave(rows, cycle_length=2).cache().shuffle(72).batch(8)
     return groups.interleave(group, cycle_length=2, num_parallel_calls=2 if kind == "parallel" else None).batch(8)
 
 
@@ -151,6 +154,23 @@ def test_text_lines_carry_no_seed_and_the_doctests_hold(tmp_path):
         assert result.attempted >= 3 and result.failed == 0
 
 
+def test_a_cache_after_a_flat_map_is_refused_only_once_its_function_has_drawn_a_seed():
+    """fit reads a first batch before it puts seeds back: by then a function that shuffles has drawn."""
+    (x, y), _ = child.data()
+    plain = lambda: Dataset.range(6).flat_map(lambda i: Dataset.from_tensor_slices(x[12 * i:12 * i + 12])).cache()
+    shuffled = lambda: Dataset.range(6).flat_map(
+        lambda i: Dataset.from_tensor_slices(x[12 * i:12 * i + 12]).shuffle(12)).cache()
+    for build, refused in ((plain, False), (shuffled, True)):
+        first, again = build(), build()
+        next(iter(again))
+        assert again._input.derives is refused
+        if refused:
+            with pytest.raises(ValueError, match=r"caches after a shuffle\(seed=None\) step \(or a flat_map"):
+                put_drawn_seeds(again, drawn_seeds(first))
+        else:
+            assert put_drawn_seeds(again, drawn_seeds(first)) is True
+
+
 # ----- fit resumes both orders ---------------------------------------------------------------------
 
 class InterruptAt(bf.callbacks.Callback):
@@ -199,6 +219,18 @@ def test_fit_resumes_nested_shuffles_and_shuffled_validation_bitwise(tmp_path, k
     assert len(reference[1]["history"]["val_loss"]) == 2
     assert_bitwise(resumed, reference)
     assert_same_last_pass(read, read_by_reference, streamed=val_kind == "streamed")
+
+
+def test_fit_resumes_a_cache_after_an_interleave_without_nested_shuffles(tmp_path):
+    """The interleave's seed is carried, the cache (its order the same for every key) is not refused."""
+    backup = tmp_path / "backup"
+    ds = nested("cached")
+    with pytest.raises(KeyboardInterrupt):
+        fit(ds, None, [bf.callbacks.BackupAndRestore(backup, save_freq=4), InterruptAt(1, 5)])
+    again = nested("cached")
+    resumed = fit(again, None, [bf.callbacks.BackupAndRestore(backup)])
+    assert drawn_seeds(again) == drawn_seeds(ds) and len(drawn_seeds(ds)) == 2      # the shuffle and interleave
+    assert_bitwise(resumed, fit(rebuilt(nested, "cached", drawn_seeds(ds)), None, []))
 
 
 def assert_same_last_pass(read, read_by_reference, streamed: bool):

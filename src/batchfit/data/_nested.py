@@ -33,18 +33,21 @@ __all__ = ["FlatMap", "Interleave"]
 @STEPS.register("flat_map")
 class FlatMap(Unary):
     """The elements of `fn(element)`'s dataset, for each element in turn. `seed`: the seed nested steps'
-    seeds derive from (None: drawn now and carried by training positions)."""
+    seeds derive from (None: drawn now and carried by training positions). `derives`: whether a call of
+    `fn` has drawn a seed so far (a cache() after this step then replays an order a position does not hold)."""
 
     def __init__(self, input, fn, seed=None):
         super().__init__(input)
         self._fn, self._batched = fn, None
         self.seed = fresh_seed() if seed is None else int(seed)
         self.drawn = seed is None        # a resumed fit puts back the seed drawn here (data/_seeds.py)
+        self.derives = False
 
     def _dataset_of(self, element, key: tuple, index: int, method: str) -> Dataset:
         """`fn(element)` for element `index` of iteration `key`, its seed=None steps seeded from this step's."""
-        with derived_seeds(self.seed, key, index):
+        with derived_seeds(self.seed, key, index) as call:
             dataset = _call(self._fn, element)
+        self.derives = self.derives or call.count > 0
         if not isinstance(dataset, Dataset):
             raise TypeError(f"{method}(): `map_func` must return a bf.data.Dataset; it returned {describe(dataset)}. "
                             f"Wrap the values, e.g. Dataset.from_tensor_slices(values).")

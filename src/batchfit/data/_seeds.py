@@ -67,7 +67,9 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
     dataset None: arrays, nothing to do).
 
     Raises ValueError, before any batch is read, when the pipeline has another number of such steps, or
-    when a `cache()` sits after one (it replays the order of its first pass, which a position does not hold).
+    when a `cache()` sits after one (it replays the order of its first pass, which a position does not hold;
+    a flat_map / interleave counts when its function has built a seed=None step so far: fit reads the
+    first batch before it puts the seeds back).
     """
     if seeds is None or dataset is None:
         return False
@@ -80,11 +82,11 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
     if tuple(step.seed for step in steps) == seeds:
         return False
     for cache in (step for step in _steps(dataset) if isinstance(step, Cache)):
-        if _drawing(cache._input):
-            raise ValueError("This dataset caches after a shuffle(seed=None) step: the cache replays the order of "
-                             "its first pass, which a training position does not hold, so fit cannot resume it in "
-                             "the same order. Give that shuffle a seed (shuffle(n, seed=...)), or cache() before "
-                             "shuffling.")
+        if any(getattr(step, "derives", True) for step in _drawing(cache._input)):
+            raise ValueError("This dataset caches after a shuffle(seed=None) step (or a flat_map / interleave whose "
+                             "function builds one): the cache replays the order of its first pass, which a training "
+                             "position does not hold, so fit cannot resume it in the same order. Give that shuffle "
+                             "a seed (shuffle(n, seed=...)), or cache() before shuffling.")
     for step, seed in zip(steps, seeds):
         step.seed = seed
     return True
