@@ -46,6 +46,6 @@ class Validation:
                 self.source.reseed(seed, position.validation_data_seeds)
             except ValueError as e:
                 raise ValueError(f"In the validation data: {e}") from None
-        if hasattr(self.source, "_evaluations"):       # a stream: the next pass is that of epoch position.epoch
-            self.source._evaluations = max(0, position.epoch - initial_epoch)
+        if hasattr(self.source, "evaluations"):        # a stream counts its passes: the next is epoch position.epoch's
+            self.source.evaluations = max(0, position.epoch - initial_epoch)
         return self.order()
