@@ -106,6 +106,20 @@ def test_a_rebuilt_nested_pipeline_reads_alike_with_the_seeds_put_back(kind):
     assert iterations(again) == expected
 
 
+def test_two_levels_of_flat_map_and_a_nested_sample_from_datasets_read_alike():
+    """The inner flat_map is built inside the outer's call (its seed derived), and opens its own calls."""
+    def build():
+        inner = lambda i, j: Dataset.sample_from_datasets(
+            [Dataset.from_tensor_slices(np.arange(4) + 100 * i + 10 * j), Dataset.from_tensor_slices(-np.arange(4))])
+        return Dataset.range(3).flat_map(lambda i: Dataset.range(2).flat_map(lambda j: inner(i, j)))
+    first, again = build(), build()
+    expected = [[int(v) for v in first] for _ in range(2)]
+    assert expected[0] != expected[1] and sorted(expected[0]) == sorted(expected[1])
+    assert len(expected[0]) == 3 * 2 * 8
+    assert put_drawn_seeds(again, drawn_seeds(first)) is True
+    assert [[int(v) for v in again] for _ in range(2)] == expected
+
+
 def test_the_nested_seeds_are_the_numbers_of_step_seed_key_index_and_count():
     """Each element's inner seed=None steps get the BLAKE2b hash of the words (seed, len(key), *key, index, count),
     4 bytes little-endian, shifted to 31 bits as a drawn seed."""
