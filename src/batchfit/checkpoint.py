@@ -35,6 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from batchfit.data._seeds import seeds_from_record, seeds_record
 from batchfit.engine.state import Accumulated, Position
 from batchfit.errors import CheckpointError, reading
 
@@ -175,7 +176,7 @@ def encode(position: Position, losses_as_array: bool = False) -> tuple[dict, dic
             "seed": int(position.seed), "keys": keys, "num_train": len(train),
             "totals": np.asarray(position.totals, np.float32).tolist(),
             **({} if losses_as_array else {"batch_losses": losses.tolist()}),
-            "metric_states": metric_layout, "data_seeds": [int(s) for s in getattr(position, "data_seeds", ())],
+            "metric_states": metric_layout, **seeds_record(position),     # data/_seeds.py
             "sha256": {f"{part}/{name}": _array_digest(a)
                        for part, named in arrays.items() for name, a in named.items()}}
     return arrays, meta
@@ -205,8 +206,7 @@ def decode(arrays: dict, meta: dict, like, where) -> Position:
         states = tuple(tuple(flat[a:b]) for a, b in zip(cuts[:-1], cuts[1:]))
     position = Position(train, meta["epoch"], meta["batch"], meta["seed"], np.asarray(meta["totals"], np.float32),
                         np.asarray(losses, np.float32), accumulated, states)
-    seeds = tuple(meta.get("data_seeds", ()))        # a Dataset's shuffle(seed=None) seeds (data/_seeds.py)
-    return position._replace(data_seeds=seeds) if "data_seeds" in Position._fields else position
+    return position._replace(**seeds_from_record(meta))     # checked by _check_meta
 
 
 def _plain_leaves(leaves: list) -> tuple[list, dict]:
@@ -258,11 +258,11 @@ def _check_meta(meta, where) -> None:
         if not isinstance(meta.get(name), kind):
             raise CheckpointError(f"The training checkpoint {where}: its record's `{name}` is "
                                   f"{type(meta.get(name)).__name__}, expected {kind.__name__}. Delete it.")
-    seeds = meta.get("data_seeds", [])            # absent in checkpoints written before datasets' seeds were kept
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or \
-            not isinstance(meta.get("batch_losses", []), list):       # batch_losses: absent when an array
-        raise CheckpointError(f"The training checkpoint {where}: its record's `data_seeds` or `batch_losses` is not "
-                              f"a list of numbers. Delete it.")
+    # The seeds: absent in checkpoints written before they were kept; batch_losses: absent when an array.
+    if seeds_from_record(meta) is None or not isinstance(meta.get("batch_losses", []), list):
+        raise CheckpointError(f"The training checkpoint {where}: its record's data seeds (`data_seeds`, "
+                              f"`validation_seed`, `validation_data_seeds`) or `batch_losses` are not numbers. "
+                              f"Delete it.")
 
 
 def _digest(meta: dict) -> str:

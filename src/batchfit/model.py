@@ -20,6 +20,7 @@ from batchfit.callbacks.setup import callback_list
 from batchfit.data.source import ArraySource, as_source, split_source, validation_source
 from batchfit.engine import driver
 from batchfit.engine.loop import Cursor, FitPlan, run_evaluate, run_fit, run_predict
+from batchfit.engine.validation import Validation
 from batchfit.layers.base import run_module
 
 __all__ = ["Model", "NotCompiledError"]
@@ -187,9 +188,11 @@ class Model(KerasStep, Shell, Handling):
         loss_name = None if getattr(self._custom_step(), "has_loss", True) is False else "loss"
         plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._log_names("train"), accumulate_steps,
                        loss_name)
-        cursor = Cursor(plan, source.seed, resume, source.num_batches, source.drawn_seeds())
-        validate = None if val is None else (
-            lambda slot: run_evaluate(self._exe, slot.leaves, val, self._steps(val, cbs), self._log_names("test"), cbs))
+        validate = None if val is None else Validation(val, lambda slot: run_evaluate(
+            self._exe, slot.leaves, val, self._steps(val, cbs), self._log_names("test"), cbs))
+        order = (None, None) if val is None else validate.order() if resume is None else validate.resume(
+            resume, initial_epoch)              # the validation data's order too (engine/validation.py)
+        cursor = Cursor(plan, source.seed, resume, source.num_batches, source.drawn_seeds(), order)
         self.stop_training, self._resume, self._cursor, self._busy = False, None, cursor, "fit"
         try:
             run_fit(self._exe, self._slot, source, cursor, cbs, lambda: self.stop_training, validate)

@@ -40,11 +40,16 @@ class BackupAndRestore(Callback):
     Put BackupAndRestore after callbacks that add to the epoch logs (learning_rate): the backup
     records the logs as they are when its on_epoch_end runs.
 
-    A bf.data.Dataset whose shuffle(seed=None) steps drew their seeds resumes in the same order in a
-    new process: the backup keeps the drawn seeds and the restarted fit puts them into the dataset it
-    builds again (data/_seeds.py). A pipeline with another number of such steps, or with a cache()
-    after one, is refused before any step; seeds drawn inside flat_map / interleave functions and by
-    sample_from_datasets(seed=None) are not kept (give those a seed).
+    A bf.data.Dataset whose shuffle(seed=None) / sample_from_datasets(seed=None) steps drew their seeds
+    resumes in the same order in a new process: the backup keeps the drawn seeds and the restarted fit
+    puts them into the dataset it builds again (data/_seeds.py). That includes the steps a flat_map /
+    interleave function builds (their seeds derive from the flat_map / interleave step's own drawn seed:
+    data/_nested.py) and `validation_data` (its seeds, its order generation and the pass each epoch reads:
+    engine/validation.py), so val_* resume bitwise too. A training or validation pipeline with another
+    number of such steps, or with a cache() after one, is refused before any step. Not kept: a shuffled
+    dataset that a map_func returns without building it (built once, outside the pipeline), shuffles
+    built by group_by_window's reduce_func, and the place a validation stream with validation_steps
+    reached (it is read on from there each epoch).
 
     Backups are written in the background (batchfit/_async_writer.py): at a save, fit copies the
     position on the device and goes on; a save that falls due while the previous backup is still

@@ -16,7 +16,7 @@ import numpy as np
 from batchfit.data._base import (INFINITE_CARDINALITY, STEPS, UNKNOWN_CARDINALITY, Dataset, _as_tensor, _call,
                                  _check_int, truth)
 from batchfit.data._ops import Unary
-from batchfit.data.arrays import fresh_seed
+from batchfit.data._drawn import fresh_seed
 from batchfit.errors import describe
 
 __all__ = ["Elements", "check_datasets"]

@@ -1,5 +1,5 @@
-"""tf.data's reshaping and nesting steps: unbatch, rebatch, padded_batch, window, flat_map, interleave,
-group_by_window, bucket_by_sequence_length; and apply, reduce, element_spec, options / with_options.
+"""tf.data's reshaping and nesting steps: unbatch, rebatch, padded_batch, window (flat_map and interleave:
+_nested.py), group_by_window, bucket_by_sequence_length; and apply, reduce, element_spec, options / with_options.
 
 Each step registers itself in STEPS under the name the Dataset method (_base.py) looks up.
 """
@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
 
 import jax
 import numpy as np
 
-from batchfit.data._base import (AUTOTUNE, STEPS, UNKNOWN_CARDINALITY, Dataset, TensorSpec, _call, _check_int,
+from batchfit.data._base import (STEPS, UNKNOWN_CARDINALITY, Dataset, TensorSpec, _call, _check_int,
                                  _stack)
 from batchfit.data._methods import Elements
 from batchfit.data._ops import Batch, Unary
@@ -173,70 +172,6 @@ class Window(Unary):
         return -(-n // self._shift)
 
 
-def _dataset_of(fn, element, method: str) -> Dataset:
-    dataset = _call(fn, element)
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"{method}(): `map_func` must return a bf.data.Dataset; it returned {describe(dataset)}. "
-                        f"Wrap the values, e.g. Dataset.from_tensor_slices(values).")
-    return dataset
-
-
-@STEPS.register("flat_map")
-class FlatMap(Unary):
-    def __init__(self, input, fn):
-        super().__init__(input)
-        self._fn, self._batched = fn, None
-
-    def _elements(self, key):
-        for element in self._input._elements(key):
-            yield from _dataset_of(self._fn, element, "flat_map")._elements(key)
-
-    def _cardinality(self):
-        return 0 if self._input._cardinality() == 0 else UNKNOWN_CARDINALITY
-
-
-@STEPS.register("interleave")
-class Interleave(FlatMap):
-    """tf.data's interleave order: `block_length` elements from each of `cycle_length` open datasets in turn;
-    an exhausted one is replaced, in its slot, by the next input element's. `num_parallel_calls` is accepted;
-    the datasets are read on one thread and the order is always this deterministic one."""
-
-    def __init__(self, input, fn, cycle_length, block_length, num_parallel_calls):
-        super().__init__(input, fn)
-        fix = "Pass a positive int, or AUTOTUNE."
-        cycle = AUTOTUNE if cycle_length is None else _check_int("interleave", "cycle_length", cycle_length, 1,
-                                                                  fix, allowed=(AUTOTUNE,))
-        self._cycle = (os.cpu_count() or 1) if cycle == AUTOTUNE else cycle
-        self._block = 1 if block_length is None else _check_int("interleave", "block_length", block_length, 1, fix)
-        if num_parallel_calls is not None:
-            _check_int("interleave", "num_parallel_calls", num_parallel_calls, 1, fix, allowed=(AUTOTUNE,))
-
-    def _elements(self, key):
-        inputs, slots = self._input._elements(key), [None] * self._cycle
-        index = block = num_open = 0
-        end_of_input = False
-        while not end_of_input or num_open:
-            if slots[index] is not None:
-                element = next(slots[index], _END)
-                if element is not _END:
-                    yield element
-                    block += 1
-                    if block < self._block:
-                        continue
-                else:
-                    slots[index], num_open = None, num_open - 1
-            elif not end_of_input:
-                element = next(inputs, _END)
-                end_of_input = element is _END
-                if not end_of_input:
-                    slots[index], num_open = _dataset_of(self._fn, element, "interleave")._elements(key), num_open + 1
-                continue
-            index, block = (index + 1) % self._cycle, 0
-
-
-_END = object()
-
-
 @STEPS.register("group_by_window")
 class GroupByWindow(Unary):
     def __init__(self, input, key_func, reduce_func, window_size, window_size_func):
@@ -333,6 +268,9 @@ def reduce(dataset, initial_state, reduce_func):
     for element in dataset:
         state = reduce_func(state, element)
     return state
+
+
+_END = object()
 
 
 @STEPS.register("element_spec")

@@ -21,9 +21,10 @@ import numpy as np
 
 from batchfit.data._base import (INFINITE_CARDINALITY, STEPS, UNKNOWN_CARDINALITY, Dataset, FusedPlan, TensorSpec,
                                  _as_tensor, _buffer_shuffle, _call, _stack, row_elements, truth, window_order)
+from batchfit.data._drawn import fresh_seed
 from batchfit.data._map import MappedRows, batched_map, fold
 from batchfit.data._workers import parallel_map, tuple_if_list
-from batchfit.data.arrays import epoch_order, fresh_seed, is_memmap, read_rows, release_pages
+from batchfit.data.arrays import epoch_order, is_memmap, read_rows, release_pages
 from batchfit.data.prefetch import Prefetcher, stoppable
 from batchfit.errors import describe
 

@@ -1,6 +1,6 @@
 """The seeds a bf.data pipeline drew when it was built, so that a resumed fit reads in the same order.
 
-`shuffle(seed=None)` draws its seed when the step is built (data/arrays.fresh_seed). A job restarted
+`shuffle(seed=None)` draws its seed when the step is built (data/_drawn.fresh_seed). A job restarted
 after a crash builds its dataset again and draws other seeds; training positions therefore carry the
 drawn seeds (`drawn_seeds`), and a resumed fit puts them back (`put_drawn_seeds`) before it reads a
 batch. Steps that were given a seed are left alone: the pipeline's code says what they are.
@@ -16,10 +16,12 @@ True
 
 from __future__ import annotations
 
+import numpy as np
+
 from batchfit.data._base import Dataset
 from batchfit.data._ops import Cache
 
-__all__ = ["drawn_seeds", "put_drawn_seeds"]
+__all__ = ["drawn_seeds", "put_drawn_seeds", "seeds_record", "seeds_from_record"]
 
 
 def _inputs(node: Dataset) -> list:
@@ -65,7 +67,9 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
     dataset None: arrays, nothing to do).
 
     Raises ValueError, before any batch is read, when the pipeline has another number of such steps, or
-    when a `cache()` sits after one (it replays the order of its first pass, which a position does not hold).
+    when a `cache()` sits after one (it replays the order of its first pass, which a position does not hold;
+    a flat_map / interleave counts when its function has built a seed=None step so far: fit reads the
+    first batch before it puts the seeds back).
     """
     if seeds is None or dataset is None:
         return False
@@ -78,11 +82,42 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
     if tuple(step.seed for step in steps) == seeds:
         return False
     for cache in (step for step in _steps(dataset) if isinstance(step, Cache)):
-        if _drawing(cache._input):
-            raise ValueError("This dataset caches after a shuffle(seed=None) step: the cache replays the order of "
-                             "its first pass, which a training position does not hold, so fit cannot resume it in "
-                             "the same order. Give that shuffle a seed (shuffle(n, seed=...)), or cache() before "
-                             "shuffling.")
+        if any(getattr(step, "derives", True) for step in _drawing(cache._input)):
+            raise ValueError("This dataset caches after a shuffle(seed=None) step (or a flat_map / interleave whose "
+                             "function builds one): the cache replays the order of its first pass, which a training "
+                             "position does not hold, so fit cannot resume it in the same order. Give that shuffle "
+                             "a seed (shuffle(n, seed=...)), or cache() before shuffling.")
     for step, seed in zip(steps, seeds):
         step.seed = seed
     return True
+
+
+# The Position fields that hold data-order seeds (engine/state.py), as checkpoint.py records them.
+_RECORDED = {"data_seeds": (), "validation_seed": None, "validation_data_seeds": None}
+
+
+def seeds_record(position) -> dict:
+    """A Position's seed fields as JSON for a checkpoint's record: ints, lists of ints, or None."""
+    plain = lambda v: v if v is None else int(v) if isinstance(v, (int, np.integer)) else [int(s) for s in v]
+    return {name: plain(getattr(position, name, default)) for name, default in _RECORDED.items()}
+
+
+def seeds_from_record(record: dict) -> dict | None:
+    """The Position fields `seeds_record` wrote, as tuples (a record written before a field was kept gives
+    its default); None when one is not what `seeds_record` writes (a damaged record)."""
+    found = {}
+    for name, default in _RECORDED.items():
+        value = record.get(name, default)
+        if name in record and not _recordable(name, value):
+            return None
+        found[name] = tuple(value) if isinstance(value, list) else value
+    return found
+
+
+def _recordable(name: str, value) -> bool:
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if value is None:
+        return name != "data_seeds"
+    if name == "validation_seed":
+        return is_int(value)
+    return isinstance(value, list) and all(map(is_int, value))

@@ -13,7 +13,9 @@ Differences from tf.data, on purpose:
   dataset and the same arrays give the same batches in the first fit call.
 * `shuffle(seed=None)` draws the seed once, when the dataset is built. With
   `reshuffle_each_iteration=True` every iteration, and every fit / evaluate call, draws a new
-  order (as tf.data makes a new iterator per epoch).
+  order (as tf.data makes a new iterator per epoch). Inside a `flat_map` / `interleave` function,
+  its seed derives from the flat_map / interleave step's own seed, drawn once (`_nested.py`), so
+  `BackupAndRestore` resumes those orders too.
 * `interleave(num_parallel_calls=...)` reads the inner datasets on one thread, in tf.data's
   deterministic order; `sample_from_datasets` draws from NumPy's generator.
 * `element_spec` is read from the first element (no static shapes here).
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 # The class and its methods live in _base.py, the steps they build in _ops.py (which
 # registers them in STEPS); importing _ops here makes sure they are registered.
-from batchfit.data import _methods, _methods_batch, _ops, text  # noqa: F401
+from batchfit.data import _methods, _methods_batch, _nested, _ops, text  # noqa: F401
 from batchfit.data._base import (AUTOTUNE, INFINITE_CARDINALITY, UNKNOWN_CARDINALITY, Dataset, FusedPlan,
                                  TensorSpec)
 

@@ -211,7 +211,7 @@ class StreamSource:
         self._need_y, self._class_weight, self._allow_nonfinite = need_y, class_weight, allow_nonfinite
         self._current = None
         self._put_ahead = put_ahead()
-        self._passes = self._evaluations = first_key    # iterators opened (steps mode); evaluation passes
+        self._passes = self.evaluations = first_key     # iterators opened (steps mode); evaluation passes
         with inline_prefetch():
             iterator = iter(open(first_key))
             first = next(iterator, EPOCH_END)
@@ -370,7 +370,7 @@ class StreamSource:
 
     def next_key(self):
         """The key of the next evaluation pass (validation data is read once per epoch)."""
-        key, self._evaluations = self._evaluations, self._evaluations + 1
+        key, self.evaluations = self.evaluations, self.evaluations + 1
         return key
 
 

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from batchfit.data._base import STEPS, UNKNOWN_CARDINALITY, Dataset
-from batchfit.data._methods_batch import Interleave
+from batchfit.data._nested import Interleave
 from batchfit.data._ops import Slices
 from batchfit.errors import describe
 
@@ -96,7 +96,8 @@ class TextLineDataset(Dataset):
                              f"{compression_type!r}.")
         names = _file_names(filenames)
         files = names if isinstance(names, Dataset) else Slices(np.array(names, dtype=object))
-        self._input = Interleave(files, lambda n: _FileLines(n, compression), num_parallel_reads or 1, 1, None)
+        self._input = Interleave(files, lambda n: _FileLines(n, compression), num_parallel_reads or 1, 1, None,
+                                 seed=0)       # it builds no shuffle: no seed to carry
 
     def _elements(self, key):
         return self._input._elements(key)

@@ -45,8 +45,8 @@ class Cursor:
     """
 
     def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None,
-                 data_seeds: tuple = ()):
-        self.plan, self.seed, self.data_seeds = plan, seed, data_seeds
+                 data_seeds: tuple = (), validation_order: tuple = (None, None)):
+        self.plan, self.seed, self.data_seeds, self.validation_order = plan, seed, data_seeds, validation_order
         self.width = 2 * (1 + len(plan.metric_names))
         if start is None:
             self.begin(plan.initial_epoch)
@@ -97,7 +97,8 @@ class Cursor:
         states = self.totals.states
         return Position(copy_tree(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
                         losses.astype(np.float32), copy_tree(self.accumulated),
-                        None if states is None else jax.tree.map(np.array, states), self.data_seeds)
+                        None if states is None else jax.tree.map(np.array, states), self.data_seeds,
+                        *self.validation_order)
 
     @property
     def _names(self):
@@ -200,7 +201,7 @@ def run_fit(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks, sho
     """
     callbacks.on_train_begin()
     try:
-        _restore(callbacks, slot, source, cursor)
+        _restore(callbacks, slot, source, cursor, validate)
         with _interrupts_at_step_boundaries() as interrupts:
             try:
                 logs = _run_epochs(exe, slot, source, cursor, callbacks, should_stop, validate, interrupts)
@@ -250,8 +251,8 @@ def _run_epochs(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks,
     return logs
 
 
-def _restore(callbacks, slot: Slot, source, cursor: Cursor) -> None:
-    """Start from the Position a callback restores (BackupAndRestore), if one does."""
+def _restore(callbacks, slot: Slot, source, cursor: Cursor, validate) -> None:
+    """Start from the Position a callback restores (BackupAndRestore), if one does, validation order included."""
     mid_epoch = source.resumes_mid_epoch
     for restore in callbacks.listeners("restore_position"):
         position = restore(mid_epoch)
@@ -263,6 +264,8 @@ def _restore(callbacks, slot: Slot, source, cursor: Cursor) -> None:
                              f"one-shot iterator, or steps_per_epoch on a stream). Pass a re-iterable input "
                              f"(a bf.data.Dataset, a list, a PyDataset), or delete the backup to start over.")
         source.reseed(position.seed, position.data_seeds)    # the saved data order (a Dataset's drawn seeds too)
+        if validate is not None:
+            cursor.validation_order = validate.resume(position, cursor.plan.initial_epoch)
         cursor.resume(position, source.num_batches)
         slot.put(copy_tree(position.train))
 

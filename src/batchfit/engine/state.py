@@ -67,7 +67,9 @@ class Position(NamedTuple):
     metric_states: the stateful metrics' variables so far, one tuple of arrays per metric (None:
     as their reset_state() leaves them);
     data_seeds: the seeds a bf.data.Dataset's shuffle(seed=None) steps drew (data/_seeds.py), put back
-    on resume so that the dataset built again by a restarted job reads in the same order.
+    on resume so that the dataset built again by a restarted job reads in the same order;
+    validation_seed, validation_data_seeds: the same for fit's validation data (its order generation, its
+    Dataset's drawn seeds; engine/validation.py), None where the position was taken without validation data.
     A stream that can be read again resumes by skipping `batch` batches of epoch `epoch`.
     """
 
@@ -80,6 +82,8 @@ class Position(NamedTuple):
     accumulated: Accumulated | None = None
     metric_states: tuple | None = None
     data_seeds: tuple = ()
+    validation_seed: int | None = None
+    validation_data_seeds: tuple | None = None
 
 
 class Slot:
