@@ -185,14 +185,12 @@ class Model(KerasStep, Shell, Handling):
         if val is not None:
             self._accept(val, "the validation data")
         cbs = self._callbacks(callbacks, verbose, "fit", source.num_batches, epochs)
-        loss_name = None if getattr(self._custom_step(), "has_loss", True) is False else "loss"
         plan = FitPlan(epochs, initial_epoch, self._steps(source, cbs), self._log_names("train"), accumulate_steps,
-                       loss_name)
+                       None if getattr(self._custom_step(), "has_loss", True) is False else "loss")
         validate = None if val is None else Validation(val, lambda slot: run_evaluate(
             self._exe, slot.leaves, val, self._steps(val, cbs), self._log_names("test"), cbs))
-        order = (None, None) if val is None else validate.order() if resume is None else validate.resume(
-            resume, initial_epoch)              # the validation data's order too (engine/validation.py)
-        cursor = Cursor(plan, source.seed, resume, source.num_batches, source.drawn_seeds(), order)
+        cursor = Cursor(plan, source.seed, resume, source.num_batches, source.drawn_seeds(),
+                        (None, None) if val is None else validate.start(resume, initial_epoch))
         self.stop_training, self._resume, self._cursor, self._busy = False, None, cursor, "fit"
         try:
             run_fit(self._exe, self._slot, source, cursor, cbs, lambda: self.stop_training, validate)
@@ -245,9 +243,8 @@ class Model(KerasStep, Shell, Handling):
             self._slot.leaves, self._running, logs = self._exe.train_running(self._slot.leaves, self._running, batch)
         return self._format(logs, return_dict)
 
-    def _compile_defaults(self):
-        raise NotCompiledError("You must call compile() before train_on_batch(), e.g. "
-                               "model.compile(optimizer='adam', loss='mse').")
+    def _compile_defaults(self):        # a Sequential compiles itself with Keras's defaults instead
+        self._require_compiled("train_on_batch")
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         """The loss (and metrics) of one batch at the current weights, in inference mode; no update."""

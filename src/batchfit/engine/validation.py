@@ -33,6 +33,10 @@ class Validation:
         """(order generation, drawn seeds): a Position's (validation_seed, validation_data_seeds)."""
         return self.source.seed, self.source.drawn_seeds()
 
+    def start(self, position, initial_epoch: int) -> tuple:
+        """`order()` for a fit starting afresh (position None), else `resume(position, initial_epoch)`."""
+        return self.order() if position is None else self.resume(position, initial_epoch)
+
     def resume(self, position, initial_epoch: int) -> tuple:
         """Read on in the order of the run that saved `position` (before any step); returns `order()`.
 
