@@ -225,6 +225,7 @@ def ids_data(n=24, steps=6, vocab=9, seed=0):
 
 
 def fit_both(build, x, y, epochs=2):
+    keras.utils.set_random_seed(0)          # Keras draws the initial weights both models start from
     theirs, mine = build(keras), build(bf)
     mine.set_weights(theirs.get_weights())
     theirs.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
