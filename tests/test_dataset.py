@@ -97,6 +97,19 @@ def test_both_shuffle_buffers_draw_the_orders_tf_data_can_produce():
         assert all(abs(c / 4000 - 1 / 8) < 0.03 for c in counts.values())    # each with chance 1/8
 
 
+def test_window_order_is_the_buffer_loop_on_the_same_draws():
+    from batchfit.data._base import window_order
+    # the loop written out: step t emits slot j_t and refills it with item size + t; then the rest, permuted
+    for n, size, seed in ((12, 3, 0), (100, 7, 1), (300, 256, 2), (70_000, 65_537, 3), (9, 1, 4)):
+        rng = np.random.default_rng(seed)
+        slots, buffer, expected = rng.integers(0, size, n - size), list(range(size)), []
+        for t, j in enumerate(slots):
+            expected.append(buffer[j])
+            buffer[j] = size + t
+        expected += rng.permutation(np.array(buffer)).tolist()
+        assert window_order(n, size, np.random.default_rng(seed)).tolist() == expected
+
+
 def test_cache_replays_the_first_complete_iteration():
     calls = []
     ds = Dataset.from_tensor_slices(np.arange(4)).map(lambda v: calls.append(1) or v * 2).cache()

@@ -107,7 +107,8 @@ def window_order(n: int, size: int, rng) -> np.ndarray:
     """
     steps = n - size
     slots = rng.integers(0, size, steps)
-    times = np.lexsort((np.arange(steps), slots))          # by slot, then by time
+    # By slot, then by time: a stable sort, on slots in their smallest dtype (16-bit keys get a radix sort)
+    times = np.argsort(slots.astype(np.min_scalar_type(size - 1)), kind="stable")
     ordered = slots[times]
     first = np.r_[True, ordered[1:] != ordered[:-1]]
     emitted = np.empty(steps, np.int64)
