@@ -269,6 +269,7 @@ def test_models_fit_to_keras_numbers(builder, inputs):
     x = [rng.normal(size=(32, 8 if inputs == 1 else 3)).astype(np.float32) for _ in range(inputs)]
     y = (np.sum([v[:, :1] for v in x], axis=0) ** 2).astype(np.float32)
     x = x[0] if inputs == 1 else x
+    keras.utils.set_random_seed(0)          # Keras draws the initial weights both models start from
     theirs, mine = builder(keras), builder(bf)
     mine.set_weights(theirs.get_weights())
     theirs.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
