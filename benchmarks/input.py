@@ -11,8 +11,9 @@
    device path), of the article's bf.data pipeline, of a generator of NumPy batches, and of
    two other streamed inputs, and of the usual per-row placement of a map
    (`shuffle -> map(f) -> batch`) with a traceable `f` (standardize: batched by batchfit), a
-   NumPy-written `f` (`np.where`: traced on NumPy proxies, batched) and a non-traceable `f`
-   (Python control flow on the row's values: per row, serially, on AUTOTUNE threads, and on 2
+   NumPy-written `f` (`np.where`: traced on NumPy proxies, batched), a NumPy `f` with an `if` on the
+   row's values (every path traced, each row taking its own: batched) and a non-traceable `f` (the
+   same `if` on a Python float of the value: per row, serially, on AUTOTUNE threads, and on 2
    spawned processes of this script's own, which batchfit does not use: see --workers).
    The variants run interleaved, `--repeats` rounds, so that a
    busy machine slows all of them alike; the ratio reported is the median of the per-round
@@ -50,11 +51,13 @@ ARTICLE = "article pipeline: from_tensor_slices.shuffle.batch.prefetch (fused)"
 MEAN, STD = np.full(10, 0.5), np.full(10, 0.29)       # the features are uniform on [0, 1)
 TRACEABLE_MAP = "per-row map, traceable f: shuffle.map(standardize).batch.prefetch"
 NUMPY_MAP = "per-row map, NumPy f: shuffle.map(np.where).batch.prefetch"
+BRANCH_MAP = "per-row map, NumPy f with an if: shuffle.map(clip_if_outlier).batch.prefetch"
 PYTHON_MAP = "per-row map, non-traceable f: shuffle.map(cap_outliers).batch.prefetch"
 PYTHON_THREADS = "per-row map, non-traceable f on AUTOTUNE threads"
 PYTHON_PROCESSES = "per-row map, non-traceable f on 2 processes (this script's pool, not batchfit's)"
 MAPS = (TRACEABLE_MAP, "batched map, traceable f: shuffle.batch.map(standardize).prefetch", NUMPY_MAP,
-        "batched map, NumPy f: shuffle.batch.map(np.where).prefetch", PYTHON_MAP, PYTHON_THREADS, PYTHON_PROCESSES)
+        "batched map, NumPy f: shuffle.batch.map(np.where).prefetch", BRANCH_MAP, PYTHON_MAP, PYTHON_THREADS,
+        PYTHON_PROCESSES)
 
 
 def standardize(features, target):
@@ -67,9 +70,17 @@ def keep_above_half(features, target):
     return np.where(features > 0.5, features, 0.0), target
 
 
-def cap_outliers(features, target):
-    """A non-traceable per-row map: Python control flow on the row's values, so it runs per row."""
+def clip_if_outlier(features, target):
+    """A NumPy-written per-row map with an `if` on the row's values: batchfit traces both paths (as tf.data's
+    AutoGraph makes the `if` a conditional) and each row takes its own."""
     if features.max() > 0.99:
+        features = np.minimum(features, 0.99)
+    return features, target
+
+
+def cap_outliers(features, target):
+    """A non-traceable per-row map: the same `if` on a Python float of the row's value, so it runs per row."""
+    if float(features.max()) > 0.99:
         features = np.minimum(features, 0.99)
     return features, target
 
@@ -104,6 +115,7 @@ def variants(x, y, batch_size):
                                rows.batch(batch_size).map(standardize).prefetch(auto),
                                rows.map(keep_above_half).batch(batch_size).prefetch(auto),
                                rows.batch(batch_size).map(keep_above_half).prefetch(auto),
+                               rows.map(clip_if_outlier).batch(batch_size).prefetch(auto),
                                rows.map(cap_outliers).batch(batch_size).prefetch(auto),
                                rows.map(cap_outliers, num_parallel_calls=auto).batch(batch_size).prefetch(auto))))
 
