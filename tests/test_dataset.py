@@ -314,3 +314,30 @@ def test_a_forked_child_draws_other_fresh_seeds():
             "print(child != mine)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_rows_read_a_block_at_a_time_are_the_rows_read_one_at_a_time():
+    """row_elements reads a tuple of arrays 256 rows at a time: the same elements, types and dtypes as
+    indexing row by row, across block ends, for in-order, strided and shuffled indices."""
+    from batchfit.data._base import row_elements
+    x, y = np.arange(600 * 3, dtype=np.float32).reshape(600, 3), np.arange(600)
+    rows = bf.data.Dataset.from_tensor_slices((x, y))
+    for indices in (range(600), range(5, 600, 7), np.random.default_rng(0).permutation(600)):
+        got = list(row_elements(rows, indices))
+        assert len(got) == len(indices)
+        for (a, b), i in zip(got, indices):
+            assert type(a) is np.ndarray and a.dtype == np.float32 and a.tolist() == x[i].tolist()
+            assert type(b) is type(y[i]) and b == y[i]
+
+
+def test_batch_stacks_tuples_of_arrays_and_other_elements_alike():
+    """The tuple-of-arrays fast path of batch() and the tree path give the same batches; a nested tuple or
+    a Python number goes the tree path, and elements of other shapes are refused with batch()'s error."""
+    from batchfit.data._base import _stack
+    flat = [(np.full(2, i, np.float32), np.int64(i)) for i in range(3)]
+    a, b = _stack(flat)
+    assert a.tolist() == [[0, 0], [1, 1], [2, 2]] and a.dtype == np.float32 and b.dtype == np.int64
+    nested = _stack([(np.zeros(2), (np.ones(1), 1.0)) for _ in range(3)])
+    assert nested[1][0].shape == (3, 1) and nested[1][1].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="batch\\(\\) cannot stack elements"):
+        _stack([(np.zeros(2), np.int64(0)), (np.zeros(3), np.int64(1))])

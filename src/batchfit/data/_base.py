@@ -23,6 +23,8 @@ AUTOTUNE = -1
 INFINITE_CARDINALITY = -1
 UNKNOWN_CARDINALITY = -2
 _AUTOTUNE_DEPTH = 8
+_ROW_BLOCK = 256                       # rows of a tuple of arrays read at once (row_elements)
+_ARRAY = (np.ndarray, np.generic)
 STEPS = Registry("dataset step")      # name -> the Dataset subclass that runs that transformation
 
 
@@ -68,6 +70,10 @@ def _as_tensor(value):
 
 def _stack(elements: list):
     try:
+        if set(map(type, elements)) == {tuple} and len(set(map(len, elements))) == 1:   # no tree functions for
+            columns = list(zip(*elements))                                              # tuples of arrays
+            if all(issubclass(t, _ARRAY) for column in columns for t in set(map(type, column))):
+                return tuple(np.stack(column) for column in columns)
         return jax.tree.map(lambda *parts: np.stack(parts), *elements)
     except ValueError as e:
         raise ValueError(f"batch() cannot stack elements {describe(elements[0])} ... {describe(elements[-1])}: {e}. "
@@ -120,10 +126,17 @@ def window_order(n: int, size: int, rng) -> np.ndarray:
 
 
 def row_elements(rows, indices) -> Iterator:
-    """The rows `indices` of a from_tensor_slices dataset `rows`, one element each."""
+    """The rows `indices` of a from_tensor_slices dataset `rows`, one element each. Rows of a tuple of
+    in-memory arrays are read a block at a time (one gather per array, the block's rows as views of it)."""
     leaves, treedef = rows._leaves, rows._treedef
-    for i in indices:
-        yield jax.tree.unflatten(treedef, [leaf[i] for leaf in leaves])
+    if treedef != jax.tree.structure((0,) * len(leaves)) or any(isinstance(a, np.memmap) for a in leaves):
+        for i in indices:
+            yield jax.tree.unflatten(treedef, [leaf[i] for leaf in leaves])
+        return
+    for start in range(0, len(indices), _ROW_BLOCK):
+        block = indices[start:start + _ROW_BLOCK]
+        block = slice(block.start, block.stop, block.step) if isinstance(block, range) else block
+        yield from zip(*[list(leaf[block]) for leaf in leaves])
 
 
 def _check_int(method: str, name: str, value, minimum: int, fix: str, allowed: tuple = ()) -> int:

@@ -65,10 +65,13 @@ def stoppable(iterator: Iterator) -> Iterator:
     >>> list(stoppable(iter(range(3))))     # off a worker thread: the items, unchanged
     [0, 1, 2]
     """
+    stops = getattr(_WORKER, "stops", ())          # the list stop_requested() reads, looked up once
     check_stop()
     for item in iterator:
         yield item
-        check_stop()
+        for stop in stops:
+            if stop.is_set():
+                raise Stopped
 
 
 class Prefetcher:
