@@ -7,7 +7,8 @@ batch as on each row stacked, the map becomes rows again (`MappedRows`): `batch`
 block of rows and maps it in one call, and fit's fused device path can map all rows once
 (`fold`). A NumPy-written `f` (`np.where`, `np.clip`, ufuncs, indexing: JAX cannot trace
 NumPy calls) is traced again on NumPy proxies (`_numpy_trace`), which run each NumPy call as
-its `jax.numpy` twin in 64 bits, NumPy's types; the same checks then apply.
+its `jax.numpy` twin in 64 bits, NumPy's types, and follow every path of an `if` on the row's
+values (each row then takes its own); the same checks then apply.
 
 `f` runs on a whole batch in one of three forms, the first that matches the per-row results:
 
@@ -18,8 +19,8 @@ its `jax.numpy` twin in 64 bits, NumPy's types; the same checks then apply.
 * eager: `jax.vmap(f)` op by op, as the per-row calls run `jnp` functions (XLA fuses a jitted
   reduction differently, so jit(vmap(f)) of a row norm differs in the last bit).
 
-Anything else maps one row at a time, exactly as before: a trace that fails (Python control
-flow on values, `np.asarray` of the row, a Python scalar), a trace that differs the second
+Anything else maps one row at a time, exactly as before: a trace that fails (a loop on values,
+paths of other shapes, `float()` or `np.asarray` of the row, a Python scalar), a trace that differs the second
 time (NumPy random numbers, a counter), a side effect the trace can see (a list, dict or set
 in its closure or globals that grows, an attribute of `self` that changes), or a batched
 result that differs on the probe rows (the data's first rows and made-up ones) in any bit,
