@@ -13,9 +13,9 @@
    (`shuffle -> map(f) -> batch`) with a traceable `f` (standardize: batched by batchfit), a
    NumPy-written `f` (`np.where`: traced on NumPy proxies, batched), a NumPy `f` with an `if` on the
    row's values (every path traced, each row taking its own: batched) and a non-traceable `f` (the
-   same `if` on a Python float of the value: per row, serially, on AUTOTUNE threads, and on 2
-   spawned processes of this script's own, which batchfit does not use: see --workers).
-   The variants run interleaved, `--repeats` rounds, so that a
+   same `if` on a Python float of the value: per row, serially, with num_parallel_calls=AUTOTUNE
+   (threads or one at a time, whichever maps faster), and on 2 spawned processes of this script's
+   own, which batchfit does not use: see --workers). The variants run interleaved, `--repeats` rounds, so that a
    busy machine slows all of them alike; the ratio reported is the median of the per-round
    ratios to the fused path.
 2. Memory: a float32 memmap of --memmap-gb GB is written to a temp dir (free space is
@@ -53,7 +53,7 @@ TRACEABLE_MAP = "per-row map, traceable f: shuffle.map(standardize).batch.prefet
 NUMPY_MAP = "per-row map, NumPy f: shuffle.map(np.where).batch.prefetch"
 BRANCH_MAP = "per-row map, NumPy f with an if: shuffle.map(clip_if_outlier).batch.prefetch"
 PYTHON_MAP = "per-row map, non-traceable f: shuffle.map(cap_outliers).batch.prefetch"
-PYTHON_THREADS = "per-row map, non-traceable f on AUTOTUNE threads"
+PYTHON_THREADS = "per-row map, non-traceable f, num_parallel_calls=AUTOTUNE"
 PYTHON_PROCESSES = "per-row map, non-traceable f on 2 processes (this script's pool, not batchfit's)"
 MAPS = (TRACEABLE_MAP, "batched map, traceable f: shuffle.batch.map(standardize).prefetch", NUMPY_MAP,
         "batched map, NumPy f: shuffle.batch.map(np.where).prefetch", BRANCH_MAP, PYTHON_MAP, PYTHON_THREADS,
@@ -210,8 +210,9 @@ def stack_batches(elements, batch_size: int):
 
 
 def python_map_workers(samples: int, repeats: int, batch_size: int = 32) -> dict:
-    """Rows/s of `shuffle.map(cap_outliers).batch` (no training): serially, on 2 and on AUTOTUNE threads
-    (batchfit's num_parallel_calls) and on 2 spawned processes (process_map), interleaved, each round
+    """Rows/s of `shuffle.map(cap_outliers).batch` (no training): serially, on 2 threads, with AUTOTUNE
+    (batchfit's num_parallel_calls: threads or serial, timed) and on 2 spawned processes (process_map),
+    interleaved, each round
     starting with another system: whether workers help on this machine."""
     import batchfit as bf
     rng = np.random.default_rng(0)
@@ -219,7 +220,7 @@ def python_map_workers(samples: int, repeats: int, batch_size: int = 32) -> dict
     rows = bf.data.Dataset.from_tensor_slices((x, y)).shuffle(buffer_size=10000, seed=0)
     pipelines = {"serial": lambda: iter(rows.map(cap_outliers).batch(batch_size)),
                  "2 threads": lambda: iter(rows.map(cap_outliers, num_parallel_calls=2).batch(batch_size)),
-                 "AUTOTUNE threads": lambda: iter(rows.map(cap_outliers, num_parallel_calls=bf.data.AUTOTUNE)
+                 "AUTOTUNE": lambda: iter(rows.map(cap_outliers, num_parallel_calls=bf.data.AUTOTUNE)
                                                   .batch(batch_size)),
                  "2 processes (spawn)": lambda: stack_batches(
                      process_map(cap_outliers, iter(rows), process_pool()), batch_size)}

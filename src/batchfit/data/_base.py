@@ -7,7 +7,6 @@ The public methods build steps looked up by name in STEPS, which the step classe
 from __future__ import annotations
 
 import itertools
-import os
 from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
@@ -210,12 +209,11 @@ class Dataset:
         return STEPS.get("batch")(self, batch_size, bool(drop_remainder))
 
     def map(self, map_func: Callable, num_parallel_calls=None, deterministic=None) -> "Dataset":
-        """Apply `map_func` to every element (`num_parallel_calls` threads; the order is kept)."""
+        """Apply `map_func` to every element (`num_parallel_calls` threads, AUTOTUNE: threads or one at a time,
+        whichever maps faster; the order is kept)."""
         workers = 1 if num_parallel_calls is None else _check_int(
             "map", "num_parallel_calls", num_parallel_calls, 1,
             "Pass a number of threads, AUTOTUNE, or None for one call at a time.", allowed=(AUTOTUNE,))
-        if workers == AUTOTUNE:
-            workers = min(32, (os.cpu_count() or 1) + 4)
         return STEPS.get("map")(self, map_func, workers)
 
     def filter(self, predicate: Callable) -> "Dataset":

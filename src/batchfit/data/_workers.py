@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -14,6 +15,7 @@ from batchfit.data._base import _call
 __all__ = ["parallel_map", "tuple_if_list"]
 
 _TASK_S = 1e-3                    # a task of a parallel map runs about this long (a group of elements)
+_PROBE = 512                      # elements timed serially, then on threads, before AUTOTUNE settles a pass
 
 
 def tuple_if_list(value):
@@ -22,6 +24,44 @@ def tuple_if_list(value):
 
 
 def parallel_map(fn: Callable, elements, workers: int):
+    """`fn` of each element on `workers` threads (AUTOTUNE, -1: see _autotuned), in the input order."""
+    if workers < 0:
+        return _autotuned(fn, iter(elements))
+    return _threaded(fn, elements, workers)
+
+
+def _autotuned(fn: Callable, elements):
+    """num_parallel_calls=AUTOTUNE: `_PROBE` elements mapped serially, the next `_PROBE` on threads, each
+    timed; the rest of the pass runs the faster way. Threads only wait for each other on a Python `f` (it
+    holds the GIL) and help an `f` that releases it (NumPy on large arrays, reading files)."""
+    serial, error, serial_s = _timed(_serial(fn, itertools.islice(elements, _PROBE)))
+    yield from serial
+    if error is not None:
+        raise error
+    workers = min(32, (os.cpu_count() or 1) + 4)
+    threaded, error, threaded_s = _timed(_threaded(fn, itertools.islice(elements, _PROBE), workers))
+    yield from threaded
+    if error is not None:
+        raise error
+    yield from (_threaded(fn, elements, workers) if threaded_s < 0.9 * serial_s else _serial(fn, elements))
+
+
+def _serial(fn: Callable, elements):
+    return (tuple_if_list(_call(fn, e)) for e in elements)
+
+
+def _timed(results) -> tuple:
+    """(the results up to the end or the first error, that error or None, the seconds they took)."""
+    out, start = [], time.perf_counter()
+    try:
+        for result in results:
+            out.append(result)
+    except Exception as error:              # raised again by the caller, after the results before it
+        return out, error, time.perf_counter() - start
+    return out, None, time.perf_counter() - start
+
+
+def _threaded(fn: Callable, elements, workers: int):
     """`fn` of each element on `workers` threads, yielded in the input order (tf.data's deterministic map).
 
     A task maps a group of elements sized to take about _TASK_S by the last group's speed: a task per
