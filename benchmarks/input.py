@@ -212,8 +212,7 @@ def stack_batches(elements, batch_size: int):
 def python_map_workers(samples: int, repeats: int, batch_size: int = 32) -> dict:
     """Rows/s of `shuffle.map(cap_outliers).batch` (no training): serially, on 2 threads, with AUTOTUNE
     (batchfit's num_parallel_calls: threads or serial, timed) and on 2 spawned processes (process_map),
-    interleaved, each round
-    starting with another system: whether workers help on this machine."""
+    interleaved, each round starting with another system: whether workers help on this machine."""
     import batchfit as bf
     rng = np.random.default_rng(0)
     x, y = rng.random((samples, 10)), rng.random((samples, 1))
