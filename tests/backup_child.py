@@ -70,6 +70,24 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class InterruptAt(bf.callbacks.Callback):
+    """At batch hook (epoch, batch): raise KeyboardInterrupt (Ctrl-C, as fit sees it), or send this process
+    a real SIGINT (`signal_it`), which fit notes and raises at that step boundary."""
+
+    def __init__(self, epoch, batch, signal_it=False):
+        super().__init__()
+        self.at, self.signal_it, self.epoch = (epoch, batch), signal_it, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):       # overridden: "auto" runs one step per call
+        if (self.epoch, batch) == self.at:
+            if not self.signal_it:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 class KillAt(bf.callbacks.Callback):
     """SIGKILL this process at the n-th train ("batch") or validation ("val") batch hook."""
 

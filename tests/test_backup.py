@@ -31,23 +31,6 @@ _SIGINT_REACHES_FIT = pytest.mark.skipif(
     reason="SIGINT is ignored in this process (a shell started it in the background), so Ctrl-C cannot reach fit")
 
 
-class InterruptAt(bf.callbacks.Callback):
-    """At batch hook (epoch, batch): raise KeyboardInterrupt, or send this process a real SIGINT."""
-
-    def __init__(self, epoch, batch, signal_it=False):
-        super().__init__()
-        self.at, self.signal_it, self.epoch = (epoch, batch), signal_it, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):       # overridden: "auto" runs one step per call
-        if (self.epoch, batch) == self.at:
-            if not self.signal_it:
-                raise KeyboardInterrupt
-            os.kill(os.getpid(), signal.SIGINT)     # the handler notes it; fit raises at the step boundary
-
-
 @pytest.fixture(scope="module")
 def whole():
     """The run never stopped (child.FIT: shuffled, Dropout, BatchNorm, accumulate_steps=2, validation)."""
@@ -68,7 +51,7 @@ def test_ctrl_c_mid_group_saves_the_position_and_the_next_fit_continues_bitwise(
     backup = tmp_path / "backup"
     stopped = child.make_model()
     with pytest.raises(KeyboardInterrupt):
-        child.fit(stopped, [bf.callbacks.BackupAndRestore(backup), InterruptAt(1, 2)])
+        child.fit(stopped, [bf.callbacks.BackupAndRestore(backup), child.InterruptAt(1, 2)])
     position = stopped.get_position()               # the model is usable at the step boundary
     assert (position.epoch, position.batch, float(position.accumulated.count)) == (1, 3, 8.0)
     assert np.isfinite(stopped.evaluate(*child.data()[1], verbose=0)[0])
@@ -88,7 +71,7 @@ def test_a_real_sigint_stops_at_a_step_boundary_with_a_fresh_seed(tmp_path):
     make = child.make_model
     backup, stopped = tmp_path / "b", make()
     with pytest.raises(KeyboardInterrupt):
-        child.fit(stopped, [bf.callbacks.BackupAndRestore(backup, save_freq=False), InterruptAt(0, 5, True)],
+        child.fit(stopped, [bf.callbacks.BackupAndRestore(backup, save_freq=False), child.InterruptAt(0, 5, True)],
                   seed=None)
     with pytest.raises(KeyboardInterrupt):            # outside fit, Ctrl-C acts as Python's own handler
         os.kill(os.getpid(), signal.SIGINT)
@@ -133,7 +116,7 @@ def test_streams_resume_a_dataset_at_the_batch_and_a_generator_at_the_epoch(tmp_
     backup, stopped = tmp_path / "b", child.make_model()
     with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
         warnings.simplefilter("always")
-        fit(stopped, [bf.callbacks.BackupAndRestore(backup, save_freq=6), InterruptAt(*stop_at)])
+        fit(stopped, [bf.callbacks.BackupAndRestore(backup, save_freq=6), child.InterruptAt(*stop_at)])
     assert any("epoch ends only" in str(w.message) for w in caught) == (kind == "generator")
     saved, _ = TrainingCheckpoints(backup).restore(stopped.get_position().train)
     assert (saved.epoch, saved.batch) == ((1, 0) if kind == "generator" else (1, 6))

@@ -14,7 +14,6 @@ import doctest
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -187,24 +186,6 @@ def test_a_cache_after_a_flat_map_is_refused_only_once_its_function_has_drawn_a_
 
 # ----- fit resumes both orders ---------------------------------------------------------------------
 
-class InterruptAt(bf.callbacks.Callback):
-    """Ctrl-C after batch `batch` of epoch `epoch`: a real SIGINT to this process (`signal=True`), which fit
-    notes and raises at that step boundary, or KeyboardInterrupt raised from here."""
-
-    def __init__(self, epoch, batch, signal=False):
-        super().__init__()
-        self.at, self.epoch, self.signal = (epoch, batch), None, signal
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            if not self.signal:
-                raise KeyboardInterrupt
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def fit(ds, val, callbacks, model=None, epochs=2):
     model = model or child.make_model()              # Dropout, BatchNorm; calls of 3 steps
     history = model.fit(ds, validation_data=val, epochs=epochs, verbose=0, callbacks=callbacks)
@@ -222,7 +203,7 @@ def test_fit_resumes_nested_shuffles_and_shuffled_validation_bitwise(tmp_path, k
     backup = tmp_path / "backup"
     ds, val = nested(kind), validation(val_kind)
     with pytest.raises(KeyboardInterrupt):
-        fit(ds, val, [bf.callbacks.BackupAndRestore(backup, save_freq=4), InterruptAt(1, 5)])
+        fit(ds, val, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5)])
     seeds, val_seeds = drawn_seeds(ds), drawn_seeds(val)
     read, read_by_reference = Recorder(), Recorder()
     again, val_again = nested(kind), validation(val_kind, read)      # the restarted job's: other seeds drawn
@@ -240,7 +221,7 @@ def test_fit_resumes_a_cache_after_an_interleave_without_nested_shuffles(tmp_pat
     backup = tmp_path / "backup"
     ds = nested("cached")
     with pytest.raises(KeyboardInterrupt):
-        fit(ds, None, [bf.callbacks.BackupAndRestore(backup, save_freq=4), InterruptAt(1, 5)])
+        fit(ds, None, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5)])
     again = nested("cached")
     resumed = fit(again, None, [bf.callbacks.BackupAndRestore(backup)])
     assert drawn_seeds(again) == drawn_seeds(ds) and len(drawn_seeds(ds)) == 2      # the shuffle and interleave
@@ -263,7 +244,7 @@ def test_the_same_dataset_objects_resume_in_the_generation_they_were_read_in(tmp
     backup, read, read_by_reference = tmp_path / "backup", Recorder(), Recorder()
     ds, val = nested("flat_map"), validation("streamed", read)
     with pytest.raises(KeyboardInterrupt):
-        fit(ds, val, [bf.callbacks.BackupAndRestore(backup, save_freq=4), InterruptAt(1, 5)])
+        fit(ds, val, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5)])
     resumed = fit(ds, val, [bf.callbacks.BackupAndRestore(backup)])
     assert val._generation == 2                    # the resumed call was the second to read it
     reference = fit(rebuilt(nested, "flat_map", drawn_seeds(ds)),
@@ -294,7 +275,7 @@ def test_a_backup_with_another_validation_pipeline_is_refused_before_any_step(tm
     backup = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):
         fit(nested("flat_map"), validation("streamed"),
-            [bf.callbacks.BackupAndRestore(backup, save_freq=4), InterruptAt(1, 5)])
+            [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5)])
     model, steps = child.make_model(), []
     before = child.leaves(model)
     counter = bf.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(batch))
@@ -362,7 +343,7 @@ def _child_main(backup, record):
     with open(record, "w") as f:
         json.dump([list(drawn_seeds(ds)), list(drawn_seeds(val))], f)
     try:
-        fit(ds, val, [bf.callbacks.BackupAndRestore(backup, save_freq=4), InterruptAt(1, 5, signal=True)])
+        fit(ds, val, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5, signal_it=True)])
     except KeyboardInterrupt:
         return
     raise SystemExit("the child's fit was not interrupted")

@@ -95,21 +95,6 @@ def test_another_pipeline_or_a_cache_after_the_shuffle_is_refused():
 
 # ----- fit resumes in the saved order ------------------------------------------------------------
 
-class InterruptAt(bf.callbacks.Callback):
-    """Raise KeyboardInterrupt (Ctrl-C, as fit sees it) after batch `batch` of epoch `epoch`."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise KeyboardInterrupt
-
-
 def fit(ds, callbacks):
     model = child.make_model()                    # Dropout, BatchNorm; calls of 3 steps
     history = model.fit(ds, epochs=2, verbose=0, callbacks=callbacks)
@@ -120,7 +105,7 @@ def interrupted(kind, backup):
     """Train on a pipeline with drawn seeds until Ctrl-C after batch 5 of epoch 1; returns its seeds."""
     ds = pipeline(kind)
     with pytest.raises(KeyboardInterrupt):
-        fit(ds, [bf.callbacks.BackupAndRestore(backup, save_freq=4), InterruptAt(1, 5)])
+        fit(ds, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5)])
     return drawn_seeds(ds)
 
 
@@ -192,7 +177,7 @@ def _child_main(backup, record):
     with open(record, "w") as f:
         json.dump(list(drawn_seeds(ds)), f)
     try:
-        fit(ds, [bf.callbacks.BackupAndRestore(backup, save_freq=4), InterruptAt(1, 5)])
+        fit(ds, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5)])
     except KeyboardInterrupt:
         return
     raise SystemExit("the child's fit was not interrupted")
