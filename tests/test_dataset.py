@@ -331,8 +331,8 @@ def test_rows_read_a_block_at_a_time_are_the_rows_read_one_at_a_time():
 
 
 def test_batch_stacks_tuples_of_arrays_and_other_elements_alike():
-    """The tuple-of-arrays fast path of batch() and the tree path give the same batches; a nested tuple or
-    a Python number goes the tree path, and elements of other shapes are refused with batch()'s error."""
+    """batch() stacks tuples of arrays and NumPy scalars, nested tuples and Python numbers component by
+    component, and refuses elements of other shapes with its own error."""
     from batchfit.data._base import _stack
     flat = [(np.full(2, i, np.float32), np.int64(i)) for i in range(3)]
     a, b = _stack(flat)

@@ -23,7 +23,6 @@ INFINITE_CARDINALITY = -1
 UNKNOWN_CARDINALITY = -2
 _AUTOTUNE_DEPTH = 8
 _ROW_BLOCK = 256                       # rows of a tuple of arrays read at once (row_elements)
-_ARRAY = (np.ndarray, np.generic)
 STEPS = Registry("dataset step")      # name -> the Dataset subclass that runs that transformation
 
 
@@ -69,10 +68,6 @@ def _as_tensor(value):
 
 def _stack(elements: list):
     try:
-        if set(map(type, elements)) == {tuple} and len(set(map(len, elements))) == 1:   # no tree functions for
-            columns = list(zip(*elements))                                              # tuples of arrays
-            if all(issubclass(t, _ARRAY) for column in columns for t in set(map(type, column))):
-                return tuple(np.stack(column) for column in columns)
         return jax.tree.map(lambda *parts: np.stack(parts), *elements)
     except ValueError as e:
         raise ValueError(f"batch() cannot stack elements {describe(elements[0])} ... {describe(elements[-1])}: {e}. "

@@ -23,7 +23,7 @@ from batchfit.data._base import (INFINITE_CARDINALITY, STEPS, UNKNOWN_CARDINALIT
                                  _as_tensor, _buffer_shuffle, _call, _stack, row_elements, truth, window_order)
 from batchfit.data._drawn import fresh_seed
 from batchfit.data._map import MappedRows, batched_map, fold
-from batchfit.data._workers import parallel_map, tuple_if_list
+from batchfit.data._workers import parallel_map
 from batchfit.data.arrays import epoch_order, is_memmap, read_rows, release_pages
 from batchfit.data.prefetch import Prefetcher, stoppable
 from batchfit.errors import describe
@@ -242,10 +242,7 @@ class Map(Unary):
         return None if self._plan is None else fold(self._plan, tensors)
 
     def _elements(self, key):
-        elements = stoppable(self._input._elements(key))
-        if self._workers == 1:
-            return (tuple_if_list(_call(self._fn, e)) for e in elements)
-        return parallel_map(self._fn, elements, self._workers)
+        return parallel_map(self._fn, stoppable(self._input._elements(key)), self._workers)
 
 
 @STEPS.register("filter")

@@ -24,7 +24,10 @@ def tuple_if_list(value):
 
 
 def parallel_map(fn: Callable, elements, workers: int):
-    """`fn` of each element on `workers` threads (AUTOTUNE, -1: see _autotuned), in the input order."""
+    """`fn` of each element on `workers` threads (1: on this one; AUTOTUNE, -1: see _autotuned), in the
+    input order."""
+    if workers == 1:
+        return _serial(fn, elements)
     if workers < 0:
         return _autotuned(fn, iter(elements))
     return _threaded(fn, elements, workers)
@@ -75,8 +78,8 @@ def _threaded(fn: Callable, elements, workers: int):
     def run(group):
         start, out = time.perf_counter(), []
         try:
-            for e in group:
-                out.append(tuple_if_list(_call(fn, e)))
+            for result in _serial(fn, group):
+                out.append(result)
         except Exception as error:          # raised again in the consumer, at its element
             return out, error
         per_element[0] = max(1e-7, (time.perf_counter() - start) / len(group))

@@ -40,12 +40,13 @@ class Stopped(BaseException):
     """
 
 
-def stop_requested() -> bool:
+def stop_requested(stops=None) -> bool:
     """Whether the Prefetcher whose worker runs this code, or one it is nested in, has been closed.
 
     False off a worker thread. A Prefetcher made on a worker thread is nested in that worker's.
+    `stops`: this thread's stop events (`_WORKER.stops`), when the caller looked them up already.
     """
-    for stop in getattr(_WORKER, "stops", ()):
+    for stop in getattr(_WORKER, "stops", ()) if stops is None else stops:
         if stop.is_set():
             return True
     return False
@@ -65,13 +66,12 @@ def stoppable(iterator: Iterator) -> Iterator:
     >>> list(stoppable(iter(range(3))))     # off a worker thread: the items, unchanged
     [0, 1, 2]
     """
-    stops = getattr(_WORKER, "stops", ())          # the list stop_requested() reads, looked up once
+    stops = getattr(_WORKER, "stops", ())          # looked up once, not per item
     check_stop()
     for item in iterator:
         yield item
-        for stop in stops:
-            if stop.is_set():
-                raise Stopped
+        if stop_requested(stops):
+            raise Stopped
 
 
 class Prefetcher:
