@@ -96,7 +96,7 @@ def _all_paths(run: Callable):
 
 def _join(results: list):
     """The result of the path each row takes: `jnp.where` on the paths' conditions, last path first."""
-    last_path, joined = results[-1]
+    joined = results[-1][1]
     structure = jax.tree.structure(joined)
     for path, result in reversed(results[:-1]):
         if jax.tree.structure(result) != structure:
