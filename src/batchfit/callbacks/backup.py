@@ -235,7 +235,7 @@ def _capture(model):
         return (lambda: position), (position.epoch, position.batch)
     held = copy.copy(cursor)
     held.reports = list(cursor.reports)
-    parts = (list(slot.leaves), cursor.accumulated, cursor.totals.states)
+    parts = (list(slot.leaves), cursor.accumulated, None if cursor.totals is None else cursor.totals.states)
     layout, treedef = jax.tree.structure(parts), slot.treedef
     copied = snapshot(jax.tree.leaves(parts))
 
@@ -243,7 +243,8 @@ def _capture(model):
         leaves = [jax.random.wrap_key_data(a, impl=leaf.key_impl) if leaf.key_impl else a
                   for a, leaf in zip(copied.arrays(), copied.layout)]
         train, held.accumulated, states = jax.tree.unflatten(layout, leaves)
-        held.totals = held.totals._replace(states=states)
+        if held.totals is not None:
+            held.totals = held.totals._replace(states=states)
         return held.position(_Held(jax.tree.unflatten(treedef, train)))
     return position, (cursor.epoch, cursor.batch)
 

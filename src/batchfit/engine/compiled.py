@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from batchfit.distribution import (across_processes, constrain_batch, constrain_processes, constrain_replicated,
@@ -22,7 +23,7 @@ from batchfit.engine.state import Accumulated, Batch, TrainState
 from batchfit.engine.step import (Program, Totals, accumulate_step, apply_accumulated, eval_step, initial_totals,
                                   predict_step, train_step, with_results)
 
-__all__ = ["Executables", "build_executables", "start_state", "results"]
+__all__ = ["Executables", "build_executables", "start_state", "results", "device_int"]
 
 _CHUNK_SHAPE = ("num_steps", "tail", "batch_size")
 
@@ -47,6 +48,7 @@ class Executables(NamedTuple):
     eval_chunk: Callable    # (state, totals, data, start, order, *, num_steps, tail, batch_size) -> totals
     predict_chunk: Callable  # (state, x, start, *, num_steps, tail, batch_size) -> y_pred of the chunk
     initial_totals: Totals  # on the host: zero rows, the stateful metrics' reset_state() values
+    fresh_totals: Totals    # initial_totals put on the device once: an epoch's or a pass's start sends nothing
     predict_step_batch: Callable | None = None  # (state, x) -> y_pred for predict_on_batch: the model's own
                                                 # predict_step if it has one (predict_batch is its call)
 
@@ -56,6 +58,23 @@ def results(totals, names) -> dict:
     total, count = totals[:, 0], totals[:, 1]
     values = jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
     return {name: values[i] for i, name in enumerate(names)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _device_int(i: int):
+    return jax.device_put(np.int32(i))
+
+
+def device_int(i: int):
+    """A chunk's start row or first batch `i` as the int32 argument of a compiled call: put on the device
+    once per value (a host scalar would be sent with every dispatch); across processes, where arguments
+    are global values, the host scalar."""
+    return np.int32(i) if across_processes() else _device_int(int(i))
+
+
+def _fresh(initial: Totals) -> Totals:
+    """`initial` on the device, where a compiled call's own host arguments go; across processes, itself."""
+    return initial if across_processes() else jax.device_put(initial)
 
 
 def _slice(tree, start, size):
@@ -295,5 +314,6 @@ def build_executables(program: Program, state_def) -> Executables:
         eval_chunk=jax.jit(reads(_eval_chunk), static_argnames=_CHUNK_SHAPE),
         predict_chunk=_own_outputs(jax.jit(reads(_predict_chunk), static_argnames=_CHUNK_SHAPE)),
         initial_totals=initial,
+        fresh_totals=_fresh(initial),
         predict_step_batch=jax.jit(reads(_predict_step_batch)),
     )

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
-from batchfit.engine.compiled import Executables
+from batchfit.engine.compiled import Executables, device_int
 from batchfit.engine.state import Position, Slot, copy_tree, read_totals, zero_totals
 from batchfit.engine.step import Totals
 
@@ -40,8 +40,8 @@ class Cursor:
 
     `reports` are the epoch's chunk reports (compiled.Executables.fit_chunk), read on demand;
     `prior_losses` are the batch losses a resumed epoch had before this call; `totals` (step.Totals):
-    the epoch's running rows and stateful metrics' state (None until the epoch's first dispatch puts
-    in the values reset_state() gives, Executables.initial_totals).
+    the epoch's running rows and stateful metrics' state (None at an epoch's start: its first dispatch
+    takes Executables.fresh_totals; a resumed position's metric state None: reset_state()'s values).
     """
 
     def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None,
@@ -62,8 +62,7 @@ class Cursor:
         self.accumulated, self.reports = start.accumulated, []
 
     def begin(self, epoch: int) -> None:
-        self.epoch, self.batch = epoch, 0
-        self.totals = Totals(zero_totals(len(self.plan.metric_names)), None)
+        self.epoch, self.batch, self.totals = epoch, 0, None
         self.prior_losses = np.zeros(0, np.float32)
         self.accumulated, self.reports = None, []
 
@@ -87,14 +86,15 @@ class Cursor:
         """(the epoch's logs so far, every batch loss so far, the totals): one host copy per chunk."""
         hosts = [np.asarray(r) for r in self.reports]
         losses = np.concatenate([self.prior_losses, *(h[:-self.width] for h in hosts)])
-        totals = hosts[-1][-self.width:].reshape(-1, 2) if hosts else np.asarray(self.totals.rows)
+        rows = zero_totals(len(self.plan.metric_names)) if self.totals is None else self.totals.rows
+        totals = hosts[-1][-self.width:].reshape(-1, 2) if hosts else np.asarray(rows)
         return read_totals(totals, self._names), losses, totals
 
     def position(self, slot: Slot) -> Position:
         """A copy of where training stands: the state's arrays copied on the device (training
         donates the originals), the loop's place on the host (reading it waits for the device)."""
         _, losses, totals = self.results()
-        states = self.totals.states
+        states = None if self.totals is None else self.totals.states
         return Position(copy_tree(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
                         losses.astype(np.float32), copy_tree(self.accumulated),
                         None if states is None else jax.tree.map(np.array, states), self.data_seeds,
@@ -156,7 +156,9 @@ def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, sh
     want_begin, want_end = callbacks.wants("on_train_batch_begin"), callbacks.wants("on_train_batch_end")
     if k > 1 and cursor.accumulated is None:
         cursor.accumulated = exe.zero_accumulated(slot.leaves)
-    if cursor.totals.states is None:
+    if cursor.totals is None:
+        cursor.totals = exe.fresh_totals
+    elif cursor.totals.states is None:
         cursor.totals = cursor.totals._replace(states=exe.initial_totals.states)
     _check_states(cursor.totals.states, exe.initial_totals.states)
     for piece in feed.epoch(cursor.epoch):
@@ -165,8 +167,8 @@ def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, sh
         if want_begin:
             callbacks.on_train_batch_begin(chunk.first)
         slot.leaves, totals, cursor.accumulated, report = exe.fit_chunk(
-            slot.leaves, cursor.totals, cursor.accumulated, piece.data, np.int32(chunk.start), piece.order,
-            np.int32(chunk.first), num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size,
+            slot.leaves, cursor.totals, cursor.accumulated, piece.data, device_int(chunk.start), piece.order,
+            device_int(chunk.first), num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size,
             accumulate=k)
         cursor.advance(chunk.last, totals, report)
         if want_end:
@@ -327,17 +329,12 @@ def _end_epoch(ended: Cursor, slot: Slot, callbacks, validate) -> dict:
     logs, batch_losses, _ = ended.results()
     if validate is not None:
         logs.update({f"val_{k}": v for k, v in validate(slot).items()})
-    _learn_steps(callbacks, len(batch_losses))
+    for cb in callbacks.callbacks:     # a stream of unknown length: after its first epoch, its batch count is `steps`
+        if cb.params.get("steps", 0) is None:
+            cb.params["steps"] = len(batch_losses)
     callbacks.on_epoch_batch_losses(ended.epoch, {"loss": batch_losses})
     callbacks.on_epoch_end(ended.epoch, logs)
     return logs
-
-
-def _learn_steps(callbacks, num_batches: int):
-    """A stream of unknown length: after the first epoch, its batch count is the callbacks' `steps`."""
-    for cb in callbacks.callbacks:
-        if cb.params.get("steps", 0) is None:
-            cb.params["steps"] = num_batches
 
 
 def _one_pass(source, steps_per_execution: int, outputs: list):
@@ -356,14 +353,14 @@ def run_evaluate(exe: Executables, leaves: list, source, steps_per_execution: in
     """Sample-weighted means of the loss and metrics over one pass of `source`, at fixed weights,
     with Keras's test hooks (on_test_begin, on_test_batch_begin / _end per dispatch, on_test_end)."""
     names = ("loss", *metric_names)
-    totals, outputs = exe.initial_totals, []
+    totals, outputs = exe.fresh_totals, []
     want_begin, want_end = callbacks.wants("on_test_batch_begin"), callbacks.wants("on_test_batch_end")
     callbacks.on_test_begin()
     for piece in _one_pass(source, steps_per_execution, outputs):
         chunk = piece.chunk
         if want_begin:
             callbacks.on_test_batch_begin(chunk.first)
-        totals = exe.eval_chunk(leaves, totals, piece.data, np.int32(chunk.start), piece.order,
+        totals = exe.eval_chunk(leaves, totals, piece.data, device_int(chunk.start), piece.order,
                                 num_steps=chunk.num_steps, tail=chunk.tail, batch_size=piece.batch_size)
         outputs.append(totals.rows)
         if want_end:
@@ -391,7 +388,7 @@ def run_predict(exe: Executables, leaves: list, source, steps_per_execution: int
         chunk = piece.chunk
         if want_begin:
             callbacks.on_predict_batch_begin(chunk.first)
-        outs.append(exe.predict_chunk(leaves, piece.data.x, np.int32(chunk.start), num_steps=chunk.num_steps,
+        outs.append(exe.predict_chunk(leaves, piece.data.x, device_int(chunk.start), num_steps=chunk.num_steps,
                                       tail=chunk.tail, batch_size=piece.batch_size))
         if want_end:
             callbacks.on_predict_batch_end(chunk.last, {"outputs": jax.tree.map(np.asarray, outs[-1])})
