@@ -15,7 +15,9 @@
    row's values (every path traced, each row taking its own: batched) and a non-traceable `f` (the
    same `if` on a Python float of the value: per row, serially, with num_parallel_calls=AUTOTUNE
    (threads or one at a time, whichever maps faster), and on 2 spawned processes of this script's
-   own, which batchfit does not use: see --workers). The variants run interleaved, `--repeats` rounds, so that a
+   own, which batchfit does not use: see --workers); and that non-traceable `f` alone, in a Python loop over
+   the rows sliced beforehand (no pipeline, no training), whose rate is the ceiling of any per-row map of it
+   on one core. The variants run interleaved, `--repeats` rounds, so that a
    busy machine slows all of them alike; the ratio reported is the median of the per-round
    ratios to the fused path.
 2. Memory: a float32 memmap of --memmap-gb GB is written to a temp dir (free space is
@@ -55,6 +57,7 @@ BRANCH_MAP = "per-row map, NumPy f with an if: shuffle.map(clip_if_outlier).batc
 PYTHON_MAP = "per-row map, non-traceable f: shuffle.map(cap_outliers).batch.prefetch"
 PYTHON_THREADS = "per-row map, non-traceable f, num_parallel_calls=AUTOTUNE"
 PYTHON_PROCESSES = "per-row map, non-traceable f on 2 processes (this script's pool, not batchfit's)"
+F_ALONE = "f alone, no pipeline, no training: the ceiling (cap_outliers over pre-sliced rows, rows/s / 32)"
 MAPS = (TRACEABLE_MAP, "batched map, traceable f: shuffle.batch.map(standardize).prefetch", NUMPY_MAP,
         "batched map, NumPy f: shuffle.batch.map(np.where).prefetch", BRANCH_MAP, PYTHON_MAP, PYTHON_THREADS,
         PYTHON_PROCESSES)
@@ -132,7 +135,24 @@ def variants(x, y, batch_size):
         "article pipeline with a .map before .prefetch (streamed)": lambda m, e: m.fit(mapped, epochs=e, verbose=0),
         **{name: (lambda m, e, ds=ds: m.fit(ds, epochs=e, verbose=0)) for name, ds in maps.items()},
         PYTHON_PROCESSES: lambda m, e: m.fit(on_processes(e), steps_per_epoch=steps, epochs=e, verbose=0),
+        F_ALONE: f_alone(x, y),
     }
+
+
+def f_alone(x, y):
+    """cap_outliers on every row in a tight loop, timed like a fit: the most any per-row map of it can give on one core.
+
+    Each row is what the map gets (an (x[i], y[i]) pair of NumPy row views, in a shuffled order), sliced before
+    the timing; no pipeline, no batching, no training. Its steps/s (rows/s / batch size) over the fused path's is
+    the ceiling ratio of a serial per-row map of this `f`.
+    """
+    rows = [(x[i], y[i]) for i in np.random.default_rng(0).permutation(len(x))]
+
+    def run(model, epochs):
+        for _ in range(epochs):
+            for features, target in rows:
+                cap_outliers(features, target)
+    return run
 
 
 def throughput(samples: int, epochs: int, repeats: int, batch_size: int = 32, names=None) -> dict:
@@ -151,10 +171,13 @@ def throughput(samples: int, epochs: int, repeats: int, batch_size: int = 32, na
             fit(model, epochs)
             rates[name].append(steps / (time.perf_counter() - start))
     base = np.array(rates[ARRAYS])
-    return {name: {"steps_per_s_median": float(np.median(r)), "steps_per_s_best": float(np.max(r)),
-                   "ratio_to_fused_median": float(np.median(np.array(r) / base)),
-                   "steps_per_s_all": [round(v) for v in r]}
-            for name, r in rates.items()}
+    results = {name: {"steps_per_s_median": float(np.median(r)), "steps_per_s_best": float(np.max(r)),
+                      "ratio_to_fused_median": float(np.median(np.array(r) / base)),
+                      "steps_per_s_all": [round(v) for v in r]}
+               for name, r in rates.items()}
+    if F_ALONE in results:
+        results[F_ALONE]["rows_per_s_median"] = results[F_ALONE]["steps_per_s_median"] * samples * epochs / steps
+    return results
 
 
 _POOL = []                       # the spawned process pool of this script, started once
@@ -335,6 +358,10 @@ def report(results: dict) -> str:
     for name, r in results["throughput"].items():
         lines.append(f"| {name} | {r['steps_per_s_median']:,.0f} | {r['steps_per_s_best']:,.0f} | "
                      f"{r['ratio_to_fused_median']:.2f} |")
+    if F_ALONE in results["throughput"]:
+        alone = results["throughput"][F_ALONE]
+        lines += ["", f"The last row is `cap_outliers` alone ({alone['rows_per_s_median']:,.0f} rows/s): no per-row "
+                      f"map of it on one core can pass {alone['ratio_to_fused_median']:.2f}x the fused path."]
     memmap = results["memmap"]
     lines += ["", "## Memory: one epoch over a NumPy memmap on disk", ""]
     if "skipped" in memmap:
@@ -374,7 +401,8 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (2 if args.quick else 7)
     results = {"quick": args.quick, "maps": args.maps, "machine": machine(), "samples": samples, "epochs": epochs,
                "repeats": repeats}
-    results["throughput"] = throughput(samples, epochs, repeats, names=(ARTICLE, *MAPS) if args.maps else None)
+    results["throughput"] = throughput(samples, epochs, repeats,
+                                       names=(ARTICLE, *MAPS, F_ALONE) if args.maps else None)
     results["memmap"] = ({"skipped": "--maps"} if args.maps else
                          memmap_rss(args.memmap_gb or (0.2 if args.quick else 4.2)))
     results["load_average_end"] = os.getloadavg()
