@@ -35,6 +35,9 @@ class FitPlan(NamedTuple):
     loss_name: str | None = "loss"  # None: row 0 is not logged (a custom train_step that reports no "loss")
 
 
+_NO_LOSSES = np.zeros(0, np.float32)        # a fresh epoch's prior_losses (only ever concatenated)
+
+
 class Cursor:
     """The loop's place in fit: the epoch, the batches of it done, and what they left on the device.
 
@@ -63,7 +66,7 @@ class Cursor:
 
     def begin(self, epoch: int) -> None:
         self.epoch, self.batch, self.totals = epoch, 0, None
-        self.prior_losses = np.zeros(0, np.float32)
+        self.prior_losses = _NO_LOSSES
         self.accumulated, self.reports = None, []
 
     def end_epoch(self) -> "Cursor":
@@ -138,7 +141,7 @@ def _check_start(position: Position, plan: FitPlan, num_batches: int | None) -> 
 def _check_states(states, initial) -> None:
     """The stateful metrics' state a position brought back, checked against this model's metrics."""
     layout = lambda tree: (jax.tree.structure(tree), [(np.shape(a), np.result_type(a)) for a in jax.tree.leaves(tree)])
-    if states is not initial and layout(states) != layout(initial):
+    if layout(states) != layout(initial):
         raise ValueError("set_position(): the position's metric state does not fit this model's metrics (other "
                          "metrics, or other variables in them). Compile it as it was.")
 
@@ -160,7 +163,8 @@ def _run_epoch(exe: Executables, slot: Slot, feed, cursor: Cursor, callbacks, sh
         cursor.totals = exe.fresh_totals
     elif cursor.totals.states is None:
         cursor.totals = cursor.totals._replace(states=exe.initial_totals.states)
-    _check_states(cursor.totals.states, exe.initial_totals.states)
+    else:                                   # a resumed position's metric state
+        _check_states(cursor.totals.states, exe.initial_totals.states)
     for piece in feed.epoch(cursor.epoch):
         _throttle(cursor.reports, feed.max_in_flight)
         chunk = piece.chunk
