@@ -41,12 +41,13 @@ class derived_seeds:
     """Within this block, on this thread, `fresh_seed()` returns the seeds of element `index` of iteration
     `key` of the step whose seed is `seed` (a nested step's own block replaces this one until it ends).
 
+    `given` lists the seeds handed out so far (data/_captured.py: a step the call built has one of them).
     A class, not a contextmanager: flat_map opens one per element."""
 
-    __slots__ = ("seed", "key", "index", "count", "before")
+    __slots__ = ("seed", "key", "index", "count", "given", "before")
 
     def __init__(self, seed: int, key: tuple, index: int):
-        self.seed, self.key, self.index, self.count = seed, key, index, 0
+        self.seed, self.key, self.index, self.count, self.given = seed, key, index, 0, []
 
     def __enter__(self) -> "derived_seeds":
         self.before = getattr(_CALL, "current", None)
@@ -61,4 +62,5 @@ class derived_seeds:
         words = [int(self.seed), len(self.key), *self.key, int(self.index), self.count]
         self.count += 1
         digest = hashlib.blake2b(struct.pack(f"<{len(words)}Q", *(int(w) & _MASK for w in words)), digest_size=4)
-        return int.from_bytes(digest.digest(), "little") >> 1     # hashlib: far cheaper than a SeedSequence
+        self.given.append(int.from_bytes(digest.digest(), "little") >> 1)    # hashlib: cheaper than a SeedSequence
+        return self.given[-1]
