@@ -7,6 +7,13 @@ iteration key k inside `derived_seeds(seed, k, i)` (data/_drawn.py): the nested 
 from it, and a pipeline built again with the seeds put back reads the same elements. Each iteration
 (each fit epoch) still draws new nested orders, as tf.data does with reshuffle_each_iteration.
 
+`map_func` may also return a dataset built outside it (`lambda i: inner.skip(i)`, `inner` shuffled at
+the top level): the datasets it captures (closure, defaults, the globals it names, a partial's
+arguments) are inputs of the step, so positions carry their drawn seeds too. One it reaches another
+way (an object's attribute) is noted when returned, and a resumed fit refuses the pipeline: at the
+put-back when a call before it returned one, else at the call that does (data/_captured.py).
+group_by_window's `reduce_func` is called the same way, per window (_methods_batch.py).
+
 >>> import numpy as np
 >>> from batchfit.data._seeds import drawn_seeds, put_drawn_seeds
 >>> def build():
