@@ -72,8 +72,8 @@ def captured(kind: str, seeds=(None, None, None)):
     if kind == "partial":
         return thirds.flat_map(functools.partial(_third, _rows(seeds[0]))).batch(8)
     if kind == "group_by_window":    # windows of 12 rows with one key, each shuffled inside reduce_func
-        return _rows(seeds[0]).group_by_window(lambda a, b: np.int64(a[0] > 0.5), lambda key, window: window.shuffle(12),
-                                               window_size=12).batch(8)
+        shuffled = lambda key, window: window.shuffle(12)
+        return _rows(seeds[0]).group_by_window(lambda a, b: np.int64(a[0] > 0.5), shuffled, window_size=12).batch(8)
     raise ValueError(kind)
 
 
@@ -107,6 +107,7 @@ def test_the_captured_datasets_are_found_by_every_route_in_a_fixed_order():
     assert captured_datasets(by_name) == (a, b, c, d)      # cells, defaults, keyword defaults, globals
     assert captured_datasets(functools.partial(by_name, e, k=f)) == (a, b, c, d, e, f)     # func, args, keywords
     assert captured_datasets(Holder().read) == (g,)
+    assert captured_datasets(h.skip) == (h,)                            # a Dataset's own method: the dataset
     assert captured_datasets(lambda i: Dataset.range(3).shuffle(3)) == ()   # built in the call: nothing to find
     table = {"x": [h, (a, h)]}
     assert captured_datasets(lambda i: table) == (h, a)                 # lists, tuples, dicts; each once
@@ -115,6 +116,10 @@ def test_the_captured_datasets_are_found_by_every_route_in_a_fixed_order():
     loop = []
     loop.append(loop)
     assert captured_datasets(lambda i: (loop, print, np.arange)) == ()  # cycles, builtins and modules end the walk
+    deep = [a]
+    for _ in range(5000):
+        deep = [deep]
+    assert captured_datasets(lambda i: deep) == ()                      # 2000 containers at most, no recursion
 
 
 @pytest.mark.parametrize("kind", ["closure", "global", "list", "default", "partial"])
@@ -214,6 +219,36 @@ def test_a_returned_dataset_whose_seed_no_position_carries_is_refused_at_resume(
         batches(late_again)
     windows = Dataset.range(8).window(4).map(lambda w: w.shuffle(4)).flat_map(lambda w: w)    # shuffled per element
     assert len(list(windows)) == 8 and windows.uncarried is not None
+
+
+def test_a_flat_map_built_inside_a_function_reports_to_the_step_that_built_it():
+    """The inner flat_map is built per outer element: what its function returns is refused through the outer."""
+    holder = types.SimpleNamespace(rows=Dataset.range(4).shuffle(4))
+    build = lambda at: Dataset.range(3).flat_map(
+        lambda i: Dataset.range(2).flat_map(lambda j: holder.rows if i == at else Dataset.range(2).shuffle(2)))
+    first, again = build(0), build(0)
+    assert len(list(first._elements((0,)))) == 2 * 4 + 2 * 2 * 2 and "flat_map(): the function" in first.uncarried
+    next(iter(again))
+    with pytest.raises(ValueError, match=r"cannot be resumed in the saved order"):
+        put_drawn_seeds(again, drawn_seeds(first))
+    late, late_again = build(2), build(2)
+    next(iter(late_again))
+    assert put_drawn_seeds(late_again, drawn_seeds(late)) is True and late_again.uncarried is None
+    with pytest.raises(ValueError, match=r"A resumed fit cannot read this dataset in the saved order"):
+        list(late_again._elements((0,)))
+    plain, plain_again = build(None), build(None)                     # every inner order derives: carried
+    expected = list(plain._elements((0,)))
+    assert put_drawn_seeds(plain_again, drawn_seeds(plain)) is True and list(plain_again._elements((0,))) == expected
+
+
+def test_the_first_64_calls_are_checked_then_every_call_once_seeds_are_put_back():
+    holder = types.SimpleNamespace(rows=Dataset.range(4).shuffle(4))
+    build = lambda: Dataset.range(100).flat_map(lambda i: holder.rows if i == 80 else Dataset.range(1).shuffle(1))
+    fresh, again = build(), build()
+    assert len(list(fresh._elements((0,)))) == 99 + 4 and fresh.uncarried is None     # call 80: not checked
+    assert put_drawn_seeds(again, drawn_seeds(fresh)) is True
+    with pytest.raises(ValueError, match=r"A resumed fit cannot read this dataset in the saved order"):
+        list(again._elements((0,)))
 
 
 def test_fit_refuses_to_resume_an_uncarried_order_before_any_step(tmp_path):
