@@ -304,8 +304,9 @@ def test_set_position_mid_epoch_resumes_a_global_capture_on_a_rebuilt_pipeline()
     resumed.set_position(noted.result)
     again = captured("global")
     assert all(a != b for a, b in zip(drawn_seeds(again), noted.result.data_seeds, strict=True))
-    resumed.fit(again, epochs=2, verbose=0)
+    history = resumed.fit(again, epochs=2, verbose=0)
     assert_bitwise((child.leaves(resumed), None), (uninterrupted[0], None))
+    assert history.history == {k: v[1:] for k, v in uninterrupted[1]["history"].items()}    # epoch 1's logs
     assert_bitwise((child.leaves(resumed), None), (fit(explicit("global", drawn_seeds(ds)), None, [])[0], None))
 
 

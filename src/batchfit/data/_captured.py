@@ -129,7 +129,8 @@ def seeded_call(step: Dataset, call, key: tuple, index: int, method: str):
     with derived_seeds(step.seed, key, index, step) as seeds:
         result = call()
     step.derives = step.derives or seeds.count > 0
-    if isinstance(result, Dataset) and (step._checks_left > 0 or any(s.resumed for s in _chain(step))):
+    if isinstance(result, Dataset) and (step._checks_left > 0 or step.resumed
+                                        or step._outer is not None and any(s.resumed for s in _chain(step))):
         step._checks_left -= 1
         _check_returned(step, result, seeds.given, method)
     return result
