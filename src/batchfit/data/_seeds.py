@@ -38,10 +38,9 @@ def _inputs(node: Dataset) -> list:
     return found
 
 
-def _steps(dataset: Dataset, stop=frozenset()) -> list:
-    """Every step of the pipeline ending in `dataset`, outermost first, depth first, each once (the steps
-    whose ids are in `stop` left out, with the steps only they read)."""
-    seen, order, stack = set(stop), [], [dataset]
+def _steps(dataset: Dataset) -> list:
+    """Every step of the pipeline ending in `dataset`, outermost first, depth first, each once."""
+    seen, order, stack = set(), [], [dataset]
     while stack:
         node = stack.pop()
         if id(node) in seen:
