@@ -24,10 +24,15 @@ import threading
 
 from batchfit.data import arrays
 
-__all__ = ["fresh_seed", "derived_seeds"]
+__all__ = ["fresh_seed", "derived_seeds", "current_call"]
 
 _MASK = (1 << 64) - 1             # each word packed as 8 bytes
 _CALL = threading.local()          # per thread: interleave may call map_func on another thread than flat_map
+
+
+def current_call() -> "derived_seeds | None":
+    """The `derived_seeds` block open on this thread (None: at the top level)."""
+    return getattr(_CALL, "current", None)
 
 
 def fresh_seed() -> int:
@@ -41,12 +46,14 @@ class derived_seeds:
     """Within this block, on this thread, `fresh_seed()` returns the seeds of element `index` of iteration
     `key` of the step whose seed is `seed` (a nested step's own block replaces this one until it ends).
 
+    `given` lists the seeds handed out so far (data/_captured.py: a step the call built has one of them);
+    `owner` is the step that makes the call (None where not said).
     A class, not a contextmanager: flat_map opens one per element."""
 
-    __slots__ = ("seed", "key", "index", "count", "before")
+    __slots__ = ("seed", "key", "index", "count", "given", "owner", "before")
 
-    def __init__(self, seed: int, key: tuple, index: int):
-        self.seed, self.key, self.index, self.count = seed, key, index, 0
+    def __init__(self, seed: int, key: tuple, index: int, owner=None):
+        self.seed, self.key, self.index, self.count, self.given, self.owner = seed, key, index, 0, [], owner
 
     def __enter__(self) -> "derived_seeds":
         self.before = getattr(_CALL, "current", None)
@@ -61,4 +68,5 @@ class derived_seeds:
         words = [int(self.seed), len(self.key), *self.key, int(self.index), self.count]
         self.count += 1
         digest = hashlib.blake2b(struct.pack(f"<{len(words)}Q", *(int(w) & _MASK for w in words)), digest_size=4)
-        return int.from_bytes(digest.digest(), "little") >> 1     # hashlib: far cheaper than a SeedSequence
+        self.given.append(int.from_bytes(digest.digest(), "little") >> 1)    # hashlib: cheaper than a SeedSequence
+        return self.given[-1]

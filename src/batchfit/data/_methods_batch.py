@@ -14,6 +14,7 @@ import numpy as np
 
 from batchfit.data._base import (STEPS, UNKNOWN_CARDINALITY, Dataset, TensorSpec, _call, _check_int,
                                  _stack)
+from batchfit.data._captured import seeded_call, setup_nested_seeds
 from batchfit.data._methods import Elements
 from batchfit.data._ops import Batch, Unary
 from batchfit.errors import describe
@@ -174,6 +175,11 @@ class Window(Unary):
 
 @STEPS.register("group_by_window")
 class GroupByWindow(Unary):
+    """`reduce_func(key, window)`'s dataset for each window of `window_size` elements with one key. Like
+    flat_map (_nested.py), it draws a seed when built (carried by training positions) and calls
+    reduce_func for window w of iteration k inside derived_seeds(seed, k, w), so the shuffles it builds
+    resume in the same order; the datasets reduce_func captures are its inputs (data/_captured.py)."""
+
     def __init__(self, input, key_func, reduce_func, window_size, window_size_func):
         super().__init__(input)
         if (window_size is None) == (window_size_func is None):
@@ -183,6 +189,7 @@ class GroupByWindow(Unary):
             window_size = _check_int("group_by_window", "window_size", window_size, 1, "Pass the group size.")
         self._key, self._reduce, self._batched = key_func, reduce_func, None
         self._size = (lambda k: window_size) if window_size is not None else window_size_func
+        setup_nested_seeds(self, reduce_func, None)
 
     def _group_key(self, element, index) -> int:
         key = np.asarray(_call(self._key, element))
@@ -191,23 +198,24 @@ class GroupByWindow(Unary):
                              f"return one integer.")
         return int(key)
 
-    def _emit(self, group_key, elements, key):
-        dataset = self._reduce(np.int64(group_key), Elements(elements))
+    def _emit(self, group_key, elements, key, window: int):
+        dataset = seeded_call(self, lambda: self._reduce(np.int64(group_key), Elements(elements)), key, window,
+                              "group_by_window")
         if not isinstance(dataset, Dataset):
             raise TypeError(f"group_by_window(): reduce_func must return a bf.data.Dataset; it returned "
                             f"{describe(dataset)}.")
         return dataset._elements(key)
 
     def _elements(self, key):
-        groups = {}
+        groups, windows = {}, itertools.count()
         for index, element in enumerate(self._input._elements(key)):
             group_key = self._group_key(element, index)
             groups.setdefault(group_key, []).append(element)
             if len(groups[group_key]) >= _check_int("group_by_window", "window_size_func(key)",
                                                     self._size(np.int64(group_key)), 1, "Return a size >= 1."):
-                yield from self._emit(group_key, groups.pop(group_key), key)
+                yield from self._emit(group_key, groups.pop(group_key), key, next(windows))
         for group_key in sorted(groups):          # tf.data flushes the partial groups in key order
-            yield from self._emit(group_key, groups[group_key], key)
+            yield from self._emit(group_key, groups[group_key], key, next(windows))
 
     def _cardinality(self):
         return 0 if self._input._cardinality() == 0 else UNKNOWN_CARDINALITY

@@ -7,6 +7,13 @@ iteration key k inside `derived_seeds(seed, k, i)` (data/_drawn.py): the nested 
 from it, and a pipeline built again with the seeds put back reads the same elements. Each iteration
 (each fit epoch) still draws new nested orders, as tf.data does with reshuffle_each_iteration.
 
+`map_func` may also return a dataset built outside it (`lambda i: inner.skip(i)`, `inner` shuffled at
+the top level): the datasets it captures (closure, defaults, the globals it names, a partial's
+arguments) are inputs of the step, so positions carry their drawn seeds too. One it reaches another
+way (an object's attribute) is noted when returned, and a resumed fit refuses the pipeline: at the
+put-back when a call before it returned one, else at the call that does (data/_captured.py).
+group_by_window's `reduce_func` is called the same way, per window (_methods_batch.py).
+
 >>> import numpy as np
 >>> from batchfit.data._seeds import drawn_seeds, put_drawn_seeds
 >>> def build():
@@ -23,7 +30,7 @@ from __future__ import annotations
 import os
 
 from batchfit.data._base import AUTOTUNE, STEPS, UNKNOWN_CARDINALITY, Dataset, _call, _check_int
-from batchfit.data._drawn import derived_seeds, fresh_seed
+from batchfit.data._captured import seeded_call, setup_nested_seeds
 from batchfit.data._ops import Unary
 from batchfit.errors import describe
 
@@ -34,20 +41,17 @@ __all__ = ["FlatMap", "Interleave"]
 class FlatMap(Unary):
     """The elements of `fn(element)`'s dataset, for each element in turn. `seed`: the seed nested steps'
     seeds derive from (None: drawn now and carried by training positions). `derives`: whether a call of
-    `fn` has drawn a seed so far (a cache() after this step then replays an order a position does not hold)."""
+    `fn` has drawn a seed so far (a cache() after this step then replays an order a position does not hold).
+    `_captured`: the datasets `fn` captures, inputs of this step for the seed walk (data/_captured.py)."""
 
     def __init__(self, input, fn, seed=None):
         super().__init__(input)
         self._fn, self._batched = fn, None
-        self.seed = fresh_seed() if seed is None else int(seed)
-        self.drawn = seed is None        # a resumed fit puts back the seed drawn here (data/_seeds.py)
-        self.derives = False
+        setup_nested_seeds(self, fn, seed)
 
     def _dataset_of(self, element, key: tuple, index: int, method: str) -> Dataset:
         """`fn(element)` for element `index` of iteration `key`, its seed=None steps seeded from this step's."""
-        with derived_seeds(self.seed, key, index) as call:
-            dataset = _call(self._fn, element)
-        self.derives = self.derives or call.count > 0
+        dataset = seeded_call(self, lambda: _call(self._fn, element), key, index, method)
         if not isinstance(dataset, Dataset):
             raise TypeError(f"{method}(): `map_func` must return a bf.data.Dataset; it returned {describe(dataset)}. "
                             f"Wrap the values, e.g. Dataset.from_tensor_slices(values).")

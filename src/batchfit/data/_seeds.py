@@ -69,7 +69,9 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
     Raises ValueError, before any batch is read, when the pipeline has another number of such steps, or
     when a `cache()` sits after one (it replays the order of its first pass, which a position does not hold;
     a flat_map / interleave counts when its function has built a seed=None step so far: fit reads the
-    first batch before it puts the seeds back).
+    first batch before it puts the seeds back), or when a flat_map / interleave / group_by_window function
+    has so far returned a dataset holding a drawn seed that is neither its call's nor carried
+    (data/_captured.py); one such function returns later raises when it is returned.
     """
     if seeds is None or dataset is None:
         return False
@@ -87,8 +89,14 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
                              "function builds one): the cache replays the order of its first pass, which a training "
                              "position does not hold, so fit cannot resume it in the same order. Give that shuffle "
                              "a seed (shuffle(n, seed=...)), or cache() before shuffling.")
+    for step in _steps(dataset):
+        if getattr(step, "uncarried", None):
+            raise ValueError(f"This dataset cannot be resumed in the saved order: {step.uncarried}")
     for step, seed in zip(steps, seeds):
         step.seed = seed
+    for step in _steps(dataset):
+        if hasattr(step, "uncarried"):   # flat_map, interleave, group_by_window: refuse what a later call returns
+            step.resumed = True
     return True
 
 
