@@ -48,8 +48,9 @@ class BackupAndRestore(Callback):
     engine/validation.py), so val_* resume bitwise too. A training or validation pipeline with another
     number of such steps, or with a cache() after one, is refused before any step. Not kept: a shuffled
     dataset that a map_func returns without building it (built once, outside the pipeline), shuffles
-    built by group_by_window's reduce_func, and the place a validation stream with validation_steps
-    reached (it is read on from there each epoch).
+    built by group_by_window's reduce_func, and the place a one-shot validation iterator (a generator)
+    with validation_steps reached: a backup past its start is refused (validation data that can be read
+    again resumes at the place its validation_steps reached, engine/validation.py).
 
     Backups are written in the background (batchfit/_async_writer.py): at a save, fit copies the
     position on the device and goes on; a save that falls due while the previous backup is still
