@@ -37,17 +37,33 @@ from test_position import StopAt  # noqa: E402
 from test_resume_nested import Recorder, _host_pair, _position, assert_bitwise, rebuilt  # noqa: E402
 
 STEPS = 2
-PLACES = {"reshuffled": [(0, 0), (1, 2), (1, 0), (2, 2), (2, 0)], "repeated": [(0, 0), (1, 2), (1, 4), (1, 6), (1, 8)],
-          "list": [(0, 0), (1, 2), (1, 0), (2, 2), (2, 0)]}        # at the start of epochs 0 .. 4
+THREE_BATCHES = [(0, 0), (1, 2), (1, 0), (2, 2), (2, 0)]         # the places at the start of epochs 0 .. 4
+PLACES = {"reshuffled": THREE_BATCHES, "list": THREE_BATCHES, "py_dataset": THREE_BATCHES,
+          "repeated": [(0, 0), (1, 2), (1, 4), (1, 6), (1, 8)]}
+
+
+class Batches(bf.utils.PyDataset):
+    """The 3 validation batches by index."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
 
 
 def validation(kind: str, recorder=None):
     """The 24 validation rows in batches of 8: shuffled (seed=None: each pass another order) and mapped on
-    the host through `recorder` ("reshuffled"), the same repeated without end ("repeated"), or a plain list
-    of the 3 batches in order ("list")."""
+    the host through `recorder` ("reshuffled"), the same repeated without end ("repeated"), or the 3 batches
+    in order in a list ("list") or a PyDataset ("py_dataset")."""
     _, (vx, vy) = child.data()
-    if kind == "list":
-        return [(vx[i:i + 8], vy[i:i + 8]) for i in range(0, 24, 8)]
+    if kind in ("list", "py_dataset"):
+        batches = [(vx[i:i + 8], vy[i:i + 8]) for i in range(0, 24, 8)]
+        return batches if kind == "list" else Batches(batches)
     ds = bf.data.Dataset.from_tensor_slices((vx, vy)).shuffle(24).map(recorder or _host_pair).batch(8)
     return ds.repeat() if kind == "repeated" else ds
 
@@ -94,11 +110,11 @@ def test_a_stoppable_iterator_reads_on_in_a_second_worker_after_the_first_closed
     assert list(Prefetcher(lambda: itertools.islice(numbers, 2))) == [2, 3]    # not Stopped
 
 
-@pytest.mark.parametrize("kind", ["reshuffled", "repeated", "list"])
+@pytest.mark.parametrize("kind", ["reshuffled", "repeated", "list", "py_dataset"])
 def test_the_place_after_each_epoch_and_a_source_put_there_reads_on_alike(kind):
     options = dict(batch_size=None, steps=STEPS, allow_nonfinite=False)
     val = validation(kind)
-    seeds = None if kind == "list" else drawn_seeds(val)
+    seeds = drawn_seeds(val) if isinstance(val, bf.data.Dataset) else None
     source = validation_source(val, **options)
     places, batches = [source.place()], []
     with warnings.catch_warnings():
@@ -112,13 +128,14 @@ def test_the_place_after_each_epoch_and_a_source_put_there_reads_on_alike(kind):
             fresh.put_place(places[epoch])
             assert reads(fresh, 4 - epoch) == batches[epoch:]
     assert [len(b) for b in batches] == ([2, 2, 2, 2] if kind == "repeated" else [2, 1, 2, 1])
-    if kind != "list":                             # each pass (repetition) reads another order: its first batch
+    if seeds is not None:                          # each pass (repetition) reads another order: its first batch
         assert (batches[1][1] if kind == "repeated" else batches[2][0]) != batches[0][0]
 
 
 # ----- fit resumes bitwise ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind, epoch, batch", [("reshuffled", 3, 4), ("repeated", 2, 5), ("list", 1, 5)])
+@pytest.mark.parametrize("kind, epoch, batch", [("reshuffled", 3, 4), ("repeated", 2, 5), ("list", 1, 5),
+                                                ("py_dataset", 3, 4)])
 def test_fit_resumes_from_a_backup_with_the_validation_place(tmp_path, kind, epoch, batch):
     """Ctrl-C after batch `batch` of `epoch` (the end of a compiled call: save_freq=4 cuts them); the restarted
     job builds its data again (other seeds drawn) and resumes from the backup. The reference is an
@@ -129,12 +146,12 @@ def test_fit_resumes_from_a_backup_with_the_validation_place(tmp_path, kind, epo
         fit(val, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(epoch, batch)])
     saved, _ = TrainingCheckpoints(backup).restore(child.make_model().get_position().train)
     assert (saved.epoch, saved.validation_place) == (epoch, PLACES[kind][epoch])
-    seeds = None if kind == "list" else drawn_seeds(val)
+    seeds = drawn_seeds(val) if isinstance(val, bf.data.Dataset) else None
     resumed = fit(again(kind, None, read), [bf.callbacks.BackupAndRestore(backup)])
     reference = fit(again(kind, seeds, read_by_reference))
     assert len(reference[1]["history"]["val_loss"]) == 4
     assert_bitwise(resumed, reference)                         # weights, optimizer, History with val_*
-    if kind != "list":                                         # the rows the last validations read, in order
+    if seeds is not None:                                      # the rows the last validations read, in order
         assert read.rows[-24:] == read_by_reference.rows[-24:]
 
 
