@@ -132,6 +132,13 @@ def test_the_place_after_each_epoch_and_a_source_put_there_reads_on_alike(kind):
         assert (batches[1][1] if kind == "repeated" else batches[2][0]) != batches[0][0]
 
 
+@pytest.mark.parametrize("place", [(0, 3), (-1, 0), (2, -1)])
+def test_a_place_no_stream_reaches_is_refused(place):
+    source = validation_source(validation("list"), batch_size=None, steps=STEPS, allow_nonfinite=False)
+    with pytest.raises(ValueError, match=r"\(passes begun, batches read of the last one\); got "):
+        source.put_place(place)
+
+
 # ----- fit resumes bitwise ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind, epoch, batch", [("reshuffled", 3, 4), ("repeated", 2, 5), ("list", 1, 5),

@@ -60,6 +60,9 @@ class StepsPlace:
         if self._steps is None:
             return
         passes, read = (int(count) for count in place)
+        if passes < 0 or read < 0 or (read and not passes):
+            raise ValueError(f"A stream's place is (passes begun, batches read of the last one); got {place!r}. "
+                             f"Put back a place that place() returned.")
         if not self._reiterable:
             if (passes, read) != (0, 0):
                 raise ValueError(
