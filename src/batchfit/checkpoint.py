@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from batchfit.data._seeds import seeds_from_record, seeds_record
-from batchfit.engine.state import Accumulated, Position
+from batchfit.engine.state import Accumulated, Position, place_from_record, place_record
 from batchfit.errors import CheckpointError, reading
 
 __all__ = ["TrainingCheckpoints"]
@@ -176,7 +176,7 @@ def encode(position: Position, losses_as_array: bool = False) -> tuple[dict, dic
             "seed": int(position.seed), "keys": keys, "num_train": len(train),
             "totals": np.asarray(position.totals, np.float32).tolist(),
             **({} if losses_as_array else {"batch_losses": losses.tolist()}),
-            "metric_states": metric_layout, **seeds_record(position),     # data/_seeds.py
+            "metric_states": metric_layout, **seeds_record(position), **place_record(position),   # _seeds.py, state.py
             "sha256": {f"{part}/{name}": _array_digest(a)
                        for part, named in arrays.items() for name, a in named.items()}}
     return arrays, meta
@@ -206,7 +206,7 @@ def decode(arrays: dict, meta: dict, like, where) -> Position:
         states = tuple(tuple(flat[a:b]) for a, b in zip(cuts[:-1], cuts[1:]))
     position = Position(train, meta["epoch"], meta["batch"], meta["seed"], np.asarray(meta["totals"], np.float32),
                         np.asarray(losses, np.float32), accumulated, states)
-    return position._replace(**seeds_from_record(meta))     # checked by _check_meta
+    return position._replace(**seeds_from_record(meta), **place_from_record(meta))     # checked by _check_meta
 
 
 def _plain_leaves(leaves: list) -> tuple[list, dict]:
@@ -258,11 +258,11 @@ def _check_meta(meta, where) -> None:
         if not isinstance(meta.get(name), kind):
             raise CheckpointError(f"The training checkpoint {where}: its record's `{name}` is "
                                   f"{type(meta.get(name)).__name__}, expected {kind.__name__}. Delete it.")
-    # The seeds: absent in checkpoints written before they were kept; batch_losses: absent when an array.
-    if seeds_from_record(meta) is None or not isinstance(meta.get("batch_losses", []), list):
+    # The seeds and place: absent in checkpoints written before they were kept; batch_losses: absent when an array.
+    if None in (seeds_from_record(meta), place_from_record(meta)) or not isinstance(meta.get("batch_losses", []), list):
         raise CheckpointError(f"The training checkpoint {where}: its record's data seeds (`data_seeds`, "
-                              f"`validation_seed`, `validation_data_seeds`) or `batch_losses` are not numbers. "
-                              f"Delete it.")
+                              f"`validation_seed`, `validation_data_seeds`), `validation_place` ([passes, batches]) "
+                              f"or `batch_losses` are not numbers as a save writes them. Delete it.")
 
 
 def _digest(meta: dict) -> str:

@@ -46,15 +46,16 @@ class BackupAndRestore(Callback):
     interleave function or a group_by_window reduce_func builds (their seeds derive from that step's own
     drawn seed: data/_nested.py), the shuffled datasets such a function returns without building them
     when it captures them (closure, defaults, the globals it names, a partial's arguments:
-    data/_captured.py), and `validation_data` (its seeds, its order generation and the pass each epoch
-    reads: engine/validation.py), so val_* resume bitwise too. A training or validation pipeline with
-    another number of such steps, or with a cache() after one, is refused before any step; so is one whose
-    function has returned a drawn-seed dataset reached another way (an object's attribute) by the time the
-    seeds are put back (after a first batch is read); a resumed one that returns it only later raises at
-    that call. Not kept: the place a validation stream
-    with validation_steps reached (it is read on from there each epoch), and shuffled datasets that
-    other code reads or builds (a from_generator generator, a map function that returns datasets): not
-    refused either, unless a flat_map / interleave function returns them.
+    data/_captured.py), and `validation_data` (its seeds, its order generation, the pass each epoch reads
+    and, with validation_steps, the place each epoch's validation reads on from: engine/validation.py),
+    so val_* resume bitwise too. A training or validation pipeline with another number of such steps, or
+    with a cache() after one, is refused before any step; so is one whose function has returned a
+    drawn-seed dataset reached another way (an object's attribute) by the time the seeds are put back
+    (after a first batch is read); a resumed one that returns it only later raises at that call. Not kept:
+    the place a one-shot validation iterator (a generator) with validation_steps reached (a backup past its
+    start is refused), and shuffled datasets that other code reads or builds (a from_generator generator,
+    a map function that returns datasets): not refused either, unless a flat_map / interleave function
+    returns them.
 
     Backups are written in the background (batchfit/_async_writer.py): at a save, fit copies the
     position on the device and goes on; a save that falls due while the previous backup is still

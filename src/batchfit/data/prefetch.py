@@ -61,7 +61,9 @@ def check_stop() -> None:
 def stoppable(iterator: Iterator) -> Iterator:
     """`iterator`'s items, raising Stopped before the next draw once the Prefetcher running it is closed.
 
-    It never closes `iterator` (a user's one-shot generator stays usable).
+    It never closes `iterator` (a user's one-shot generator stays usable). The Prefetcher running it is the
+    one whose worker draws the next item: a stream read `steps` batches an epoch (validation_steps) reads its
+    pass on in the next epoch's worker, after the last one's was closed.
 
     >>> list(stoppable(iter(range(3))))     # off a worker thread: the items, unchanged
     [0, 1, 2]
@@ -71,7 +73,9 @@ def stoppable(iterator: Iterator) -> Iterator:
     for item in iterator:
         yield item
         if stop_requested(stops):
-            raise Stopped
+            stops = getattr(_WORKER, "stops", ())  # read on by another worker (a stream's next epoch)?
+            if stop_requested(stops):
+                raise Stopped
 
 
 class Prefetcher:

@@ -23,6 +23,7 @@ import numpy as np
 
 from batchfit.data._ops import inline_prefetch
 from batchfit.data._seeds import drawn_seeds, put_drawn_seeds
+from batchfit.data._stream_place import StepsPlace
 from batchfit.data.arrays import (Chunk, DeviceData, Piece, aligned_empty, check_finite, pass_ended, put_chunk,
                                   release_pages, sample_weights, shared_piece, target_dtype)
 from batchfit.data.prefetch import Prefetcher, check_stop, put_ahead, stoppable
@@ -188,7 +189,7 @@ class _Layout:
                     f"`allow_nonfinite=True` to compile() to train on them anyway.")
 
 
-class StreamSource:
+class StreamSource(StepsPlace):
     """Batches drawn from an iterable, checked and chunked on a background thread.
 
     Args:
@@ -274,7 +275,7 @@ class StreamSource:
             check_stop()                        # a closed feed starts no new draw or pass
             if self._current is None:
                 self._current, fresh = self._iterator(self._passes), True
-                self._passes += 1
+                self._passes, self._read = self._passes + 1, 0
             try:
                 batch = next(self._current)
             except StopIteration:
@@ -286,8 +287,7 @@ class StreamSource:
                                   f"in this epoch. Make it yield at least steps_per_epoch * epochs batches "
                                   f"(e.g. Dataset.repeat()).", UserWarning, stacklevel=2)
                 return
-            fresh = False
-            count += 1
+            fresh, count, self._read = False, count + 1, self._read + 1      # _read: StepsPlace.place()
             yield batch
 
     def _pieces(self, key, steps_per_execution: int, first_batch: int = 0, control=None,

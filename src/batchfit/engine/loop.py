@@ -48,7 +48,7 @@ class Cursor:
     """
 
     def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None,
-                 data_seeds: tuple = (), validation_order: tuple = (None, None)):
+                 data_seeds: tuple = (), validation_order: tuple | Callable = (None, None)):
         self.plan, self.seed, self.data_seeds, self.validation_order = plan, seed, data_seeds, validation_order
         self.width = 2 * (1 + len(plan.metric_names))
         if start is None:
@@ -101,7 +101,7 @@ class Cursor:
         return Position(copy_tree(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
                         losses.astype(np.float32), copy_tree(self.accumulated),
                         None if states is None else jax.tree.map(np.array, states), self.data_seeds,
-                        *self.validation_order)
+                        *(order(self.epoch) if callable(order := self.validation_order) else order))
 
     @property
     def _names(self):

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 __all__ = ["TrainState", "Batch", "Accumulated", "Position", "Slot", "ModelGraph", "split_module",
-           "copy_tree", "zero_totals", "read_totals"]
+           "copy_tree", "zero_totals", "read_totals", "place_record", "place_from_record"]
 
 
 class Batch(NamedTuple):
@@ -70,6 +70,9 @@ class Position(NamedTuple):
     on resume so that the dataset built again by a restarted job reads in the same order;
     validation_seed, validation_data_seeds: the same for fit's validation data (its order generation, its
     Dataset's drawn seeds; engine/validation.py), None where the position was taken without validation data.
+    validation_place: (passes begun, batches read of the last one; 0 once it ran out) of validation data read
+    `validation_steps` batches an epoch, each epoch reading on where the last stopped, at epoch `epoch`'s start
+    (engine/validation.py); None without validation_steps.
     A stream that can be read again resumes by skipping `batch` batches of epoch `epoch`.
     """
 
@@ -84,6 +87,24 @@ class Position(NamedTuple):
     data_seeds: tuple = ()
     validation_seed: int | None = None
     validation_data_seeds: tuple | None = None
+    validation_place: tuple | None = None
+
+
+def place_record(position: Position) -> dict:
+    """A Position's `validation_place` as JSON for a checkpoint's record: [passes, batches] or None."""
+    place = position.validation_place
+    return {"validation_place": None if place is None else [int(count) for count in place]}
+
+
+def place_from_record(record: dict) -> dict | None:
+    """The `validation_place` field `place_record` wrote, as a tuple (None in a record written before it was
+    kept); None when it is not two counts (a damaged record)."""
+    place = record.get("validation_place")
+    if place is None:
+        return {"validation_place": None}
+    counts = isinstance(place, list) and len(place) == 2 and all(
+        isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in place)
+    return {"validation_place": tuple(place)} if counts else None
 
 
 class Slot:
