@@ -13,9 +13,10 @@ Differences from tf.data, on purpose:
   dataset and the same arrays give the same batches in the first fit call.
 * `shuffle(seed=None)` draws the seed once, when the dataset is built. With
   `reshuffle_each_iteration=True` every iteration, and every fit / evaluate call, draws a new
-  order (as tf.data makes a new iterator per epoch). Inside a `flat_map` / `interleave` function,
-  its seed derives from the flat_map / interleave step's own seed, drawn once (`_nested.py`), so
-  `BackupAndRestore` resumes those orders too.
+  order (as tf.data makes a new iterator per epoch). Inside a `flat_map` / `interleave` function
+  or a `group_by_window` reduce_func, its seed derives from that step's own seed, drawn once
+  (`_nested.py`); a shuffled dataset such a function captures (closure, defaults, globals) is an
+  input of the step (`_captured.py`); so `BackupAndRestore` resumes those orders too.
 * `interleave(num_parallel_calls=...)` reads the inner datasets on one thread, in tf.data's
   deterministic order; `sample_from_datasets` draws from NumPy's generator.
 * `element_spec` is read from the first element (no static shapes here).
