@@ -26,6 +26,7 @@ import weakref
 
 from batchfit.data._base import Dataset
 from batchfit.data._drawn import current_call, derived_seeds, fresh_seed
+from batchfit.data._map import has_contents
 from batchfit.data._seeds import _inputs, _steps
 
 __all__ = ["captured_datasets", "setup_nested_seeds", "seeded_call"]
@@ -72,7 +73,7 @@ def _reachable(value) -> list:
         if isinstance(owner, Dataset) or not hasattr(owner, "__dict__"):
             return [owner, value.__func__]
         return [*vars(owner).values(), value.__func__]
-    cells = [cell.cell_contents for cell in value.__closure__ or () if _filled(cell)]
+    cells = [cell.cell_contents for cell in value.__closure__ or () if has_contents(cell)]
     names = value.__globals__
     loaded = [names[name] for name in _global_names(value.__code__) if name in names]
     return [*cells, *(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).values(), *loaded]
@@ -86,14 +87,6 @@ def _global_names(code) -> tuple:
         if isinstance(const, types.CodeType):
             names += _global_names(const)
     return tuple(dict.fromkeys(names))
-
-
-def _filled(cell) -> bool:
-    try:
-        cell.cell_contents
-    except ValueError:                # a cell not filled yet
-        return False
-    return True
 
 
 def setup_nested_seeds(step: Dataset, fn, seed) -> None:

@@ -217,7 +217,7 @@ def _visible(fn) -> list:
     """The containers a side effect of `fn` could change that we can see: the lists, dicts, sets, deques and
     NumPy random generators in its closure and in the globals it names, the attributes of its `self` (or of
     `fn` itself, an object), and NumPy's global random state."""
-    objects = [cell.cell_contents for cell in getattr(fn, "__closure__", None) or () if _has_contents(cell)]
+    objects = [cell.cell_contents for cell in getattr(fn, "__closure__", None) or () if has_contents(cell)]
     code, names = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
     objects += [names[name] for name in (code.co_names if code else ()) if name in names]
     owner = getattr(fn, "__self__", None) if hasattr(fn, "__code__") or hasattr(fn, "__func__") else fn
@@ -227,7 +227,7 @@ def _visible(fn) -> list:
     return [o for o in objects if isinstance(o, (list, dict, set, *_RANDOM)) or type(o).__name__ == "deque"]
 
 
-def _has_contents(cell) -> bool:
+def has_contents(cell) -> bool:
     try:
         cell.cell_contents
     except ValueError:                # a cell not filled yet
