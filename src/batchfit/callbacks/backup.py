@@ -51,11 +51,13 @@ class BackupAndRestore(Callback):
     so val_* resume bitwise too. A training or validation pipeline with another number of such steps, or
     with a cache() after one, is refused before any step; so is one whose function has returned a
     drawn-seed dataset reached another way (an object's attribute) by the time the seeds are put back
-    (after a first batch is read); a resumed one that returns it only later raises at that call. Not kept:
-    the place a one-shot validation iterator (a generator) with validation_steps reached (a backup past its
-    start is refused), and shuffled datasets that other code reads or builds (a from_generator generator,
-    a map function that returns datasets): not refused either, unless a flat_map / interleave function
-    returns them.
+    (after a first batch is read); a resumed one that returns it only later raises at that call. A map
+    function that builds such steps (`window(n).map(lambda w: w.shuffle(n))`) is kept like a flat_map's,
+    and so are the shuffled datasets a map function or a from_generator generator captures
+    (data/_map_seeds.py). Not kept: the place a one-shot validation iterator (a generator) with
+    validation_steps reached (a backup past its start is refused), and shuffled datasets that a generator
+    builds, or that a map function or a generator reaches another way (an object's attribute): not
+    refused either, unless a flat_map / interleave function returns them.
 
     Backups are written in the background (batchfit/_async_writer.py): at a save, fit copies the
     position on the device and goes on; a save that falls due while the previous backup is still

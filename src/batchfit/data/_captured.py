@@ -29,7 +29,7 @@ from batchfit.data._drawn import current_call, derived_seeds, fresh_seed
 from batchfit.data._map import has_contents
 from batchfit.data._seeds import _inputs, _steps
 
-__all__ = ["captured_datasets", "setup_nested_seeds", "seeded_call"]
+__all__ = ["captured_datasets", "reached", "setup_nested_seeds", "seeded_call"]
 
 _LIMIT = 2000                     # functions and containers looked into per captured_datasets call
 _CHECKED = 64                     # calls checked before any put-back (then every call); see seeded_call
@@ -42,19 +42,25 @@ def captured_datasets(fn) -> tuple:
     function and arguments, a bound method's object (or that object's attributes) and function;
     followed through the functions, lists, tuples and dicts found there (each once, at most `_LIMIT`
     of them; a Dataset is not looked into)."""
-    found, seen, budget, stack = [], set(), _LIMIT, [fn]
+    return tuple(value for value in reached(fn) if isinstance(value, Dataset))
+
+
+def reached(fn):
+    """The Datasets, functions, methods, partials and containers `fn` can reach by name (captured_datasets'
+    walk), each once, in that order."""
+    seen, budget, stack = set(), _LIMIT, [fn]
     while stack:
         value = stack.pop()
         if id(value) in seen:
             continue
         if isinstance(value, Dataset):
             seen.add(id(value))
-            found.append(value)
+            yield value
         elif isinstance(value, _FOLLOWED) and budget > 0:
             seen.add(id(value))
             budget -= 1
+            yield value
             stack.extend(reversed(_reachable(value)))
-    return tuple(found)
 
 
 _FOLLOWED = (types.FunctionType, types.MethodType, functools.partial, list, tuple, dict)
@@ -129,9 +135,16 @@ def seeded_call(step: Dataset, call, key: tuple, index: int, method: str):
     return result
 
 
+def _carried(seed, known: set) -> bool:
+    """Whether `seed` was derived in a call of a step of `known` (or of a step such a call built)."""
+    owner = getattr(seed, "owner", None)
+    return owner is not None and (id(owner) in known or _carried(getattr(owner, "seed", None), known))
+
+
 def _check_returned(step: Dataset, dataset: Dataset, given: list, method: str) -> None:
     """Note (raise, once seeds were put back) a drawn-seed step of `dataset` that the call neither built (its
-    seed one of `given`) nor reached through `step`'s pipeline or captured datasets."""
+    seed one of `given`) nor reached through `step`'s pipeline or captured datasets, and whose seed no call of
+    a step of that pipeline derived (a map's: `window(n).map(lambda w: w.shuffle(n)).flat_map(lambda w: w)`)."""
     if step._known is None:
         step._known = {id(s) for s in _steps(step)}
     stack, seen = [dataset], set()
@@ -140,7 +153,7 @@ def _check_returned(step: Dataset, dataset: Dataset, given: list, method: str) -
         if id(node) in seen or id(node) in step._known:
             continue
         seen.add(id(node))
-        if getattr(node, "drawn", False) is True and node.seed not in given:
+        if getattr(node, "drawn", False) is True and node.seed not in given and not _carried(node.seed, step._known):
             found = (f"{method}(): the function returned a dataset holding a {type(node).__name__} step whose seed "
                      f"was drawn (seed=None) neither in that call nor in a dataset the function captures (closure, "
                      f"defaults, the globals it names, a partial's arguments), so a training position cannot carry "

@@ -24,10 +24,17 @@ import threading
 
 from batchfit.data import arrays
 
-__all__ = ["fresh_seed", "derived_seeds", "current_call"]
+__all__ = ["fresh_seed", "derived_seeds", "current_call", "DerivedSeed"]
 
 _MASK = (1 << 64) - 1             # each word packed as 8 bytes
 _CALL = threading.local()          # per thread: interleave may call map_func on another thread than flat_map
+
+
+class DerivedSeed(int):
+    """A seed handed out in a call of the step `owner` (a flat_map, a map, ...): it follows from `owner`'s own
+    seed, so a dataset holding it is carried wherever `owner` is (data/_captured.py)."""
+
+    owner = None
 
 
 def current_call() -> "derived_seeds | None":
@@ -68,5 +75,7 @@ class derived_seeds:
         words = [int(self.seed), len(self.key), *self.key, int(self.index), self.count]
         self.count += 1
         digest = hashlib.blake2b(struct.pack(f"<{len(words)}Q", *(int(w) & _MASK for w in words)), digest_size=4)
-        self.given.append(int.from_bytes(digest.digest(), "little") >> 1)    # hashlib: cheaper than a SeedSequence
-        return self.given[-1]
+        seed = DerivedSeed(int.from_bytes(digest.digest(), "little") >> 1)    # hashlib: cheaper than a SeedSequence
+        seed.owner = self.owner
+        self.given.append(seed)
+        return seed

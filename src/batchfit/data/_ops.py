@@ -21,8 +21,10 @@ import numpy as np
 
 from batchfit.data._base import (INFINITE_CARDINALITY, STEPS, UNKNOWN_CARDINALITY, Dataset, FusedPlan, TensorSpec,
                                  _as_tensor, _buffer_shuffle, _call, _stack, row_elements, truth, window_order)
+from batchfit.data._captured import captured_datasets
 from batchfit.data._drawn import fresh_seed
 from batchfit.data._map import MappedRows, batched_map, fold
+from batchfit.data._map_seeds import keyed_generator, seeded_map, setup_map_seeds
 from batchfit.data._workers import parallel_map
 from batchfit.data.arrays import epoch_order, is_memmap, read_rows, release_pages
 from batchfit.data.prefetch import Prefetcher, stoppable
@@ -106,11 +108,12 @@ class Slices(Dataset):
 class Generator(Dataset):
     def __init__(self, generator, args, signature):
         self._generator, self._args, self._signature = generator, args, signature
+        self._captured = captured_datasets((generator, args))      # inputs for the seed walk (_map_seeds.py)
         if signature is not None:
             self._specs, self._spec_tree = jax.tree.flatten(signature, is_leaf=lambda v: isinstance(v, TensorSpec))
 
     def _elements(self, key):
-        iterator = stoppable(iter(self._generator(*self._args)))
+        iterator = stoppable(keyed_generator(self, key) if self._captured else iter(self._generator(*self._args)))
         if self._signature is None:
             return iterator
         return (self._check(element, i) for i, element in enumerate(iterator))
@@ -226,12 +229,14 @@ class Batch(Unary):
 @STEPS.register("map")
 class Map(Unary):
     """`fn` on every element. On rows of arrays, a traceable pure `fn` is rows again (_map.MappedRows):
-    `batch` then maps whole blocks of rows at once, and fit's fused path can map all rows (`fold`)."""
+    `batch` then maps whole blocks of rows at once, and fit's fused path can map all rows (`fold`). An `fn`
+    that builds a shuffle(seed=None) or the like runs per element with derived seeds (_map_seeds.py)."""
 
     def __init__(self, input, fn, workers):
         super().__init__(input)
         self._fn, self._workers = fn, workers
-        self._plan = batched_map(fn, input._rows) if input._rows is not None else None
+        self._seeding = setup_map_seeds(self, fn)
+        self._plan = batched_map(fn, input._rows) if input._rows is not None and not self._seeding else None
         self._rows = MappedRows(input._rows, self._plan, fn) if self._plan is not None else None
 
     def _indices(self, key):
@@ -242,7 +247,10 @@ class Map(Unary):
         return None if self._plan is None else fold(self._plan, tensors)
 
     def _elements(self, key):
-        return parallel_map(self._fn, stoppable(self._input._elements(key)), self._workers)
+        elements = stoppable(self._input._elements(key))
+        if self._seeding:        # each call keyed by its element's index, on whichever thread runs it
+            return parallel_map(seeded_map(self, key), enumerate(elements), self._workers)
+        return parallel_map(self._fn, elements, self._workers)
 
 
 @STEPS.register("filter")

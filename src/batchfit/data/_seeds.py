@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from batchfit.data._base import Dataset
-from batchfit.data._ops import Cache
+from batchfit.data._base import STEPS, Dataset
 
 __all__ = ["drawn_seeds", "put_drawn_seeds", "seeds_record", "seeds_from_record"]
 
@@ -83,7 +82,7 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
                          f"Resume with the same pipeline, or delete the backup to start over.")
     if tuple(step.seed for step in steps) == seeds:
         return False
-    for cache in (step for step in _steps(dataset) if isinstance(step, Cache)):
+    for cache in (step for step in _steps(dataset) if isinstance(step, STEPS.get("cache"))):
         if any(getattr(step, "derives", True) for step in _drawing(cache._input)):
             raise ValueError("This dataset caches after a shuffle(seed=None) step (or a flat_map / interleave whose "
                              "function builds one): the cache replays the order of its first pass, which a training "

@@ -15,8 +15,10 @@ Differences from tf.data, on purpose:
   `reshuffle_each_iteration=True` every iteration, and every fit / evaluate call, draws a new
   order (as tf.data makes a new iterator per epoch). Inside a `flat_map` / `interleave` function
   or a `group_by_window` reduce_func, its seed derives from that step's own seed, drawn once
-  (`_nested.py`); a shuffled dataset such a function captures (closure, defaults, globals) is an
-  input of the step (`_captured.py`); so `BackupAndRestore` resumes those orders too.
+  (`_nested.py`); so does one built by a `map` function (which then runs per element,
+  `_map_seeds.py`); a shuffled dataset such a function or a `from_generator` generator captures
+  (closure, defaults, globals) is an input of the step (`_captured.py`); so `BackupAndRestore`
+  resumes those orders too.
 * `interleave(num_parallel_calls=...)` reads the inner datasets on one thread, in tf.data's
   deterministic order; `sample_from_datasets` draws from NumPy's generator.
 * `element_spec` is read from the first element (no static shapes here).
