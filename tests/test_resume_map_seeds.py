@@ -92,6 +92,10 @@ def test_map_functions_that_may_build_a_seeded_step_are_told_apart_from_plain_on
     assert [builds_seeds(f) for f in seeding] == [True] * 7
     assert [builds_seeds(f) for f in plain] == [False] * 6         # the last captures a shuffled dataset instead
     assert Dataset.range(4).map(plain[5])._captured == (_SHUFFLED,)
+    rows = [np.zeros(2)] * 1000 + [_SHUFFLED]
+    narrow = rows[1:]
+    assert Dataset.range(4).map(lambda i: narrow[i])._captured == (_SHUFFLED,)              # 1000 items
+    assert not hasattr(Dataset.range(4).map(lambda i: rows[i]), "_captured")    # 1001: data (rows[i]), not looked into
 
 
 def test_plain_maps_carry_the_seeds_they_carried_before_and_draw_none():

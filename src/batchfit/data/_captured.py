@@ -32,6 +32,7 @@ from batchfit.data._seeds import _inputs, _steps
 __all__ = ["captured_datasets", "reached", "setup_nested_seeds", "seeded_call"]
 
 _LIMIT = 2000                     # functions and containers looked into per captured_datasets call
+_WIDE = 1000                      # a larger list, tuple or dict is data (a map's `lambda i: rows[i]`): not looked into
 _CHECKED = 64                     # calls checked before any put-back (then every call); see seeded_call
 _GLOBAL_LOADS = {"LOAD_GLOBAL", "LOAD_NAME"}
 
@@ -41,7 +42,7 @@ def captured_datasets(fn) -> tuple:
     defaults and the globals its code loads (nested functions' code too), a functools.partial's
     function and arguments, a bound method's object (or that object's attributes) and function;
     followed through the functions, lists, tuples and dicts found there (each once, at most `_LIMIT`
-    of them; a Dataset is not looked into)."""
+    of them; a Dataset, and a container of more than `_WIDE` items, are not looked into)."""
     return tuple(value for value in reached(fn) if isinstance(value, Dataset))
 
 
@@ -68,6 +69,8 @@ _FOLLOWED = (types.FunctionType, types.MethodType, functools.partial, list, tupl
 
 def _reachable(value) -> list:
     """What one function, method, partial or container refers to, in order."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > _WIDE:
+        return []
     if isinstance(value, dict):
         return list(value.values())
     if isinstance(value, (list, tuple)):
