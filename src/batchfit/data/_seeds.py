@@ -84,10 +84,10 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
         return False
     for cache in (step for step in _steps(dataset) if isinstance(step, STEPS.get("cache"))):
         if any(getattr(step, "derives", True) for step in _drawing(cache._input)):
-            raise ValueError("This dataset caches after a shuffle(seed=None) step (or a flat_map / interleave whose "
-                             "function builds one): the cache replays the order of its first pass, which a training "
-                             "position does not hold, so fit cannot resume it in the same order. Give that shuffle "
-                             "a seed (shuffle(n, seed=...)), or cache() before shuffling.")
+            raise ValueError("This dataset caches after a shuffle(seed=None) step (or a flat_map / interleave / map "
+                             "whose function builds one): the cache replays the order of its first pass, which a "
+                             "training position does not hold, so fit cannot resume it in the same order. Give that "
+                             "shuffle a seed (shuffle(n, seed=...)), or cache() before shuffling.")
     for step in _steps(dataset):
         if getattr(step, "uncarried", None):
             raise ValueError(f"This dataset cannot be resumed in the saved order: {step.uncarried}")
