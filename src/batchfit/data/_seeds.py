@@ -67,7 +67,7 @@ def put_drawn_seeds(dataset: Dataset | None, seeds) -> bool:
 
     Raises ValueError, before any batch is read, when the pipeline has another number of such steps, or
     when a `cache()` sits after one (it replays the order of its first pass, which a position does not hold;
-    a flat_map / interleave counts when its function has built a seed=None step so far: fit reads the
+    a flat_map / interleave / map counts when its function has built a seed=None step so far: fit reads the
     first batch before it puts the seeds back), or when a flat_map / interleave / group_by_window function
     has so far returned a dataset holding a drawn seed that is neither its call's nor carried
     (data/_captured.py); one such function returns later raises when it is returned.
