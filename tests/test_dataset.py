@@ -84,11 +84,11 @@ def test_a_small_shuffle_buffer_only_mixes_within_its_window():
 
 
 def test_both_shuffle_buffers_draw_the_orders_tf_data_can_produce():
-    from batchfit.data._base import _buffer_shuffle, window_order    # rows: vectorized; other elements: the loop
+    from batchfit.data._shuffle_order import buffer_shuffle, window_order    # rows: vectorized; other elements: the loop
     # 4 items through 2 slots: the first out is 0 or 1, each later one is in the buffer then: 8 orders
     possible = {(0, 1, 2, 3), (0, 1, 3, 2), (0, 2, 1, 3), (0, 2, 3, 1),
                 (1, 0, 2, 3), (1, 0, 3, 2), (1, 2, 0, 3), (1, 2, 3, 0)}
-    for shuffle in (lambda rng: window_order(4, 2, rng), lambda rng: _buffer_shuffle(iter(range(4)), 2, rng)):
+    for shuffle in (lambda rng: window_order(4, 2, rng), lambda rng: buffer_shuffle(iter(range(4)), 2, rng)):
         counts = {}
         for seed in range(4000):
             order = tuple(int(v) for v in shuffle(np.random.default_rng(seed)))
@@ -98,7 +98,7 @@ def test_both_shuffle_buffers_draw_the_orders_tf_data_can_produce():
 
 
 def test_window_order_is_the_buffer_loop_on_the_same_draws():
-    from batchfit.data._base import window_order
+    from batchfit.data._shuffle_order import window_order
     # the loop written out: step t emits slot j_t and refills it with item size + t; then the rest, permuted
     for n, size, seed in ((12, 3, 0), (100, 7, 1), (300, 256, 2), (70_000, 65_537, 3), (9, 1, 4)):
         rng = np.random.default_rng(seed)

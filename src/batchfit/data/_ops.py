@@ -20,9 +20,10 @@ import jax
 import numpy as np
 
 from batchfit.data._base import (INFINITE_CARDINALITY, STEPS, UNKNOWN_CARDINALITY, Dataset, FusedPlan, TensorSpec,
-                                 _as_tensor, _buffer_shuffle, _call, _stack, row_elements, truth, window_order)
+                                 _as_tensor, _call, _stack, row_elements, truth)
 from batchfit.data._captured import captured_datasets
 from batchfit.data._drawn import fresh_seed
+from batchfit.data._shuffle_order import buffer_shuffle, window_order
 from batchfit.data._map import MappedRows, batched_map, fold
 from batchfit.data._map_seeds import keyed_generator, seeded_map, setup_map_seeds
 from batchfit.data._workers import parallel_map
@@ -173,7 +174,7 @@ class Shuffle(Unary):
         if self._rows is not None:
             return super()._elements(key)
         rng = np.random.default_rng((self.seed, *self._rng_key(key)))
-        return _buffer_shuffle(self._input._elements(key), self.buffer_size, rng)
+        return buffer_shuffle(self._input._elements(key), self.buffer_size, rng)
 
 
 @STEPS.register("batch")
