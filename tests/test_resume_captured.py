@@ -267,16 +267,24 @@ def test_fit_refuses_to_resume_an_uncarried_order_before_any_step(tmp_path):
 
 # ----- fit resumes bitwise ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["closure", "list", "group_by_window"])
-def test_fit_resumes_a_captured_or_reduce_func_shuffle_bitwise(tmp_path, kind):
+def resumed_after_interrupt(tmp_path, build, kind, before_resume=lambda again: None):
+    """fit on `build(kind)` stopped by Ctrl-C at epoch 1 batch 5 with backups every 4 batches, then resumed on
+    the pipeline built again (other seeds drawn: asserted); returns (the resumed fit, the first pipeline's seeds)."""
     backup = tmp_path / "backup"
-    ds = captured(kind)
+    ds = build(kind)
     with pytest.raises(KeyboardInterrupt):
         fit(ds, None, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5)])
-    seeds, again = drawn_seeds(ds), captured(kind)           # the restarted job's pipeline: other seeds drawn
+    seeds, again = drawn_seeds(ds), build(kind)              # the restarted job's pipeline: other seeds drawn
     assert all(a != b for a, b in zip(drawn_seeds(again), seeds, strict=True))
+    before_resume(again)
     resumed = fit(again, None, [bf.callbacks.BackupAndRestore(backup)])
     assert drawn_seeds(again) == seeds
+    return resumed, seeds
+
+
+@pytest.mark.parametrize("kind", ["closure", "list", "group_by_window"])
+def test_fit_resumes_a_captured_or_reduce_func_shuffle_bitwise(tmp_path, kind):
+    resumed, seeds = resumed_after_interrupt(tmp_path, captured, kind)
     reference = explicit(kind, seeds) if kind != "group_by_window" else rebuilt(captured, kind, seeds)
     assert_bitwise(resumed, fit(reference, None, []))
 
@@ -297,17 +305,25 @@ class _At(bf.callbacks.Callback):
             self.result = self.action(self.model)
 
 
-def test_set_position_mid_epoch_resumes_a_global_capture_on_a_rebuilt_pipeline():
-    ds, noted = captured("global"), _At(1, 4, lambda model: model.get_position())
+def resumed_from_position(build, kind):
+    """get_position at epoch 1 batch 6 of a fit on `build(kind)`, set_position on a new model, fit on the pipeline
+    built again (other seeds drawn: asserted); asserts the weights and epoch 1's logs equal the uninterrupted
+    run's and returns (the resumed model, the first pipeline)."""
+    ds, noted = build(kind), _At(1, 4, lambda model: model.get_position())
     uninterrupted = fit(ds, None, [noted])
     assert (noted.result.epoch, noted.result.batch) == (1, 6)        # the hook after batch 5 (calls of 3 steps)
     resumed = child.make_model()
     resumed.set_position(noted.result)
-    again = captured("global")
+    again = build(kind)
     assert all(a != b for a, b in zip(drawn_seeds(again), noted.result.data_seeds, strict=True))
     history = resumed.fit(again, epochs=2, verbose=0)
     assert_bitwise((child.leaves(resumed), None), (uninterrupted[0], None))
     assert history.history == {k: v[1:] for k, v in uninterrupted[1]["history"].items()}    # epoch 1's logs
+    return resumed, ds
+
+
+def test_set_position_mid_epoch_resumes_a_global_capture_on_a_rebuilt_pipeline():
+    resumed, ds = resumed_from_position(captured, "global")
     assert_bitwise((child.leaves(resumed), None), (fit(explicit("global", drawn_seeds(ds)), None, [])[0], None))
 
 

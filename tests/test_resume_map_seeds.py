@@ -26,7 +26,7 @@ from batchfit.data._seeds import drawn_seeds, put_drawn_seeds
 
 sys.path.insert(0, os.path.dirname(__file__))
 import backup_child as child  # noqa: E402
-from test_resume_captured import _At, batches  # noqa: E402
+from test_resume_captured import batches, resumed_after_interrupt, resumed_from_position  # noqa: E402
 from test_resume_nested import assert_bitwise, fit, iterations, rebuilt  # noqa: E402
 
 Dataset = bf.data.Dataset
@@ -185,30 +185,15 @@ def test_a_cache_after_a_shuffling_map_is_refused_and_an_undetected_one_is_refus
 
 @pytest.mark.parametrize("kind", ["window", "parallel", "reads", "generator"])
 def test_fit_resumes_a_map_or_generator_shuffle_bitwise(tmp_path, kind):
-    backup = tmp_path / "backup"
-    ds = mapped(kind)
-    with pytest.raises(KeyboardInterrupt):
-        fit(ds, None, [bf.callbacks.BackupAndRestore(backup, save_freq=4), child.InterruptAt(1, 5)])
-    seeds, again = drawn_seeds(ds), mapped(kind)             # the restarted job's pipeline: other seeds drawn
-    assert all(a != b for a, b in zip(drawn_seeds(again), seeds, strict=True))
-    if kind == "generator":
-        list(again._input._captured[0])          # the new job read it once already: its passes read alike
-    resumed = fit(again, None, [bf.callbacks.BackupAndRestore(backup)])
-    assert drawn_seeds(again) == seeds
+    def read_once(again):               # the new job read the generator's dataset once already: its passes read alike
+        if kind == "generator":
+            list(again._input._captured[0])
+    resumed, seeds = resumed_after_interrupt(tmp_path, mapped, kind, read_once)
     assert_bitwise(resumed, fit(rebuilt(mapped, kind, seeds), None, []))
 
 
 def test_set_position_mid_epoch_resumes_a_map_built_shuffle_on_a_rebuilt_pipeline():
-    ds, noted = mapped("range"), _At(1, 4, lambda model: model.get_position())
-    uninterrupted = fit(ds, None, [noted])
-    assert (noted.result.epoch, noted.result.batch) == (1, 6)      # the hook after batch 5 (calls of 3 steps)
-    resumed = child.make_model()
-    resumed.set_position(noted.result)
-    again = mapped("range")
-    assert drawn_seeds(again) != noted.result.data_seeds
-    history = resumed.fit(again, epochs=2, verbose=0)
-    assert_bitwise((child.leaves(resumed), None), (uninterrupted[0], None))
-    assert history.history == {k: v[1:] for k, v in uninterrupted[1]["history"].items()}
+    resumed_from_position(mapped, "range")
 
 
 def test_the_doctests_hold():
