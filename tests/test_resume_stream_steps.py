@@ -191,6 +191,27 @@ def test_the_place_is_that_of_the_batch_trained_not_of_the_reader_ahead():
     assert all(ahead) and model.get_position().data_place == (2, 8)
 
 
+def test_shuffled_arrays_with_steps_per_epoch_resume_in_their_order_without_a_seed_given(tmp_path):
+    """Arrays with steps_per_epoch are streamed through a Dataset shuffled with fit's seed (a new one each
+    fit call without `seed`): the Position carries it (data_seeds), so a backup and a set_position resume
+    in the order of the run never stopped, which reads [4, 4, 1] batches of epoch order 0, then order 1."""
+    (x, y), _ = child.data()
+    options = dict(y=y, batch_size=8, steps_per_epoch=STEPS)
+    backup, stop = tmp_path / "backup", StopAt(3, 2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(x, [bf.callbacks.BackupAndRestore(backup, save_freq=4), stop, child.InterruptAt(3, 2)], **options)
+    saved = stop.position
+    assert (saved.epoch, saved.batch, saved.data_place) == (3, 3, MID_EPOCH["passes"]) and len(saved.data_seeds) == 1
+    expected = fit(x, seed=saved.data_seeds[0], **options)
+    assert [len(losses) for losses in expected[1]["batch_history"]["loss"]] == SIZES["passes"]
+    assert_bitwise(fit(x, [bf.callbacks.BackupAndRestore(backup)], **options), expected)
+    model = child.make_model()
+    model.set_position(saved)
+    weights, record = fit(x, model=model, **options)
+    assert_bitwise((weights, None), (expected[0], None))
+    assert record["history"] == {k: v[3:] for k, v in expected[1]["history"].items()}
+
+
 # ----- refused before any step -----------------------------------------------------------------------
 
 def _counter(steps: list):
