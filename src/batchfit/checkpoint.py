@@ -260,8 +260,8 @@ def _check_meta(meta, where) -> None:
                                   f"{type(meta.get(name)).__name__}, expected {kind.__name__}. Delete it.")
     # The seeds and place: absent in checkpoints written before they were kept; batch_losses: absent when an array.
     if None in (seeds_from_record(meta), place_from_record(meta)) or not isinstance(meta.get("batch_losses", []), list):
-        raise CheckpointError(f"The training checkpoint {where}: its record's data seeds (`data_seeds`, "
-                              f"`validation_seed`, `validation_data_seeds`), `validation_place` ([passes, batches]) "
+        raise CheckpointError(f"The training checkpoint {where}: its record's data seeds (`data_seeds`, `validation_seed`, "
+                              f"`validation_data_seeds`), places (`data_place`, `validation_place` ([passes, batches])) "
                               f"or `batch_losses` are not numbers as a save writes them. Delete it.")
 
 

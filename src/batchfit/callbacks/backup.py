@@ -34,9 +34,12 @@ class BackupAndRestore(Callback):
       double_checkpoint: keep the previous backup too; if the latest cannot be read, restore that one.
       delete_checkpoint: delete `backup_dir` when fit ends normally.
 
-    A fit stopped by Ctrl-C saves its position first. A one-shot iterator (a plain generator) or
-    a stream with steps_per_epoch cannot be read again from inside an epoch: with it, backups
-    are made at epoch ends only (a warning says so) and the run resumes at the epoch boundary.
+    A fit stopped by Ctrl-C saves its position first. A stream read steps_per_epoch batches an
+    epoch, each epoch reading on where the last stopped (Keras's rule), resumes at the exact batch
+    too: the backup keeps the place it had reached at that batch (data/_stream_place.py). A one-shot
+    iterator (a plain generator) cannot be read again from inside an epoch: with it, backups are made
+    at epoch ends only (a warning says so) and the run resumes at the epoch boundary, reading the
+    generator passed then from where it is; one that had run out runs out again.
     Put BackupAndRestore after callbacks that add to the epoch logs (learning_rate): the backup
     records the logs as they are when its on_epoch_end runs.
 
@@ -54,10 +57,12 @@ class BackupAndRestore(Callback):
     (after a first batch is read); a resumed one that returns it only later raises at that call. A map
     function that builds such steps (`window(n).map(lambda w: w.shuffle(n))`) is kept like a flat_map's,
     and so are the shuffled datasets a map function or a from_generator generator captures
-    (data/_map_seeds.py). Not kept: the place a one-shot validation iterator (a generator) with
-    validation_steps reached (a backup past its start is refused), and shuffled datasets that a generator
-    builds, or that a map function or a generator reaches another way (an object's attribute): not
-    refused either, unless a flat_map / interleave function returns them.
+    (data/_map_seeds.py). Not kept: the place inside a one-shot iterator (a generator) that had been read
+    and had not run out (training reads the one passed to the resumed fit on from where it is, with a
+    warning that the batches may differ; validation with validation_steps refuses a backup past its
+    start), and shuffled datasets that a generator builds, or that a map function or a generator reaches
+    another way (an object's attribute): not refused either, unless a flat_map / interleave function
+    returns them.
 
     Backups are written in the background (batchfit/_async_writer.py): at a save, fit copies the
     position on the device and goes on; a save that falls due while the previous backup is still
@@ -113,7 +118,7 @@ class BackupAndRestore(Callback):
         self._next_step = steps[-1] + 1 if steps else 0
         if self._by_batch and not resumes_mid_epoch:
             warnings.warn(f"BackupAndRestore(save_freq={self.save_freq}): this input cannot be read again from "
-                          f"inside an epoch (a one-shot iterator, or steps_per_epoch on a stream), so backups "
+                          f"inside an epoch (a one-shot iterator: a generator), so backups "
                           f"are made at epoch ends only and a resumed fit restarts at an epoch boundary. Pass a "
                           f"re-iterable input (a bf.data.Dataset, a list) to resume at the exact batch.",
                           UserWarning, stacklevel=2)

@@ -321,6 +321,7 @@ def _from_arrays(x, y, sample_weight=None, class_weight=None, *, batch_size=None
     dataset = Dataset.from_tensor_slices((x,) if not need_y else (x, y) if w is None else (x, y, w))
     if shuffle:
         dataset = dataset.shuffle(n, seed=seed)
+        dataset.drawn = True         # fit's seed, carried by a Position as a drawn one (data_seeds, data/_seeds.py)
     return _from_dataset(dataset.batch(batch_size), dict(
         allow_nonfinite=allow_nonfinite, need_y=need_y, first_key=first_key, steps=steps, class_weight=None))
 

@@ -9,13 +9,14 @@ Epochs follow Keras. Without `steps`, an epoch is one pass: a fresh iterator of 
 re-iterable input, or whatever is left of a one-shot iterator (a generator object is
 consumed once; a later epoch that gets no batch stops training). With `steps`, an epoch is
 `steps` batches drawn from one iterator kept across epochs; a re-iterable input starts
-over when it runs out at the start of an epoch.
+over when it runs out at the start of an epoch, and one that runs out inside an epoch ends
+that epoch early (a warning), as in Keras. A resumed fit reads on from the place its
+Position keeps (data/_stream_place.py).
 """
 
 from __future__ import annotations
 
 import itertools
-import warnings
 from typing import Any, Callable, Iterator
 
 import jax
@@ -26,7 +27,7 @@ from batchfit.data._seeds import drawn_seeds, put_drawn_seeds
 from batchfit.data._stream_place import StepsPlace
 from batchfit.data.arrays import (Chunk, DeviceData, Piece, aligned_empty, check_finite, pass_ended, put_chunk,
                                   release_pages, sample_weights, shared_piece, target_dtype)
-from batchfit.data.prefetch import Prefetcher, check_stop, put_ahead, stoppable
+from batchfit.data.prefetch import Prefetcher, put_ahead, stoppable
 from batchfit.distribution import across_processes
 from batchfit.errors import describe
 
@@ -210,9 +211,9 @@ class StreamSource(StepsPlace):
         self.seed = 0
         self.check_targets = None      # y -> None, raising ValueError: the loss's rule, run on every chunk
         self._need_y, self._class_weight, self._allow_nonfinite = need_y, class_weight, allow_nonfinite
-        self._current = None
+        self._current, self._starts, self._firsts = None, {}, {}       # places: data/_stream_place.py
         self._put_ahead = put_ahead()
-        self._passes = self.evaluations = first_key     # iterators opened (steps mode); evaluation passes
+        self._passes = self.evaluations = self._first_key = first_key     # iterators opened; evaluation passes
         with inline_prefetch():
             iterator = iter(open(first_key))
             first = next(iterator, EPOCH_END)
@@ -263,43 +264,25 @@ class StreamSource(StepsPlace):
                 return iterator
         return iter(self._open(key))
 
-    def _batches(self, key) -> Iterator:
-        """The raw batches of the epoch (or evaluation pass) `key`."""
-        if self._steps is None:
-            # stoppable: a closed feed draws no more; not `yield from`: that would close the user's iterator
-            for batch in stoppable(self._iterator(key)):
-                yield batch
+    def _batches(self, key, first_batch: int) -> Iterator:
+        """The raw batches of the epoch (or evaluation pass) `key`, from batch `first_batch` on."""
+        if self._steps is not None:
+            yield from self._drawn(key, first_batch)        # read on: data/_stream_place.py
             return
-        count, fresh = 0, False
-        while count < self._steps:
-            check_stop()                        # a closed feed starts no new draw or pass
-            if self._current is None:
-                self._current, fresh = self._iterator(self._passes), True
-                self._passes, self._read = self._passes + 1, 0
-            try:
-                batch = next(self._current)
-            except StopIteration:
-                self._current = None
-                if count == 0 and self._reiterable and not fresh:
-                    continue                                    # ran out at an epoch boundary
-                if count:
-                    warnings.warn(f"The input ran out of data after {count} of steps={self._steps} batches "
-                                  f"in this epoch. Make it yield at least steps_per_epoch * epochs batches "
-                                  f"(e.g. Dataset.repeat()).", UserWarning, stacklevel=2)
-                return
-            fresh, count, self._read = False, count + 1, self._read + 1      # _read: StepsPlace.place()
-            yield batch
+        self._passes += not self._reiterable                # a one-shot input's pass: StepsPlace.place()
+        # stoppable: a closed feed draws no more; not `yield from`: that would close the user's iterator
+        for index, batch in enumerate(stoppable(self._iterator(key))):
+            if index >= first_batch:
+                yield batch
 
     def _pieces(self, key, steps_per_execution: int, first_batch: int = 0, control=None,
                 seen: list | None = None) -> Iterator[Piece]:
         """Chunks of up to `steps_per_execution` batches, on the device; a different size closes a chunk, and
         so does a batch that `control(key, index, 1, seen)` names (a callback needs control after it).
-        The first `first_batch` batches of the pass are skipped (a resumed epoch)."""
+        The epoch starts at batch `first_batch` (a resumed epoch)."""
         quick, check, select = self._layout.quick, self._layout.check, self._select
         group, size, first = [], 0, first_batch
-        for index, element in enumerate(self._batches(key)):
-            if index < first_batch:
-                continue
+        for index, element in enumerate(self._batches(key, first_batch), first_batch):
             found = quick(element)
             leaves, n = found if found is not None else check(select(element, index), index)
             if not group:
@@ -324,6 +307,7 @@ class StreamSource(StepsPlace):
         with inline_prefetch():            # this thread is the prefetch: a dataset's own adds only hops
             for key in keys:
                 yield from self._pieces(key, steps_per_execution, first_batch, control, seen)
+                self._starts[key + 1] = self.place()    # fit's keys are epochs: StepsPlace.place_at
                 if self._on_epoch_end is not None:      # Keras: at every epoch's end, steps_per_epoch or not
                     self._on_epoch_end()
                 yield EPOCH_END
@@ -345,17 +329,16 @@ class StreamSource(StepsPlace):
         """Start the worker on the passes `keys` (epoch indices for fit), the first from batch
         `first_batch` on; read them with `epoch()`. `control`: as ArraySource.feed's."""
         if first_batch and not self.resumes_mid_epoch:
-            raise ValueError(f"Training cannot resume at batch {first_batch} of an epoch of this input: "
-                             f"{'with steps_per_epoch' if self._steps is not None else 'a one-shot iterator'} "
-                             f"it cannot be read again from the epoch's start. Resume from an epoch boundary, or "
-                             f"pass a re-iterable input (a bf.data.Dataset, a list, a PyDataset).")
+            raise ValueError(f"Training cannot resume at batch {first_batch} of an epoch of this input: a one-shot "
+                             f"iterator cannot be read again from the epoch's start. Resume from an epoch boundary, "
+                             f"or pass a re-iterable input (a bf.data.Dataset, a list, a PyDataset).")
         return StreamFeed(self, list(keys), steps_per_execution, first_batch, depth, control)
 
     @property
     def resumes_mid_epoch(self) -> bool:
-        """Whether a pass can restart at a batch inside it: the input can be read again from its start and
-        has no steps_per_epoch."""
-        return self._reiterable and self._steps is None
+        """Whether an epoch can restart at a batch inside it: the input can be read again (with steps_per_epoch,
+        from the place fit's Position keeps: StepsPlace.read_on)."""
+        return self._reiterable
 
     def drawn_seeds(self) -> tuple:
         """The seeds a Dataset's shuffle(seed=None) steps drew (data/_seeds.py); () for other streams."""

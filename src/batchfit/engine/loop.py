@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
+from batchfit.engine._start import restore
 from batchfit.engine.compiled import Executables, device_int
 from batchfit.engine.state import Position, Slot, copy_tree, read_totals, zero_totals
 from batchfit.engine.step import Totals
@@ -45,12 +46,13 @@ class Cursor:
     `prior_losses` are the batch losses a resumed epoch had before this call; `totals` (step.Totals):
     the epoch's running rows and stateful metrics' state (None at an epoch's start: its first dispatch
     takes Executables.fresh_totals; a resumed position's metric state None: reset_state()'s values).
+    `start_place`: the data_place of the position resumed from; `data_place(epoch, batch)`: a stream's place.
     """
 
     def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None,
                  data_seeds: tuple = (), validation_order: tuple | Callable = (None, None)):
         self.plan, self.seed, self.data_seeds, self.validation_order = plan, seed, data_seeds, validation_order
-        self.width = 2 * (1 + len(plan.metric_names))
+        self.width, self.start_place, self.data_place = 2 * (1 + len(plan.metric_names)), None, None
         if start is None:
             self.begin(plan.initial_epoch)
         else:
@@ -62,7 +64,7 @@ class Cursor:
         self.seed, self.epoch, self.batch, self.data_seeds = start.seed, start.epoch, start.batch, start.data_seeds
         self.totals = Totals(start.totals, start.metric_states)
         self.prior_losses = np.asarray(start.batch_losses, np.float32)
-        self.accumulated, self.reports = start.accumulated, []
+        self.accumulated, self.reports, self.start_place = start.accumulated, [], start.data_place
 
     def begin(self, epoch: int) -> None:
         self.epoch, self.batch, self.totals = epoch, 0, None
@@ -101,7 +103,8 @@ class Cursor:
         return Position(copy_tree(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
                         losses.astype(np.float32), copy_tree(self.accumulated),
                         None if states is None else jax.tree.map(np.array, states), self.data_seeds,
-                        *(order(self.epoch) if callable(order := self.validation_order) else order))
+                        *(order(self.epoch) if callable(order := self.validation_order) else order),
+                        data_place=None if self.data_place is None else self.data_place(self.epoch, self.batch))
 
     @property
     def _names(self):
@@ -202,12 +205,13 @@ def run_fit(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks, sho
     waits for the host between epochs.
 
     After on_train_begin, a callback with `restore_position(resumes_mid_epoch) -> Position | None`
-    (BackupAndRestore) may move the start. Ctrl-C stops at the next step boundary: callbacks with
-    `on_train_interrupt()` run (the state and cursor are consistent), then KeyboardInterrupt propagates.
+    (BackupAndRestore) may move the start (engine/_start.py). Ctrl-C stops at the next step boundary:
+    callbacks with `on_train_interrupt()` run (the state and cursor are consistent), then KeyboardInterrupt
+    propagates.
     """
     callbacks.on_train_begin()
     try:
-        _restore(callbacks, slot, source, cursor, validate)
+        restore(callbacks, slot, source, cursor, validate)        # engine/_start.py: before any step
         with _interrupts_at_step_boundaries() as interrupts:
             try:
                 logs = _run_epochs(exe, slot, source, cursor, callbacks, should_stop, validate, interrupts)
@@ -255,25 +259,6 @@ def _run_epochs(exe: Executables, slot: Slot, source, cursor: Cursor, callbacks,
         if pending is not None:
             logs = _end_epoch(pending, slot, callbacks, validate)
     return logs
-
-
-def _restore(callbacks, slot: Slot, source, cursor: Cursor, validate) -> None:
-    """Start from the Position a callback restores (BackupAndRestore), if one does, validation order included."""
-    mid_epoch = source.resumes_mid_epoch
-    for restore in callbacks.listeners("restore_position"):
-        position = restore(mid_epoch)
-        if position is None:
-            continue
-        if position.batch and not mid_epoch:
-            raise ValueError(f"{type(restore.__self__).__name__} restored a position at batch {position.batch} of epoch "
-                             f"{position.epoch}, but this input cannot be read again from an epoch's start (a "
-                             f"one-shot iterator, or steps_per_epoch on a stream). Pass a re-iterable input "
-                             f"(a bf.data.Dataset, a list, a PyDataset), or delete the backup to start over.")
-        source.reseed(position.seed, position.data_seeds)    # the saved data order (a Dataset's drawn seeds too)
-        if validate is not None:
-            cursor.validation_order = validate.resume(position, cursor.plan.initial_epoch)
-        cursor.resume(position, source.num_batches)
-        slot.put(copy_tree(position.train))
 
 
 class _Interrupts:

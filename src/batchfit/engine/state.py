@@ -72,8 +72,11 @@ class Position(NamedTuple):
     Dataset's drawn seeds; engine/validation.py), None where the position was taken without validation data.
     validation_place: (passes begun, batches read of the last one; 0 once it ran out) of validation data read
     `validation_steps` batches an epoch, each epoch reading on where the last stopped, at epoch `epoch`'s start
-    (engine/validation.py); None without validation_steps.
-    A stream that can be read again resumes by skipping `batch` batches of epoch `epoch`.
+    (engine/validation.py); None for re-iterable validation data without validation_steps (for a one-shot
+    iterator, a generator, it says how much of it was read or that it ran out: a resumed fit finds it run out).
+    data_place: the same for the training data at (`epoch`, `batch`) (data/_stream_place.py): where a stream
+    read `steps_per_epoch` batches an epoch, each epoch reading on, resumes; None for arrays and re-iterable
+    streams without steps_per_epoch, which resume by skipping `batch` batches of epoch `epoch`.
     """
 
     train: TrainState
@@ -88,23 +91,31 @@ class Position(NamedTuple):
     validation_seed: int | None = None
     validation_data_seeds: tuple | None = None
     validation_place: tuple | None = None
+    data_place: tuple | None = None
+
+
+_PLACES = ("validation_place", "data_place")
 
 
 def place_record(position: Position) -> dict:
-    """A Position's `validation_place` as JSON for a checkpoint's record: [passes, batches] or None."""
-    place = position.validation_place
-    return {"validation_place": None if place is None else [int(count) for count in place]}
+    """A Position's `validation_place` and `data_place` as JSON for a checkpoint's record: [passes, batches]
+    or None each."""
+    places = {name: getattr(position, name) for name in _PLACES}
+    return {name: None if place is None else [int(count) for count in place] for name, place in places.items()}
 
 
 def place_from_record(record: dict) -> dict | None:
-    """The `validation_place` field `place_record` wrote, as a tuple (None in a record written before it was
-    kept); None when it is not two counts (a damaged record)."""
-    place = record.get("validation_place")
-    if place is None:
-        return {"validation_place": None}
-    counts = isinstance(place, list) and len(place) == 2 and all(
-        isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in place)
-    return {"validation_place": tuple(place)} if counts else None
+    """The fields `place_record` wrote, as tuples (None where a record written before a field was kept lacks
+    it); None when one is not two counts (a damaged record)."""
+    places = {}
+    for name in _PLACES:
+        place = record.get(name)
+        counts = place is None or isinstance(place, list) and len(place) == 2 and all(
+            isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in place)
+        if not counts:
+            return None
+        places[name] = None if place is None else tuple(place)
+    return places
 
 
 class Slot:

@@ -11,8 +11,10 @@ With `validation_steps`, a stream is read that many batches an epoch, each epoch
 last one stopped (data/_stream_place.py): the Position keeps that place as it was at the start of its
 epoch (validation_place), and a resumed fit skips the batches read before, so that its first validation
 reads what the run that was never stopped read at that epoch. A one-shot iterator (a generator) cannot be
-read again from a place: resuming it past its start is refused. A PyDataset's on_epoch_end is not called
-again for the validations before the position.
+read again from a place: resuming it past its start is refused, unless it had run out (without
+validation_steps, the first validation reads it to its end): then the one passed to the resumed fit runs
+out too, and its epochs report no val_* (with the same warning), as those of the run never stopped did.
+A PyDataset's on_epoch_end is not called again for the validations before the position.
 """
 
 from __future__ import annotations
@@ -62,9 +64,10 @@ class Validation:
 
         Raises ValueError when the position was saved with a validation Dataset that drew another number
         of seeds (another pipeline), when the validation stream now ends before the place it had reached,
-        or when that place is past the start of a one-shot iterator. A position without validation seeds
-        (taken without validation data, or written before they were kept) leaves this data's own; one
-        without a place (no validation_steps, or written before it was kept) reads from the start.
+        or when that place is inside a one-shot iterator (one that had run out runs out now). A position
+        without validation seeds (taken without validation data, or written before they were kept) leaves
+        this data's own; one without a place (a re-iterable input without validation_steps, or written
+        before it was kept) reads from the start.
         """
         try:
             if position.validation_data_seeds is not None:
