@@ -19,7 +19,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import pytest
 
 import batchfit as bf
@@ -31,8 +30,8 @@ from batchfit.errors import CheckpointError
 sys.path.insert(0, os.path.dirname(__file__))
 import backup_child as child  # noqa: E402
 from test_position import StopAt  # noqa: E402
-from test_resume_nested import Recorder, _host_pair, _position, assert_bitwise, rebuilt  # noqa: E402
-from test_resume_validation_steps import Batches  # noqa: E402
+from test_resume_nested import Recorder, _position, assert_bitwise, rebuilt  # noqa: E402
+from test_resume_validation_steps import Batches, stream_of  # noqa: E402
 
 STEPS, EPOCHS = 4, 5
 KINDS = ["reshuffled", "repeated", "list", "py_dataset"]
@@ -43,15 +42,9 @@ RAN_OUT = "The input ran out of data after"     # pass 1 ends inside epoch 2
 
 
 def training(kind: str, recorder=None):
-    """The 72 rows in batches of 8: shuffled (seed=None: each pass another order) and mapped on the host
-    ("reshuffled"), the same repeated without end ("repeated"), or the 9 batches in order in a list or a
-    PyDataset."""
+    """The 72 training rows as test_resume_validation_steps.stream_of gives them (9 batches a pass)."""
     (x, y), _ = child.data()
-    if kind in ("list", "py_dataset"):
-        batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 72, 8)]
-        return batches if kind == "list" else Batches(batches)
-    ds = bf.data.Dataset.from_tensor_slices((x, y)).shuffle(72).map(recorder or _host_pair).batch(8)
-    return ds.repeat() if kind == "repeated" else ds
+    return stream_of(kind, x, y, recorder)
 
 
 def again(kind, seeds, recorder=None):

@@ -56,16 +56,21 @@ class Batches(bf.utils.PyDataset):
         return self.batches[index]
 
 
-def validation(kind: str, recorder=None):
-    """The 24 validation rows in batches of 8: shuffled (seed=None: each pass another order) and mapped on
-    the host through `recorder` ("reshuffled"), the same repeated without end ("repeated"), or the 3 batches
-    in order in a list ("list") or a PyDataset ("py_dataset")."""
-    _, (vx, vy) = child.data()
+def stream_of(kind: str, x, y, recorder=None):
+    """Rows x, y in batches of 8: shuffled (seed=None: each pass another order) and mapped on the host through
+    `recorder` ("reshuffled"), the same repeated without end ("repeated"), or the batches in order in a list
+    ("list") or a PyDataset ("py_dataset")."""
     if kind in ("list", "py_dataset"):
-        batches = [(vx[i:i + 8], vy[i:i + 8]) for i in range(0, 24, 8)]
+        batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, len(x), 8)]
         return batches if kind == "list" else Batches(batches)
-    ds = bf.data.Dataset.from_tensor_slices((vx, vy)).shuffle(24).map(recorder or _host_pair).batch(8)
+    ds = bf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).map(recorder or _host_pair).batch(8)
     return ds.repeat() if kind == "repeated" else ds
+
+
+def validation(kind: str, recorder=None):
+    """The 24 validation rows as `stream_of` gives them (3 batches a pass)."""
+    _, (vx, vy) = child.data()
+    return stream_of(kind, vx, vy, recorder)
 
 
 def again(kind, seeds, recorder=None):
