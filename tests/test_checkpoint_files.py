@@ -3,6 +3,7 @@ typed error (bf.errors.CheckpointError) for every way a saved file can be damage
 
 import io
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -320,19 +321,31 @@ def test_a_folder_save_killed_between_its_two_renames_is_recovered(tmp_path):
 
 
 SAVER = textwrap.dedent("""
-    import os, sys, numpy as np, batchfit as bf
-    for path in sys.argv[1:]:           # one saver per path, forked before JAX starts its threads
-        if os.fork() == 0:
-            model = bf.Sequential([bf.layers.Dense(256, input_shape=(256,)), bf.layers.Dense(1)], seed=0)
-            model.compile(optimizer="adam", loss="mse")
-            for i in range(100_000):
-                model.set_weights([np.full_like(w, i) for w in model.get_weights()])
-                model.save(path)
-                if i == 0:
-                    print("saved", os.getpid(), flush=True)
-    for _ in sys.argv[1:]:
-        os.wait()
+    import sys, numpy as np, batchfit as bf
+    model = bf.Sequential([bf.layers.Dense(256, input_shape=(256,)), bf.layers.Dense(1)], seed=0)
+    model.compile(optimizer="adam", loss="mse")
+    for i in range(100_000):
+        model.set_weights([np.full_like(w, i) for w in model.get_weights()])
+        model.save(sys.argv[1])
+        if i == 0:
+            print("saved", flush=True)
 """)
+
+
+def _first_saves(savers: list, timeout: float = 180.0) -> None:
+    """Wait until every saver has printed "saved" (its first save is whole); other output goes in the message."""
+    waiting, other, deadline = {saver.stdout: saver for saver in savers}, [], time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        for out in select.select(list(waiting), [], [], 1.0)[0]:
+            line = out.readline()
+            if line.strip() == "saved":
+                del waiting[out]
+            elif line:
+                other.append(line)
+            else:
+                raise AssertionError(f"a saver ended before its first save (exit {waiting[out].wait()}); "
+                                     f"output: {other!r}")
+    assert not waiting, f"{len(waiting)} of {len(savers)} savers made no first save in {timeout} s; output: {other!r}"
 
 
 def test_saves_killed_at_random_instants_leave_a_loadable_save(tmp_path):
@@ -342,15 +355,18 @@ def test_saves_killed_at_random_instants_leave_a_loadable_save(tmp_path):
     script.write_text(SAVER)
     delays = np.random.default_rng(23).uniform(0.0, 0.2, size=6)
     paths = [str(tmp_path / f"run{k}" / ("m.keras" if k % 2 else "m")) for k in range(len(delays))]
-    parent = subprocess.Popen([sys.executable, str(script), *paths], stdout=subprocess.PIPE, text=True)
+    savers = [subprocess.Popen([sys.executable, str(script), path], stdout=subprocess.PIPE, text=True)
+              for path in paths]             # one process each (a fork after import could inherit held locks)
     try:
-        savers = [int(parent.stdout.readline().split()[1]) for _ in paths]   # each has one whole save
-        for pid, delay in zip(savers, delays):
+        _first_saves(savers)
+        for saver, delay in zip(savers, delays):
             time.sleep(delay)
-            os.kill(pid, signal.SIGKILL)
-        assert parent.wait(timeout=30) == 0
+            saver.send_signal(signal.SIGKILL)
+        assert [saver.wait(timeout=30) for saver in savers] == [-signal.SIGKILL] * len(savers)
     finally:
-        parent.kill()
+        for saver in savers:
+            saver.kill()
+            saver.wait()
     for path in paths:
         model = bf.load_model(path, compile=False)
         assert len({float(v) for w in model.get_weights() for v in np.unique(w)}) == 1   # never a mix of two
