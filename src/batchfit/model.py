@@ -190,7 +190,7 @@ class Model(KerasStep, Shell, Handling):
         validate = None if val is None else Validation(val, lambda slot: run_evaluate(
             self._exe, slot.leaves, val, self._steps(val, cbs), self._log_names("test"), cbs))
         cursor = Cursor(plan, source.seed, resume, source.num_batches, source.drawn_seeds(),
-                        (None, None) if val is None else validate.start(resume, initial_epoch))
+                        None if val is None else validate.start(resume, initial_epoch))
         self.stop_training, self._resume, self._cursor, self._busy = False, None, cursor, "fit"
         try:
             run_fit(self._exe, self._slot, source, cursor, cbs, lambda: self.stop_training, validate)

@@ -24,10 +24,17 @@ import threading
 
 from batchfit.data import arrays
 
-__all__ = ["fresh_seed", "derived_seeds", "current_call", "DerivedSeed"]
+__all__ = ["fresh_seed", "derived_seeds", "current_call", "DerivedSeed", "hashed_seed"]
 
 _MASK = (1 << 64) - 1             # each word packed as 8 bytes
 _CALL = threading.local()          # per thread: interleave may call map_func on another thread than flat_map
+
+
+def hashed_seed(words) -> int:
+    """31 bits of the BLAKE2b hash of integer `words` (each as 8 bytes): a seed that follows from them
+    (hashlib: far cheaper than a SeedSequence)."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(words)}Q", *(int(w) & _MASK for w in words)), digest_size=4)
+    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 class DerivedSeed(int):
@@ -72,10 +79,8 @@ class derived_seeds:
 
     def next_seed(self) -> int:
         """The `count`-th seed of this call, as 31 bits like a drawn one."""
-        words = [int(self.seed), len(self.key), *self.key, int(self.index), self.count]
+        seed = DerivedSeed(hashed_seed([int(self.seed), len(self.key), *self.key, int(self.index), self.count]))
         self.count += 1
-        digest = hashlib.blake2b(struct.pack(f"<{len(words)}Q", *(int(w) & _MASK for w in words)), digest_size=4)
-        seed = DerivedSeed(int.from_bytes(digest.digest(), "little") >> 1)    # hashlib: cheaper than a SeedSequence
         seed.owner = self.owner
         self.given.append(seed)
         return seed

@@ -36,12 +36,11 @@ from __future__ import annotations
 import builtins
 import dis
 import functools
-import hashlib
-import struct
 import types
 
 from batchfit.data._base import Dataset, _call
 from batchfit.data._captured import reached, seeded_call, setup_nested_seeds
+from batchfit.data._drawn import hashed_seed
 from batchfit.data._map import has_contents
 
 __all__ = ["builds_seeds", "setup_map_seeds", "seeded_map", "keyed_generator"]
@@ -131,15 +130,8 @@ def seeded_map(step: Dataset, key: tuple):
 
 def keyed_generator(step: Dataset, key: tuple):
     """The elements of the generator of a from_generator `step` for iteration `key`: the datasets it captures
-    are iterated (by `iter()`) as their `_key_number(key)`-th iteration, then the following ones."""
-    number = _key_number(key)
+    are iterated (by `iter()`) as their iteration numbered by the key's hash, then the following ones."""
+    number = hashed_seed([len(key), *key])      # a 31-bit number for the pass's key
     for dataset in step._captured:
         dataset._iterations = number - 1           # Dataset.__iter__ counts up, then reads (count,)
     yield from step._generator(*step._args)
-
-
-def _key_number(key: tuple) -> int:
-    """A 31-bit number for an iteration key (a tuple of ints), BLAKE2b of its words as data/_drawn.py's."""
-    words = [len(key), *(int(k) & (1 << 64) - 1 for k in key)]
-    digest = hashlib.blake2b(struct.pack(f"<{len(words)}Q", *words), digest_size=4).digest()
-    return int.from_bytes(digest, "little") >> 1

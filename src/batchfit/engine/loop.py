@@ -46,11 +46,13 @@ class Cursor:
     `prior_losses` are the batch losses a resumed epoch had before this call; `totals` (step.Totals):
     the epoch's running rows and stateful metrics' state (None at an epoch's start: its first dispatch
     takes Executables.fresh_totals; a resumed position's metric state None: reset_state()'s values).
-    `start_place`: the data_place of the position resumed from; `data_place(epoch, batch)`: a stream's place.
+    `start_place`: the data_place of the position resumed from; `data_place(epoch, batch)`: a stream's place;
+    `validation_order(epoch)`: the validation fields of a Position (engine/validation.Validation.order; None:
+    no validation data).
     """
 
     def __init__(self, plan: FitPlan, seed: int, start: Position | None = None, num_batches: int | None = None,
-                 data_seeds: tuple = (), validation_order: tuple | Callable = (None, None)):
+                 data_seeds: tuple = (), validation_order: Callable | None = None):
         self.plan, self.seed, self.data_seeds, self.validation_order = plan, seed, data_seeds, validation_order
         self.width, self.start_place, self.data_place = 2 * (1 + len(plan.metric_names)), None, None
         if start is None:
@@ -103,7 +105,7 @@ class Cursor:
         return Position(copy_tree(slot.state), self.epoch, self.batch, self.seed, np.array(totals, np.float32),
                         losses.astype(np.float32), copy_tree(self.accumulated),
                         None if states is None else jax.tree.map(np.array, states), self.data_seeds,
-                        *(order(self.epoch) if callable(order := self.validation_order) else order),
+                        *(self.validation_order(self.epoch) if self.validation_order else (None, None, None)),
                         data_place=None if self.data_place is None else self.data_place(self.epoch, self.batch))
 
     @property
