@@ -1,6 +1,8 @@
 """In-process A/B on the first article's workload: one `fit(x, y, epochs=1)` call against the floor
 of the same order (run.py's: in order, and the host permutation applied once when shuffled),
-and a pass of `train_on_batch` over the 31 full batches against the hand-written jit(step) loop.
+and a pass of `train_on_batch` over the 31 full batches against the hand-written jit(step) loop, alone
+and with the two value rules train_on_batch runs on every batch (x finite, y in [0, 1]) written by hand
+in NumPy before each step: the floor of any train_on_batch that checks its batch on the host.
 
 The suite (run.py) times each system in turn; at ~250 us a call, a slow drift of the machine
 moves one system's median by more than the gap being measured. This script alternates 100-call
@@ -9,6 +11,7 @@ blocks of every variant in one process for 25 rounds and reports per-round ratio
     python benchmarks/ab_seed1.py
 """
 
+import math
 import os
 import statistics
 import sys
@@ -50,6 +53,8 @@ def main(rounds: int = 25, calls: int = 100) -> None:
         what = "loss read" if read else "loss not read"
         hand = _hand_step(w, models["numpy, in order"].get_weights())
         loops[f"jit(step) loop, {what}"] = _loop(hand, x, y, w.batch_size, steps, read)
+        loops[f"jit(step) + rules, {what}"] = _loop(_with_rules(_hand_step(w, models["numpy, in order"].get_weights())),
+                                                    x, y, w.batch_size, steps, read)
         loops[f"train_on_batch, {what}"] = _loop(batchfit_model(w).train_on_batch, x, y, w.batch_size, steps, read)
     times = _alternate(variants, rounds, calls)
     _report({k: v for k, v in times.items() if "shuffled" not in k}, "floor (in order)", "the floor", "call")
@@ -68,6 +73,17 @@ def _hand_step(w, weights):
         holder["state"], loss = step(holder["state"], xb, yb)
         return loss
     return run
+
+
+def _with_rules(run):
+    """`run(xb, yb)` after the value rules, as a user would write them: finite x, targets in [0, 1]."""
+    def checked(xb, yb):
+        if not math.isfinite(np.vdot(xb, xb)):
+            raise ValueError("x has NaN or inf")
+        if not 0 <= yb.min() <= yb.max() <= 1:
+            raise ValueError("y outside [0, 1]")
+        return run(xb, yb)
+    return checked
 
 
 def _alternate(variants: dict, rounds: int, calls: int) -> dict:

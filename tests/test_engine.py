@@ -161,3 +161,18 @@ def test_any_nnx_module_trains():
     assert history.history["loss"][-1] < 0.2 * history.history["loss"][0]
     assert model.evaluate(x, y, verbose=0) == approx(float(np.mean((np.asarray(net(x)) - y) ** 2)), rel=1e-5)
     assert model.predict(x).shape == (64, 1)
+
+
+@pytest.mark.parametrize("wait", [0.0, 1e-3, 10.0])
+def test_to_host_reads_device_values_whatever_the_wait(monkeypatch, wait):
+    """The engine's host read polls before blocking; what it returns is np.asarray's, ready or not."""
+    from batchfit.engine import state
+    monkeypatch.setattr(state, "WAIT_BEFORE_BLOCKING", wait)
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    eye = np.eye(256, dtype=np.float32)
+    slow = jax.jit(lambda m: jax.lax.fori_loop(0, 200, lambda i, v: v @ m + 1.0, m))(eye)   # ~10 ms: not ready
+    np.testing.assert_array_equal(state.to_host(slow), eye + 200)
+    out = state.to_host(jax.numpy.asarray(a) * 2, np.float64)
+    assert out.dtype == np.float64 and type(out) is np.ndarray
+    np.testing.assert_array_equal(out, a * 2)
+    np.testing.assert_array_equal(state.to_host(a), a)             # host arrays pass through

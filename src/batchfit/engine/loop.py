@@ -19,7 +19,7 @@ import numpy as np
 
 from batchfit.engine._start import restore
 from batchfit.engine.compiled import Executables, device_int
-from batchfit.engine.state import Position, Slot, copy_tree, read_totals, zero_totals
+from batchfit.engine.state import Position, Slot, copy_tree, read_totals, to_host, zero_totals
 from batchfit.engine.step import Totals
 
 __all__ = ["FitPlan", "Cursor", "run_fit", "run_evaluate", "run_predict"]
@@ -86,12 +86,12 @@ class Cursor:
 
     def running_logs(self, report) -> dict:
         """The running logs after a chunk, with `batch_loss`: the raw loss of its last batch."""
-        host = np.asarray(report, np.float64)
+        host = to_host(report, np.float64)
         return {**read_totals(host[-self.width:].reshape(-1, 2), self._names), "batch_loss": float(host[-self.width - 1])}
 
     def results(self) -> tuple[dict, np.ndarray, np.ndarray]:
         """(the epoch's logs so far, every batch loss so far, the totals): one host copy per chunk."""
-        hosts = [np.asarray(r) for r in self.reports]
+        hosts = [to_host(r) for r in self.reports]
         losses = np.concatenate([self.prior_losses, *(h[:-self.width] for h in hosts)])
         rows = zero_totals(len(self.plan.metric_names)) if self.totals is None else self.totals.rows
         totals = hosts[-1][-self.width:].reshape(-1, 2) if hosts else np.asarray(rows)
@@ -384,4 +384,4 @@ def run_predict(exe: Executables, leaves: list, source, steps_per_execution: int
         if want_end:
             callbacks.on_predict_batch_end(chunk.last, {"outputs": jax.tree.map(np.asarray, outs[-1])})
     callbacks.on_predict_end()
-    return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *outs)
+    return jax.tree.map(lambda *a: np.concatenate([to_host(b) for b in a]), *outs)

@@ -7,6 +7,7 @@ continues bitwise as if it had never stopped.
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 __all__ = ["TrainState", "Batch", "Accumulated", "Position", "Slot", "ModelGraph", "split_module",
-           "copy_tree", "zero_totals", "read_totals", "place_record", "place_from_record"]
+           "copy_tree", "zero_totals", "read_totals", "to_host", "place_record", "place_from_record"]
 
 
 class Batch(NamedTuple):
@@ -199,8 +200,23 @@ def zero_totals(num_metrics: int) -> np.ndarray:
     return np.zeros((1 + num_metrics, 2), np.float32)
 
 
+WAIT_BEFORE_BLOCKING = 1e-3    # seconds; to_host's polling, bounded so a long computation costs little
+
+
+def to_host(array, dtype=None) -> np.ndarray:
+    """`np.asarray(array, dtype)`, polling the device value for up to WAIT_BEFORE_BLOCKING seconds
+    before blocking on it. A thread that blocks sleeps, and on a virtual machine a sleeping core
+    wakes slowly and with cold caches: on a small model that is a large share of a fit call, and
+    every line of Python after it runs slower. Polling keeps the thread awake through a short wait."""
+    if not getattr(array, "is_ready", lambda: True)():
+        end = time.perf_counter() + WAIT_BEFORE_BLOCKING
+        while not array.is_ready() and time.perf_counter() < end:
+            pass
+    return np.asarray(array, dtype)
+
+
 def read_totals(totals, names) -> dict:
     """{name: sum / count} from accumulators read to the host (0.0 where nothing was counted); a row
     named None is not reported."""
-    rows = np.asarray(totals, np.float64)
+    rows = to_host(totals, np.float64)
     return {name: float(t / c) if c > 0 else 0.0 for name, (t, c) in zip(names, rows.tolist()) if name is not None}
