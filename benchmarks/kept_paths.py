@@ -26,6 +26,7 @@ from workloads import WORKLOADS, batchfit_model, make_data  # noqa: E402
 
 import batchfit._shell as shell  # noqa: E402
 import batchfit.data.arrays as arrays  # noqa: E402
+import batchfit.engine.state as engine_state  # noqa: E402
 import batchfit._target_rules as target_rules  # noqa: E402
 from batchfit.callbacks import History  # noqa: E402
 
@@ -39,6 +40,8 @@ PATHS = {
         lambda: mock.patch.object(shell.Shell, "checks_layouts_once", False),
     "a batch's targets ranged through a Python list (_target_rules.py: _LIST_RANGE_MAX)":
         lambda: mock.patch.object(target_rules, "_LIST_RANGE_MAX", 0),
+    "results read by polling the device value before blocking (engine/state.py: to_host)":
+        lambda: mock.patch.object(engine_state, "WAIT_BEFORE_BLOCKING", 0.0),
 }
 
 
@@ -86,12 +89,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=45)
     parser.add_argument("--workloads", default="seed1,seed2")
+    parser.add_argument("--paths", default="", help="only the paths whose name contains this text")
     parser.add_argument("--out", default=os.path.join(HERE, "kept_paths.json"))
     args = parser.parse_args()
     results = []
     for workload in args.workloads.split(","):
         figures = _figures(workload, epochs=20 if workload == "seed1" else 2, steps=31)
         for path_name, path in PATHS.items():
+            if args.paths not in path_name:
+                continue
             for figure, (work, units) in figures.items():
                 calls = 10 if "per call" in figure and workload == "seed1" else 1
                 row = {"path": path_name, "figure": figure, **measure(path, work, units, args.rounds, calls)}
