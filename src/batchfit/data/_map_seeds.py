@@ -39,7 +39,7 @@ import functools
 import types
 
 from batchfit.data._base import Dataset, _call
-from batchfit.data._captured import reached, seeded_call, setup_nested_seeds
+from batchfit.data._captured import captured_datasets, reached, seeded_call, setup_nested_seeds
 from batchfit.data._drawn import hashed_seed
 from batchfit.data._map import has_contents
 
@@ -115,7 +115,7 @@ def setup_map_seeds(step: Dataset, fn) -> bool:
     if builds_seeds(fn):
         setup_nested_seeds(step, fn, None)
         return True
-    captured = tuple(value for value in reached(fn) if isinstance(value, Dataset))
+    captured = captured_datasets(fn)
     if captured:
         step._captured = captured
     return False

@@ -208,9 +208,10 @@ def to_host(array, dtype=None) -> np.ndarray:
     before blocking on it. A thread that blocks sleeps, and on a virtual machine a sleeping core
     wakes slowly and with cold caches: on a small model that is a large share of a fit call, and
     every line of Python after it runs slower. Polling keeps the thread awake through a short wait."""
-    if not getattr(array, "is_ready", lambda: True)():
+    is_ready = getattr(array, "is_ready", None)          # a host array has none: it is ready
+    if is_ready is not None and not is_ready():
         end = time.perf_counter() + WAIT_BEFORE_BLOCKING
-        while not array.is_ready() and time.perf_counter() < end:
+        while not is_ready() and time.perf_counter() < end:
             pass
     return np.asarray(array, dtype)
 
